@@ -1,0 +1,46 @@
+"""Settings of the local stack and the command line (`FLEETPULSE_*` variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from schemas.settings import KafkaSettings, PostgresSettings
+
+
+class StackSettings(KafkaSettings, PostgresSettings):
+    """The local Kafka broker and PostgreSQL cluster that `fleetpulse stack` runs."""
+
+    kafka_controller_port: int = Field(
+        default=19093, ge=1, le=65535, description="Port of the KRaft controller listener."
+    )
+    kafka_heap: str = Field(default="512m", description="Java heap of the local broker (-Xmx).")
+    kafka_start_timeout: float = Field(
+        default=90.0, gt=0, description="Seconds to wait for the broker to become healthy."
+    )
+    pg_start_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds to wait for PostgreSQL to accept connections."
+    )
+    pg_os_user: str = Field(
+        default="postgres",
+        description=(
+            "Unprivileged system user that runs the cluster when the stack is started by root "
+            "(PostgreSQL refuses to run as root). Ignored for other users."
+        ),
+    )
+    pg_bin_dir: str | None = Field(
+        default=None,
+        description="Folder with initdb/pg_ctl/postgres; default: PostgreSQL 15 from Debian.",
+    )
+    wal_archive_timeout: int = Field(
+        default=300,
+        ge=0,
+        description="archive_timeout in seconds: the longest WAL stays unarchived (RPO).",
+    )
+
+    @property
+    def kafka_port(self) -> int:
+        return int(self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
+
+    @property
+    def kafka_host(self) -> str:
+        return self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[0]

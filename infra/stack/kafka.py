@@ -1,0 +1,229 @@
+"""The local Apache Kafka broker: jars from Maven Central, KRaft combined mode, Java 17."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import psutil
+from aiokafka.admin import AIOKafkaAdminClient
+
+from infra.settings import StackSettings
+from infra.stack.process import (
+    ComponentStatus,
+    StackError,
+    find_process,
+    port_open,
+    read_pid,
+    run_checked,
+    spawn,
+    stop_process,
+    wait_until,
+)
+
+_RESOURCES = Path(__file__).resolve().parents[1] / "kafka"
+_MARKER = "kafka.Kafka"
+
+
+class KafkaBroker:
+    """One broker that is also its own KRaft controller, under `<home>/kafka/`."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.dir = settings.home_dir / "kafka"
+        self.libs = self.dir / "libs"
+        self.data = self.dir / "data"
+        self.logs = self.dir / "logs"
+        self.properties = self.dir / "server.properties"
+        self.pid_file = self.dir / "broker.pid"
+        self.console_log = self.logs / "console.log"
+
+    # -- install ---------------------------------------------------------------------------
+    def install(self) -> None:
+        """Resolve the broker's jars with Maven once per pom version (idempotent)."""
+        pom = _RESOURCES / "pom.xml"
+        digest = hashlib.sha256(pom.read_bytes()).hexdigest()
+        stamp = self.libs / ".pom.sha256"
+        if stamp.exists() and stamp.read_text() == digest:
+            return
+        if shutil.which("mvn") is None:
+            raise StackError("Maven (mvn) is not installed; run `make demo` or `make test`")
+        staging = self.dir / "libs.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        run_checked(
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging}",
+            ],
+            what="resolving the Kafka jars with Maven",
+        )
+        (staging / ".pom.sha256").write_text(digest)
+        shutil.rmtree(self.libs, ignore_errors=True)
+        staging.rename(self.libs)
+
+    # -- configure -------------------------------------------------------------------------
+    def _java(self) -> str:
+        java_home = os.environ.get("JAVA_HOME")
+        java = Path(java_home) / "bin" / "java" if java_home else shutil.which("java")
+        if not java:
+            raise StackError("Java 17 is not installed (no `java` on PATH, JAVA_HOME unset)")
+        return str(java)
+
+    def _write_config(self) -> None:
+        s = self.settings
+        host = s.kafka_host
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.properties.write_text(
+            "\n".join(
+                [
+                    "# Written by `fleetpulse stack up` from FLEETPULSE_* settings; edits are lost.",
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@{host}:{s.kafka_controller_port}",
+                    f"listeners=PLAINTEXT://{host}:{s.kafka_port},"
+                    f"CONTROLLER://{host}:{s.kafka_controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{host}:{s.kafka_port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"log.dirs={self.data}",
+                    # Topics are made by `fleetpulse topics create`, from schemas/topics.py.
+                    "auto.create.topics.enable=false",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=6",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    # A single local broker: no reason to wait for more group members.
+                    "group.initial.rebalance.delay.ms=0",
+                    "log.retention.check.interval.ms=60000",
+                    "",
+                ]
+            )
+        )
+
+    def _format_storage(self) -> None:
+        if (self.data / "meta.properties").exists():
+            return
+        cluster_id_file = self.dir / "cluster.id"
+        if not cluster_id_file.exists():
+            # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
+            raw = uuid.uuid4().bytes
+            cluster_id_file.write_text(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+        run_checked(
+            [
+                self._java(),
+                "-cp",
+                f"{self.libs}/*",
+                "kafka.tools.StorageTool",
+                "format",
+                "--ignore-formatted",
+                "-t",
+                cluster_id_file.read_text().strip(),
+                "-c",
+                str(self.properties),
+            ],
+            what="formatting the Kafka storage",
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def process(self) -> psutil.Process | None:
+        return find_process(read_pid(self.pid_file), _MARKER)
+
+    def healthy(self) -> bool:
+        """True when the broker answers a metadata request."""
+        if not port_open(self.settings.kafka_host, self.settings.kafka_port):
+            return False
+        return asyncio.run(_metadata_ok(self.settings.kafka_bootstrap))
+
+    def start(self) -> bool:
+        """Start the broker unless it runs; wait until healthy. True if it was started."""
+        if self.process() is not None:
+            wait_until(
+                self.healthy,
+                timeout=self.settings.kafka_start_timeout,
+                what="Kafka",
+                log=self.logs / "server.log",
+            )
+            return False
+        s = self.settings
+        for port in (s.kafka_port, s.kafka_controller_port):
+            if port_open(s.kafka_host, port):
+                raise StackError(
+                    f"port {s.kafka_host}:{port} is taken by a process this stack did not start; "
+                    "stop it or choose other ports (FLEETPULSE_KAFKA_BOOTSTRAP, "
+                    "FLEETPULSE_KAFKA_CONTROLLER_PORT)"
+                )
+        self.install()
+        self._write_config()
+        self._format_storage()
+        self.logs.mkdir(parents=True, exist_ok=True)
+        argv = [
+            self._java(),
+            f"-Xmx{s.kafka_heap}",
+            f"-Xms{s.kafka_heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.logs}",
+            f"-Dlog4j2.configurationFile={_RESOURCES / 'log4j2.xml'}",
+            "-cp",
+            f"{self.libs}/*",
+            _MARKER,
+            str(self.properties),
+        ]
+        pid = spawn(argv, log=self.console_log, cwd=self.dir)
+        self.pid_file.write_text(f"{pid}\n")
+
+        def ready() -> bool:
+            if self.process() is None:
+                raise StackError(f"the Kafka broker exited during start-up; see {self.console_log}")
+            return self.healthy()
+
+        wait_until(ready, timeout=s.kafka_start_timeout, what="Kafka", log=self.logs / "server.log")
+        return True
+
+    def stop(self) -> bool:
+        """Stop the broker by PID (SIGTERM: controlled shutdown). True if it was running."""
+        proc = self.process()
+        if proc is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        stop_process(proc, timeout=60)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def status(self) -> ComponentStatus:
+        proc = self.process()
+        address = self.settings.kafka_bootstrap
+        if proc is None:
+            return ComponentStatus("kafka", False, None, address, "stopped")
+        detail = "healthy" if self.healthy() else "starting or unhealthy"
+        return ComponentStatus("kafka", True, proc.pid, address, f"{detail}, data in {self.data}")
+
+
+async def _metadata_ok(bootstrap: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await asyncio.wait_for(admin.start(), timeout=5)
+        await asyncio.wait_for(admin.list_topics(), timeout=5)
+        return True
+    except Exception:
+        return False
+    finally:
+        try:
+            await admin.close()
+        except Exception:  # noqa: S110 - a half-started client may fail to close; nothing to do
+            pass

@@ -1,0 +1,268 @@
+"""The local PostgreSQL 15 cluster: initdb'd under `<home>/postgres/`, TLS on, WAL archived.
+
+PostgreSQL refuses to run as root, so when the stack is started by root the cluster belongs
+to an unprivileged system user (`FLEETPULSE_PG_OS_USER`, default `postgres`) and every server
+command runs through `runuser`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import stat
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+from infra.settings import StackSettings
+from infra.stack.process import (
+    ComponentStatus,
+    StackError,
+    find_process,
+    port_open,
+    read_pid,
+    run_checked,
+    stop_process,
+    wait_until,
+)
+from infra.stack.tls import ensure_certificates
+
+_DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")
+_MARKER = "postgres"
+
+
+class PostgresCluster:
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.dir = settings.home_dir / "postgres"
+        self.data = self.dir / "data"
+        self.socket_dir = self.dir / "run"
+        self.archive = self.dir / "wal-archive"
+        self.backups = self.dir / "backups"
+        self.server_tls = self.dir / "tls"
+        self.log = self.dir / "log" / "postgres.log"
+        self.bin = Path(settings.pg_bin_dir) if settings.pg_bin_dir else _DEBIAN_BIN
+
+    # -- who runs it -----------------------------------------------------------------------
+    @property
+    def _as_root(self) -> bool:
+        return os.geteuid() == 0
+
+    def _owner(self) -> pwd.struct_passwd:
+        if not self._as_root:
+            return pwd.getpwuid(os.geteuid())
+        try:
+            return pwd.getpwnam(self.settings.pg_os_user)
+        except KeyError:
+            raise StackError(
+                f"system user {self.settings.pg_os_user!r} does not exist; PostgreSQL cannot run "
+                "as root (install Debian's postgresql-15 package, which creates it, or set "
+                "FLEETPULSE_PG_OS_USER)"
+            ) from None
+
+    def _cmd(self, tool: str, *args: str) -> list[str]:
+        exe = self.bin / tool
+        if not exe.exists():
+            raise StackError(
+                f"{exe} not found; install Debian's postgresql-15 package or set FLEETPULSE_PG_BIN_DIR"
+            )
+        argv = [str(exe), *args]
+        if self._as_root:
+            return ["runuser", "-u", self.settings.pg_os_user, "--", *argv]
+        return argv
+
+    def _chown(self, path: Path, mode: int) -> None:
+        owner = self._owner()
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+        path.chmod(mode)
+
+    def _ensure_traversable(self) -> None:
+        """Let the cluster's user reach its folder: add o+x to ancestors that lack it.
+
+        A checkout under `mktemp -d` (mode 0700, owned by root) is the usual case.
+        """
+        if not self._as_root:
+            return
+        for parent in reversed(self.dir.parents):
+            mode = parent.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                parent.chmod(mode | stat.S_IXOTH)
+
+    # -- secrets and config ----------------------------------------------------------------
+    def app_password(self) -> str:
+        """The application role's password, generated once into the secrets folder."""
+        path = self.settings.password_path
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.chmod(0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(24))
+        return path.read_text().strip()
+
+    def _init(self) -> None:
+        if (self.data / "PG_VERSION").exists():
+            return
+        self._ensure_traversable()
+        for d in (self.dir, self.socket_dir, self.archive, self.backups, self.server_tls, self.log.parent):
+            d.mkdir(parents=True, exist_ok=True)
+            self._chown(d, 0o700)
+        run_checked(
+            self._cmd(
+                "initdb",
+                "-D",
+                str(self.data),
+                "--username=postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--data-checksums",
+            ),
+            what="initdb",
+        )
+
+    def _write_config(self) -> None:
+        s = self.settings
+        tls = ensure_certificates(s.home_dir / "tls")
+        # The server's copy of its key must belong to the server's user, mode 0600.
+        for src in (tls.server_cert, tls.server_key, tls.ca_cert):
+            dst = self.server_tls / src.name
+            shutil.copyfile(src, dst)
+            self._chown(dst, 0o600)
+        archive_cmd = f"test ! -f {self.archive}/%f && cp %p {self.archive}/%f"
+        conf = {
+            "listen_addresses": f"'{s.pg_host}'",
+            "port": str(s.pg_port),
+            "unix_socket_directories": f"'{self.socket_dir}'",
+            "max_connections": "200",
+            "shared_buffers": "'256MB'",
+            "password_encryption": "'scram-sha-256'",
+            "ssl": "on",
+            "ssl_cert_file": f"'{self.server_tls / 'server.crt'}'",
+            "ssl_key_file": f"'{self.server_tls / 'server.key'}'",
+            "ssl_ca_file": f"'{self.server_tls / 'ca.crt'}'",
+            "ssl_min_protocol_version": "'TLSv1.2'",
+            # Seed: continuous WAL archiving with a 5-minute recovery point objective.
+            "wal_level": "replica",
+            "archive_mode": "on",
+            "archive_command": f"'{archive_cmd}'",
+            "archive_timeout": str(s.wal_archive_timeout),
+            "log_timezone": "'UTC'",
+            "timezone": "'UTC'",
+        }
+        text = "# Written by `fleetpulse stack up` from FLEETPULSE_* settings; edits are lost.\n"
+        text += "".join(f"{k} = {v}\n" for k, v in conf.items())
+        self._write_owned(self.data / "fleetpulse.conf", text)
+        main_conf = self.data / "postgresql.conf"
+        include = "include_if_exists = 'fleetpulse.conf'\n"
+        if include not in main_conf.read_text():
+            with main_conf.open("a") as f:
+                f.write("\n" + include)
+        hba = (
+            "# Written by `fleetpulse stack up`; edits are lost.\n"
+            "# The socket folder is mode 0700: only the cluster's user (and root) reach it.\n"
+            "local   all  postgres                 trust\n"
+            "local   all  all                      scram-sha-256\n"
+            "hostssl all  all       127.0.0.1/32   scram-sha-256\n"
+            "hostssl all  all       ::1/128        scram-sha-256\n"
+            "hostnossl all all      all            reject\n"
+        )
+        self._write_owned(self.data / "pg_hba.conf", hba)
+
+    def _write_owned(self, path: Path, text: str) -> None:
+        path.write_text(text)
+        self._chown(path, 0o600)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def process(self) -> psutil.Process | None:
+        return find_process(read_pid(self.data / "postmaster.pid"), _MARKER)
+
+    def healthy(self) -> bool:
+        """True when the application role can log in over TLS and run a query."""
+        if not port_open(self.settings.pg_host, self.settings.pg_port):
+            return False
+        return asyncio.run(_query_ok(self.settings))
+
+    def start(self) -> bool:
+        """Initialise on first use, start unless running, wait until healthy."""
+        if self.process() is not None:
+            wait_until(self.healthy, timeout=self.settings.pg_start_timeout, what="PostgreSQL", log=self.log)
+            return False
+        s = self.settings
+        if port_open(s.pg_host, s.pg_port):
+            raise StackError(
+                f"port {s.pg_host}:{s.pg_port} is taken by a process this stack did not start; "
+                "stop it or choose another port (FLEETPULSE_PG_PORT)"
+            )
+        self._init()
+        self._write_config()
+        run_checked(
+            self._cmd(
+                "pg_ctl",
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-w",
+                "-t",
+                str(int(s.pg_start_timeout)),
+                "start",
+            ),
+            what="starting PostgreSQL",
+        )
+        asyncio.run(self._bootstrap_roles())
+        wait_until(self.healthy, timeout=s.pg_start_timeout, what="PostgreSQL", log=self.log)
+        return True
+
+    async def _bootstrap_roles(self) -> None:
+        """Create the application role and database (idempotent), as the local superuser."""
+        s = self.settings
+        conn = await asyncpg.connect(
+            host=str(self.socket_dir), port=s.pg_port, user="postgres", database="postgres"
+        )
+        try:
+            password = self.app_password()
+            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", s.pg_user)
+            verb = "ALTER" if exists else "CREATE"
+            # Role names and passwords cannot be bind parameters in DDL; quote them instead.
+            role = await conn.fetchval("SELECT quote_ident($1)", s.pg_user)
+            literal = await conn.fetchval("SELECT quote_literal($1)", password)
+            await conn.execute(f"{verb} ROLE {role} LOGIN PASSWORD {literal}")
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", s.pg_database):
+                db = await conn.fetchval("SELECT quote_ident($1)", s.pg_database)
+                await conn.execute(f"CREATE DATABASE {db} OWNER {role}")
+        finally:
+            await conn.close()
+
+    def stop(self) -> bool:
+        """Stop the postmaster by PID with a fast shutdown (SIGINT). True if it was running."""
+        proc = self.process()
+        if proc is None:
+            return False
+        stop_process(proc, sig=signal.SIGINT, timeout=60)
+        return True
+
+    def status(self) -> ComponentStatus:
+        proc = self.process()
+        address = f"{self.settings.pg_host}:{self.settings.pg_port}"
+        if proc is None:
+            return ComponentStatus("postgres", False, None, address, "stopped")
+        detail = "healthy (TLS)" if self.healthy() else "starting or unhealthy"
+        return ComponentStatus("postgres", True, proc.pid, address, f"{detail}, data in {self.data}")
+
+
+async def _query_ok(settings: StackSettings) -> bool:
+    try:
+        conn = await asyncpg.connect(**settings.connect_kwargs())
+    except Exception:
+        return False
+    try:
+        return bool(await conn.fetchval("SELECT 1"))
+    finally:
+        await conn.close()

@@ -1,0 +1,281 @@
+"""Pydantic v2 models for every message on the FleetPulse topics.
+
+Unknown fields are ignored so that newer producers can add fields without breaking older
+consumers; a field's meaning never changes within a `.v1` topic.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Final
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    ValidationError,
+)
+
+#: Largest raw event accepted, in bytes of JSON. A top-50 process list is about 5 KiB.
+MAX_RAW_EVENT_BYTES: Final = 64 * 1024
+#: Longest `processes` list accepted in a raw event.
+MAX_PROCESSES: Final = 50
+#: Longest original payload kept in a dead letter; longer ones are cut and flagged.
+MAX_DEAD_LETTER_PAYLOAD_BYTES: Final = 256 * 1024
+
+_UUID_PATTERN: Final = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+#: A server's id: a UUID in its 36-character text form, stored lower case.
+ServerId = Annotated[
+    str,
+    Field(min_length=36, max_length=36, pattern=_UUID_PATTERN, examples=["6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"]),
+    AfterValidator(str.lower),
+]
+#: A timestamp with an explicit offset, normalised to UTC. Naive timestamps are rejected.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+#: A percentage in 0..100.
+Percent = Annotated[float, Field(ge=0.0, le=100.0)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore",
+        frozen=True,
+        allow_inf_nan=False,
+        str_max_length=4096,
+    )
+
+    def to_json_bytes(self) -> bytes:
+        """The message as compact UTF-8 JSON, the wire format on every topic."""
+        return self.model_dump_json().encode()
+
+
+class ProcessInfo(_Message):
+    """One of the top processes on a host at sampling time."""
+
+    pid: NonNegativeInt = Field(description="Process id.")
+    name: str = Field(max_length=256, description="Process name.")
+    cpu_usage: float = Field(
+        ge=0.0,
+        le=100.0 * 4096,
+        description="CPU use in percent of one core (may exceed 100 on several cores).",
+    )
+    memory_usage: Percent = Field(description="Resident memory in percent of the host's RAM.")
+
+
+class RawMetricEvent(_Message):
+    """One sample of one host, normally one per second, on `metrics.raw.v1` keyed by server_id."""
+
+    server_id: ServerId = Field(description="The server's id in the registry (UUID text).")
+    timestamp: UtcDatetime = Field(
+        description="When the sample was taken (ISO 8601 with offset; stored as UTC)."
+    )
+    cpu_usage: Percent = Field(description="CPU use over all cores since the previous sample, %.")
+    memory_usage: Percent = Field(description="Memory in use, % of total.")
+    disk_usage: Percent = Field(description="Space used on the watched mount, % of its size.")
+    network_rx: NonNegativeInt = Field(description="Bytes received since the previous sample.")
+    network_tx: NonNegativeInt = Field(description="Bytes sent since the previous sample.")
+    processes: list[ProcessInfo] = Field(
+        default_factory=list,
+        max_length=MAX_PROCESSES,
+        description=f"Top processes by CPU, at most {MAX_PROCESSES}.",
+    )
+
+
+class Resolution(StrEnum):
+    """Window sizes the stream emits."""
+
+    FIVE_SECONDS = "5s"
+    ONE_HOUR = "1h"
+    ONE_DAY = "1d"
+
+    @property
+    def seconds(self) -> int:
+        return {"5s": 5, "1h": 3600, "1d": 86400}[self.value]
+
+
+class MetricStats(_Message):
+    """Summary of one percentage metric over a window."""
+
+    avg: Percent = Field(description="Mean of the samples in the window.")
+    min: Percent = Field(description="Smallest sample.")
+    max: Percent = Field(description="Largest sample.")
+    last: Percent | None = Field(
+        default=None, description="The window's latest sample (5 s windows only)."
+    )
+
+
+class WindowAggregate(_Message):
+    """A closed event-time window for one server, on `metrics.agg.<resolution>.v1`."""
+
+    server_id: ServerId
+    resolution: Resolution = Field(description="Window size: 5s, 1h or 1d.")
+    window_start: UtcDatetime = Field(description="Inclusive start of the window (UTC).")
+    window_end: UtcDatetime = Field(description="Exclusive end of the window (UTC).")
+    count: Annotated[int, Field(ge=1)] = Field(description="Number of raw events in the window.")
+    cpu_usage: MetricStats
+    memory_usage: MetricStats
+    disk_usage: MetricStats
+    network_rx: NonNegativeInt = Field(description="Bytes received in the window (sum).")
+    network_tx: NonNegativeInt = Field(description="Bytes sent in the window (sum).")
+    processes: list[ProcessInfo] | None = Field(
+        default=None,
+        max_length=MAX_PROCESSES,
+        description="The last process snapshot of the window (5 s windows only).",
+    )
+    last_event_at: UtcDatetime = Field(description="Timestamp of the latest event in the window.")
+    emitted_at: UtcDatetime = Field(description="When the stream closed and sent the window.")
+
+
+class ServerState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class ServerStatusChange(_Message):
+    """A server went online (first event) or offline (silent too long), on `metrics.status.v1`."""
+
+    server_id: ServerId
+    status: ServerState
+    last_event_at: UtcDatetime = Field(description="Timestamp of the server's latest event.")
+    changed_at: UtcDatetime = Field(description="When the stream noticed the change.")
+
+
+class DeadLetterReason(StrEnum):
+    """Why a record was dead-lettered."""
+
+    INVALID_JSON = "invalid_json"
+    VALIDATION = "validation"
+    OVERSIZE = "oversize"
+    LATE = "late"
+    DB_REJECTED = "db_rejected"
+
+
+class DeadLetter(_Message):
+    """A record that could not be processed, with the reason and its original bytes."""
+
+    reason: DeadLetterReason
+    error: str = Field(max_length=4096, description="What was wrong, for a human.")
+    component: str = Field(max_length=64, description="Which service rejected it.")
+    source_topic: str = Field(max_length=249)
+    source_partition: int | None = None
+    source_offset: int | None = None
+    key: str | None = Field(default=None, max_length=1024, description="Record key, as text.")
+    payload_b64: str = Field(description="The original value, base64 (possibly cut, see below).")
+    payload_size: NonNegativeInt = Field(description="Size of the original value in bytes.")
+    payload_truncated: bool = Field(
+        default=False, description=f"True if cut to {MAX_DEAD_LETTER_PAYLOAD_BYTES} bytes."
+    )
+    failed_at: UtcDatetime
+    model_config = ConfigDict(str_max_length=1024 * 1024)
+
+    @classmethod
+    def for_payload(
+        cls,
+        payload: bytes,
+        *,
+        reason: DeadLetterReason,
+        error: str,
+        component: str,
+        source_topic: str,
+        source_partition: int | None = None,
+        source_offset: int | None = None,
+        key: bytes | None = None,
+        failed_at: datetime | None = None,
+    ) -> DeadLetter:
+        """Build a dead letter around the original bytes, cutting them to the size cap."""
+        kept = payload[:MAX_DEAD_LETTER_PAYLOAD_BYTES]
+        return cls(
+            reason=reason,
+            error=error[:4096],
+            component=component,
+            source_topic=source_topic,
+            source_partition=source_partition,
+            source_offset=source_offset,
+            key=key.decode("utf-8", "replace")[:1024] if key is not None else None,
+            payload_b64=base64.b64encode(kept).decode(),
+            payload_size=len(payload),
+            payload_truncated=len(kept) < len(payload),
+            failed_at=failed_at or datetime.now(UTC),
+        )
+
+    def payload(self) -> bytes:
+        """The original bytes (as kept)."""
+        return base64.b64decode(self.payload_b64)
+
+
+class InvalidMessage(ValueError):
+    """A message that fails to decode; `reason` says which dead-letter reason applies."""
+
+    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A one-line summary naming every bad field, without echoing the input values."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(message)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode_raw_event(data: bytes) -> RawMetricEvent:
+    """Validate raw bytes from `metrics.raw.v1`.
+
+    Raises `InvalidMessage` with reason `oversize`, `invalid_json` or `validation`.
+    """
+    if len(data) > MAX_RAW_EVENT_BYTES:
+        raise InvalidMessage(
+            DeadLetterReason.OVERSIZE,
+            f"{len(data)} bytes is over the {MAX_RAW_EVENT_BYTES}-byte limit",
+        )
+    try:
+        return RawMetricEvent.model_validate_json(data)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise InvalidMessage(
+                DeadLetterReason.INVALID_JSON, describe_validation_error(exc)
+            ) from None
+        raise InvalidMessage(DeadLetterReason.VALIDATION, describe_validation_error(exc)) from None
+
+
+#: Every message model, by the file stem of its JSON Schema under `schemas/json/`.
+MESSAGE_MODELS: Final[dict[str, type[_Message]]] = {
+    "raw_metric_event.v1": RawMetricEvent,
+    "window_aggregate.v1": WindowAggregate,
+    "server_status_change.v1": ServerStatusChange,
+    "dead_letter.v1": DeadLetter,
+}
+
+__all__ = [
+    "MAX_DEAD_LETTER_PAYLOAD_BYTES",
+    "MAX_PROCESSES",
+    "MAX_RAW_EVENT_BYTES",
+    "MESSAGE_MODELS",
+    "DeadLetter",
+    "DeadLetterReason",
+    "InvalidMessage",
+    "MetricStats",
+    "ProcessInfo",
+    "RawMetricEvent",
+    "Resolution",
+    "ServerId",
+    "ServerState",
+    "ServerStatusChange",
+    "WindowAggregate",
+    "decode_raw_event",
+    "describe_validation_error",
+]

@@ -1,0 +1,140 @@
+"""Connection settings every FleetPulse service shares, read from `FLEETPULSE_*` variables.
+
+Each service's own settings model inherits the pieces it needs, so one variable means the
+same thing everywhere. Defaults point at the local stack (`fleetpulse stack up`).
+Validation does no I/O; files (password, CA) are read when a connection is made.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "FLEETPULSE_"
+
+
+class HomeSettings(BaseSettings):
+    """Where the local stack keeps everything it writes."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    home: Path = Field(
+        default=Path(".fleetpulse"),
+        description=(
+            "Folder for everything the local stack writes: broker and database data, WAL "
+            "archive, backups, TLS material, generated secrets, logs. Relative to the working "
+            "directory unless absolute."
+        ),
+    )
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.resolve()
+
+
+class KafkaSettings(HomeSettings):
+    """How to reach Kafka."""
+
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:19092",
+        description="Kafka bootstrap servers, comma-separated host:port.",
+    )
+    kafka_client_id: str = Field(default="fleetpulse", description="Client id sent to Kafka.")
+
+
+class PostgresSettings(HomeSettings):
+    """How to reach PostgreSQL (or TimescaleDB)."""
+
+    pg_host: str = Field(default="127.0.0.1", description="PostgreSQL host.")
+    pg_port: int = Field(default=55432, ge=1, le=65535, description="PostgreSQL port.")
+    pg_database: str = Field(default="fleetpulse", description="Database name.")
+    pg_user: str = Field(default="fleetpulse", description="Database role the services use.")
+    pg_password: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Password of `pg_user`. If unset, read from `pg_password_file` "
+            "(the local stack generates `<home>/secrets/pg_password`)."
+        ),
+    )
+    pg_password_file: Path | None = Field(
+        default=None,
+        description="File holding the database password; default `<home>/secrets/pg_password`.",
+    )
+    pg_sslmode: Literal["disable", "require", "verify-ca", "verify-full"] = Field(
+        default="verify-full",
+        description=(
+            "TLS towards PostgreSQL. `verify-full` checks the server certificate against "
+            "`pg_sslrootcert` and the host name."
+        ),
+    )
+    pg_sslrootcert: Path | None = Field(
+        default=None,
+        description="CA certificate for verify-ca/verify-full; default `<home>/tls/ca.crt`.",
+    )
+    pg_storage: Literal["auto", "timescaledb", "postgres"] = Field(
+        default="auto",
+        description=(
+            "Storage mode for migrations: `timescaledb` (hypertables and policies), `postgres` "
+            "(daily range partitions), or `auto` (TimescaleDB when the extension is available)."
+        ),
+    )
+    pg_connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for a database connection."
+    )
+
+    @property
+    def password_path(self) -> Path:
+        return self.pg_password_file or self.home_dir / "secrets" / "pg_password"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.pg_sslrootcert or self.home_dir / "tls" / "ca.crt"
+
+    def password(self) -> str | None:
+        """The database password from the setting or the password file (read on call)."""
+        if self.pg_password is not None:
+            return self.pg_password.get_secret_value()
+        path = self.password_path
+        return path.read_text().strip() if path.exists() else None
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """What asyncpg's `ssl=` takes for `pg_sslmode` (reads the CA file on call)."""
+        if self.pg_sslmode == "disable":
+            return False
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        if self.pg_sslmode == "require":
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        ca = self.ca_path
+        if not ca.exists():
+            raise FileNotFoundError(
+                f"sslmode={self.pg_sslmode} needs the CA certificate at {ca} "
+                "(set FLEETPULSE_PG_SSLROOTCERT, or start the local stack to create it)"
+            )
+        ctx.load_verify_locations(cafile=str(ca))
+        ctx.check_hostname = self.pg_sslmode == "verify-full"
+        return ctx
+
+    def connect_kwargs(self, database: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for `asyncpg.connect` / `asyncpg.create_pool`."""
+        return {
+            "host": self.pg_host,
+            "port": self.pg_port,
+            "user": self.pg_user,
+            "password": self.password(),
+            "database": database or self.pg_database,
+            "ssl": self.ssl_context(),
+            "timeout": self.pg_connect_timeout,
+        }
+
+    def describe(self) -> str:
+        """Where the database is, for messages (never includes the password)."""
+        return (
+            f"postgresql://{self.pg_user}@{self.pg_host}:{self.pg_port}/{self.pg_database}"
+            f"?sslmode={self.pg_sslmode}"
+        )

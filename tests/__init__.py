@@ -1,0 +1,1 @@
+"""FleetPulse tests."""
