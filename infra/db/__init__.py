@@ -1,0 +1,5 @@
+"""Database migrations for FleetPulse (`fleetpulse db migrate`)."""
+
+from infra.db.migrate import Migration, MigrationError, MigrationReport, load_migrations, migrate
+
+__all__ = ["Migration", "MigrationError", "MigrationReport", "load_migrations", "migrate"]

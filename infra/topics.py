@@ -1,0 +1,62 @@
+"""`fleetpulse topics create`: makes the topics named in `schemas/topics.py`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+
+from schemas.topics import ALL_TOPICS, TopicSpec
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    spec: TopicSpec
+    created: bool
+    partitions: int
+
+
+async def create_topics(
+    bootstrap: str, specs: Iterable[TopicSpec] = ALL_TOPICS, *, client_id: str = "fleetpulse"
+) -> list[TopicResult]:
+    """Create missing topics; report existing ones with their partition count.
+
+    An existing topic with fewer partitions than its spec is grown to match (Kafka cannot
+    shrink a topic, so one with more is left alone and reported).
+    """
+    specs = list(specs)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{client_id}-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            await admin.create_topics(
+                [
+                    NewTopic(s.name, s.partitions, 1, topic_configs=s.config())
+                    for s in missing
+                ]
+            )
+        counts = await _partition_counts(admin, specs)
+        grow = {
+            s.name: NewPartitions(total_count=s.partitions)
+            for s in specs
+            if s.name in existing and counts[s.name] < s.partitions
+        }
+        if grow:
+            await admin.create_partitions(grow)
+            counts = await _partition_counts(admin, specs)
+        results = []
+        for spec in specs:
+            results.append(
+                TopicResult(spec, spec.name not in existing, counts.get(spec.name, 0))
+            )
+        return results
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> dict[str, int]:
+    described = await admin.describe_topics([s.name for s in specs])
+    return {d["topic"]: len(d["partitions"]) for d in described}
