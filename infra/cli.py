@@ -27,6 +27,14 @@ def _stack_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack_install(args: argparse.Namespace) -> int:
+    from infra.stack import KafkaBroker
+
+    KafkaBroker(StackSettings()).install()
+    print("Kafka jars resolved")
+    return 0
+
+
 def _stack_down(args: argparse.Namespace) -> int:
     from infra import stack
 
@@ -120,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         "up", help="start Kafka and PostgreSQL (first time: install, initdb, TLS); idempotent"
     ).set_defaults(func=_stack_up)
     stack_sub.add_parser("down", help="stop both by PID").set_defaults(func=_stack_down)
+    stack_sub.add_parser(
+        "install", help="resolve the Kafka broker's jars with Maven (done by `up` when missing)"
+    ).set_defaults(func=_stack_install)
     stack_sub.add_parser(
         "status", help="what runs where (exit 3 if something is stopped)"
     ).set_defaults(func=_stack_status)

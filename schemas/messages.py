@@ -52,6 +52,8 @@ class _Message(BaseModel):
         extra="ignore",
         frozen=True,
         allow_inf_nan=False,
+        # JSON types are the contract: "10" is not a number, 1.5 is not a byte count.
+        strict=True,
         str_max_length=4096,
     )
 

@@ -1,0 +1,102 @@
+"""Shared fixtures. Integration tests get the real local stack, started here when needed.
+
+The test session runs its own stack under `.fleetpulse/test/` on its own ports, so it never
+disturbs a demo stack running from the same checkout. It is stopped at the end of the session
+if the session started it (set FLEETPULSE_TEST_KEEP_STACK=1 to keep it for faster re-runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_ENV = {
+    "FLEETPULSE_HOME": str(ROOT / ".fleetpulse" / "test"),
+    "FLEETPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:29092",
+    "FLEETPULSE_KAFKA_CONTROLLER_PORT": "29093",
+    "FLEETPULSE_PG_PORT": "55442",
+    "FLEETPULSE_PG_STORAGE": "auto",
+    "FLEETPULSE_PG_SSLMODE": "verify-full",
+}
+os.environ.update(TEST_ENV)
+
+from infra import stack  # noqa: E402 - settings read the environment set above
+from infra.db import migrate  # noqa: E402
+from infra.settings import StackSettings  # noqa: E402
+from infra.stack import PostgresCluster  # noqa: E402
+from infra.topics import create_topics  # noqa: E402
+from schemas.topics import TopicSpec  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> Iterator[StackSettings]:
+    """The running local stack (Kafka + PostgreSQL over TLS), migrated, topics created."""
+    settings = StackSettings()
+    results = stack.up(settings)  # a service that cannot start fails the test, never skips it
+    started_here = any(started for _, started in results)
+    asyncio.run(create_topics(settings.kafka_bootstrap))
+
+    async def _migrate() -> None:
+        conn = await asyncpg.connect(**settings.connect_kwargs())
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(_migrate())
+    yield settings
+    if started_here and not os.environ.get("FLEETPULSE_TEST_KEEP_STACK"):
+        stack.down(settings)
+
+
+@pytest.fixture
+def kafka_bootstrap(stack_settings: StackSettings) -> str:
+    return stack_settings.kafka_bootstrap
+
+
+@pytest.fixture
+async def new_topic(kafka_bootstrap: str) -> AsyncIterator[TopicSpec]:
+    """A topic of its own for one test: 3 partitions, named test.<random>."""
+    spec = TopicSpec(name=f"test.{uuid.uuid4().hex[:12]}", partitions=3, retention_ms=3_600_000)
+    await create_topics(kafka_bootstrap, [spec])
+    yield spec
+
+
+async def superuser_connect(settings: StackSettings, database: str = "postgres") -> asyncpg.Connection:
+    """The cluster's superuser, over the local socket (root or the cluster's own user only)."""
+    return await asyncpg.connect(
+        host=str(PostgresCluster(settings).socket_dir),
+        port=settings.pg_port,
+        user="postgres",
+        database=database,
+    )
+
+
+@pytest.fixture
+async def fresh_database(stack_settings: StackSettings) -> AsyncIterator[str]:
+    """An empty database owned by the application role, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await superuser_connect(stack_settings)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" OWNER "{stack_settings.pg_user}"')
+        yield name
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def app_conn(stack_settings: StackSettings, fresh_database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A TLS connection (verify-full) as the application role to a fresh database."""
+    conn = await asyncpg.connect(**stack_settings.connect_kwargs(database=fresh_database))
+    try:
+        yield conn
+    finally:
+        await conn.close()
