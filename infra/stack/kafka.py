@@ -209,7 +209,9 @@ class KafkaBroker:
         proc = self.process()
         address = self.settings.kafka_bootstrap
         if proc is None:
-            return ComponentStatus("kafka", False, None, address, "stopped")
+            formatted = (self.data / "meta.properties").exists()
+            detail = f"data in {self.data}" if formatted else "not formatted yet"
+            return ComponentStatus("kafka", False, None, address, detail)
         detail = "healthy" if self.healthy() else "starting or unhealthy"
         return ComponentStatus("kafka", True, proc.pid, address, f"{detail}, data in {self.data}")
 

@@ -252,7 +252,9 @@ class PostgresCluster:
         proc = self.process()
         address = f"{self.settings.pg_host}:{self.settings.pg_port}"
         if proc is None:
-            return ComponentStatus("postgres", False, None, address, "stopped")
+            initialised = (self.data / "PG_VERSION").exists()
+            detail = f"data in {self.data}" if initialised else "not initialised yet"
+            return ComponentStatus("postgres", False, None, address, detail)
         detail = "healthy (TLS)" if self.healthy() else "starting or unhealthy"
         return ComponentStatus("postgres", True, proc.pid, address, f"{detail}, data in {self.data}")
 

@@ -1,0 +1,103 @@
+"""Integration: the stack's lifecycle on a stack of its own (own folder, own ports).
+
+Two `fleetpulse stack up` at once leave exactly one broker and one database; `status` says
+what runs; `down` leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _fleetpulse(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def _ours(home: Path) -> list[psutil.Process]:
+    """Processes whose command line names this stack's folder (broker and postmaster)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(home) in " ".join(proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def test_up_twice_down_leaves_nothing(tmp_path_factory: pytest.TempPathFactory) -> None:
+    home = ROOT / ".fleetpulse" / f"test-lifecycle-{os.getpid()}"
+    env = {
+        **os.environ,
+        "FLEETPULSE_HOME": str(home),
+        "FLEETPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:39092",
+        "FLEETPULSE_KAFKA_CONTROLLER_PORT": "39093",
+        "FLEETPULSE_PG_PORT": "55452",
+    }
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda _: _fleetpulse(env, "stack", "up"), range(2)))
+        for r in results:
+            assert r.returncode == 0, r.stderr
+        outputs = "".join(r.stdout for r in results)
+        # Exactly one of the two calls started each component.
+        assert outputs.count("kafka     started") == 1, outputs
+        assert outputs.count("postgres  started") == 1, outputs
+        procs = _ours(home)
+        kinds = sorted("kafka" if "kafka.Kafka" in " ".join(p.cmdline()) else "pg" for p in procs)
+        assert kinds == ["kafka", "pg"], [p.cmdline() for p in procs]
+
+        again = _fleetpulse(env, "stack", "up")
+        assert again.returncode == 0 and again.stdout.count("already running") == 2
+        assert sorted(p.pid for p in _ours(home)) == sorted(p.pid for p in procs)
+
+        status = _fleetpulse(env, "stack", "status")
+        assert status.returncode == 0
+        assert "127.0.0.1:39092" in status.stdout and "127.0.0.1:55452" in status.stdout
+
+        family = [c for p in procs for c in p.children(recursive=True)] + procs
+        down = _fleetpulse(env, "stack", "down")
+        assert down.returncode == 0, down.stderr
+        assert down.stdout.count("stopped") == 2
+        assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert _ours(home) == []
+
+        stopped = _fleetpulse(env, "stack", "status")
+        assert stopped.returncode == 3 and stopped.stdout.count("stopped") == 2
+        assert _fleetpulse(env, "stack", "down").stdout.count("was not running") == 2
+    finally:
+        _fleetpulse(env, "stack", "down")
+        subprocess.run(["rm", "-rf", str(home)], check=False)
+
+
+def test_port_taken_by_a_stranger_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = {
+            **os.environ,
+            "FLEETPULSE_HOME": str(tmp_path / "home"),
+            "FLEETPULSE_PG_PORT": str(port),
+        }
+        r = _fleetpulse(env, "stack", "up")
+    assert r.returncode == 1
+    assert f"port 127.0.0.1:{port} is taken" in r.stderr
+    assert "Traceback" not in r.stderr
