@@ -79,9 +79,22 @@ CREATE TABLE metrics_hourly (
     CONSTRAINT metrics_hourly_pkey PRIMARY KEY (server_id, bucket)
 ) PARTITION BY RANGE (bucket);
 
-CREATE TABLE metrics_daily (LIKE metrics_hourly INCLUDING CONSTRAINTS INCLUDING DEFAULTS,
-    CONSTRAINT metrics_daily_pkey PRIMARY KEY (server_id, bucket),
-    FOREIGN KEY (server_id) REFERENCES servers (id) ON DELETE CASCADE
+CREATE TABLE metrics_daily (
+    server_id        VARCHAR(36)      NOT NULL REFERENCES servers (id) ON DELETE CASCADE,
+    bucket           TIMESTAMPTZ      NOT NULL,
+    sample_count     INTEGER          NOT NULL CHECK (sample_count > 0),
+    cpu_usage_avg    DOUBLE PRECISION NOT NULL,
+    cpu_usage_min    DOUBLE PRECISION NOT NULL,
+    cpu_usage_max    DOUBLE PRECISION NOT NULL,
+    memory_usage_avg DOUBLE PRECISION NOT NULL,
+    memory_usage_min DOUBLE PRECISION NOT NULL,
+    memory_usage_max DOUBLE PRECISION NOT NULL,
+    disk_usage_avg   DOUBLE PRECISION NOT NULL,
+    disk_usage_min   DOUBLE PRECISION NOT NULL,
+    disk_usage_max   DOUBLE PRECISION NOT NULL,
+    network_rx       BIGINT           NOT NULL CHECK (network_rx >= 0),
+    network_tx       BIGINT           NOT NULL CHECK (network_tx >= 0),
+    CONSTRAINT metrics_daily_pkey PRIMARY KEY (server_id, bucket)
 ) PARTITION BY RANGE (bucket);
 
 -- Partitions for the retention window behind and a week ahead; the maintenance job keeps
