@@ -24,7 +24,11 @@ from infra.settings import StackSettings
 from infra.topics import create_topics
 from schemas import RAW, RawMetricEvent, decode_raw_event
 
-NOT_YET = ("stream worker (fleetpulse stream)", "sink (fleetpulse sink)", "registry (fleetpulse registry)")
+NOT_YET = (
+    "stream worker (fleetpulse stream)",
+    "sink (fleetpulse sink)",
+    "registry (fleetpulse registry)",
+)
 
 
 def _sample_this_host(server_id: str) -> RawMetricEvent:
@@ -41,7 +45,9 @@ def _sample_this_host(server_id: str) -> RawMetricEvent:
     )
 
 
-async def _round_trip(settings: StackSettings, event: RawMetricEvent) -> tuple[RawMetricEvent, int, int]:
+async def _round_trip(
+    settings: StackSettings, event: RawMetricEvent
+) -> tuple[RawMetricEvent, int, int]:
     """Send one event and read it back from its partition; returns it, partition, offset."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -56,7 +62,9 @@ async def _round_trip(settings: StackSettings, event: RawMetricEvent) -> tuple[R
         )
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         tp = TopicPartition(RAW.name, meta.partition)
@@ -89,8 +97,12 @@ def run_demo(settings: StackSettings) -> int:
         for st, started in stack.up(settings):
             verb = "started" if started else "already running"
             console.print(f"[green]✓[/] {st.name} {verb} at {st.address} (pid {st.pid})")
-    results = asyncio.run(create_topics(settings.kafka_bootstrap, client_id=settings.kafka_client_id))
-    console.print(f"[green]✓[/] topics: {', '.join(f'{r.spec.name}×{r.partitions}' for r in results)}")
+    results = asyncio.run(
+        create_topics(settings.kafka_bootstrap, client_id=settings.kafka_client_id)
+    )
+    console.print(
+        f"[green]✓[/] topics: {', '.join(f'{r.spec.name} ({r.partitions})' for r in results)}"
+    )
     mode, tables = asyncio.run(_tables(settings))
     console.print(f"[green]✓[/] migrations applied ({mode} storage); tables: {', '.join(tables)}")
 
@@ -106,7 +118,9 @@ def run_demo(settings: StackSettings) -> int:
         f"memory {back.memory_usage:.1f}%, disk {back.disk_usage:.1f}%"
     )
     console.print(
-        "[yellow]Not built yet[/]: " + "; ".join(NOT_YET) + ". The demo will run them once they exist."
+        "[yellow]Not built yet[/]: "
+        + "; ".join(NOT_YET)
+        + ". The demo will run them once they exist."
     )
     console.print(
         f"Database: {settings.describe()} (password in {settings.password_path}, "

@@ -33,10 +33,7 @@ async def create_topics(
         missing = [s for s in specs if s.name not in existing]
         if missing:
             await admin.create_topics(
-                [
-                    NewTopic(s.name, s.partitions, 1, topic_configs=s.config())
-                    for s in missing
-                ]
+                [NewTopic(s.name, s.partitions, 1, topic_configs=s.config()) for s in missing]
             )
         counts = await _partition_counts(admin, specs)
         grow = {
@@ -49,9 +46,7 @@ async def create_topics(
             counts = await _partition_counts(admin, specs)
         results = []
         for spec in specs:
-            results.append(
-                TopicResult(spec, spec.name not in existing, counts.get(spec.name, 0))
-            )
+            results.append(TopicResult(spec, spec.name not in existing, counts.get(spec.name, 0)))
         return results
     finally:
         await admin.close()

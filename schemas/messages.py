@@ -28,7 +28,9 @@ MAX_PROCESSES: Final = 50
 #: Longest original payload kept in a dead letter; longer ones are cut and flagged.
 MAX_DEAD_LETTER_PAYLOAD_BYTES: Final = 256 * 1024
 
-_UUID_PATTERN: Final = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID_PATTERN: Final = (
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -38,7 +40,12 @@ def _to_utc(value: datetime) -> datetime:
 #: A server's id: a UUID in its 36-character text form, stored lower case.
 ServerId = Annotated[
     str,
-    Field(min_length=36, max_length=36, pattern=_UUID_PATTERN, examples=["6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"]),
+    Field(
+        min_length=36,
+        max_length=36,
+        pattern=_UUID_PATTERN,
+        examples=["6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"],
+    ),
     AfterValidator(str.lower),
 ]
 #: A timestamp with an explicit offset, normalised to UTC. Naive timestamps are rejected.

@@ -69,7 +69,9 @@ async def new_topic(kafka_bootstrap: str) -> AsyncIterator[TopicSpec]:
     yield spec
 
 
-async def superuser_connect(settings: StackSettings, database: str = "postgres") -> asyncpg.Connection:
+async def superuser_connect(
+    settings: StackSettings, database: str = "postgres"
+) -> asyncpg.Connection:
     """The cluster's superuser, over the local socket (root or the cluster's own user only)."""
     return await asyncpg.connect(
         host=str(PostgresCluster(settings).socket_dir),
@@ -93,7 +95,9 @@ async def fresh_database(stack_settings: StackSettings) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def app_conn(stack_settings: StackSettings, fresh_database: str) -> AsyncIterator[asyncpg.Connection]:
+async def app_conn(
+    stack_settings: StackSettings, fresh_database: str
+) -> AsyncIterator[asyncpg.Connection]:
     """A TLS connection (verify-full) as the application role to a fresh database."""
     conn = await asyncpg.connect(**stack_settings.connect_kwargs(database=fresh_database))
     try:

@@ -11,7 +11,15 @@ from infra.stack.kafka import KafkaBroker
 from infra.stack.postgres import PostgresCluster
 from infra.stack.process import ComponentStatus, StackError
 
-__all__ = ["ComponentStatus", "KafkaBroker", "PostgresCluster", "StackError", "down", "status", "up"]
+__all__ = [
+    "ComponentStatus",
+    "KafkaBroker",
+    "PostgresCluster",
+    "StackError",
+    "down",
+    "status",
+    "up",
+]
 
 
 @contextmanager

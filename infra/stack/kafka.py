@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -87,7 +88,7 @@ class KafkaBroker:
         self.properties.write_text(
             "\n".join(
                 [
-                    "# Written by `fleetpulse stack up` from FLEETPULSE_* settings; edits are lost.",
+                    "# Written by `fleetpulse stack up` from FLEETPULSE_* settings; edits are lost",
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@{host}:{s.kafka_controller_port}",
@@ -225,7 +226,6 @@ async def _metadata_ok(bootstrap: str) -> bool:
     except Exception:
         return False
     finally:
-        try:
+        # A half-started client may fail to close; there is nothing more to do with it.
+        with contextlib.suppress(Exception):
             await admin.close()
-        except Exception:  # noqa: S110 - a half-started client may fail to close; nothing to do
-            pass

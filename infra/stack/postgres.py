@@ -69,7 +69,8 @@ class PostgresCluster:
         exe = self.bin / tool
         if not exe.exists():
             raise StackError(
-                f"{exe} not found; install Debian's postgresql-15 package or set FLEETPULSE_PG_BIN_DIR"
+                f"{exe} not found; install Debian's postgresql-15 package "
+                "or set FLEETPULSE_PG_BIN_DIR"
             )
         argv = [str(exe), *args]
         if self._as_root:
@@ -109,7 +110,14 @@ class PostgresCluster:
         if (self.data / "PG_VERSION").exists():
             return
         self._ensure_traversable()
-        for d in (self.dir, self.socket_dir, self.archive, self.backups, self.server_tls, self.log.parent):
+        for d in (
+            self.dir,
+            self.socket_dir,
+            self.archive,
+            self.backups,
+            self.server_tls,
+            self.log.parent,
+        ):
             d.mkdir(parents=True, exist_ok=True)
             self._chown(d, 0o700)
         run_checked(
@@ -192,7 +200,12 @@ class PostgresCluster:
     def start(self) -> bool:
         """Initialise on first use, start unless running, wait until healthy."""
         if self.process() is not None:
-            wait_until(self.healthy, timeout=self.settings.pg_start_timeout, what="PostgreSQL", log=self.log)
+            wait_until(
+                self.healthy,
+                timeout=self.settings.pg_start_timeout,
+                what="PostgreSQL",
+                log=self.log,
+            )
             return False
         s = self.settings
         if port_open(s.pg_host, s.pg_port):
@@ -234,7 +247,9 @@ class PostgresCluster:
             role = await conn.fetchval("SELECT quote_ident($1)", s.pg_user)
             literal = await conn.fetchval("SELECT quote_literal($1)", password)
             await conn.execute(f"{verb} ROLE {role} LOGIN PASSWORD {literal}")
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", s.pg_database):
+            if not await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", s.pg_database
+            ):
                 db = await conn.fetchval("SELECT quote_ident($1)", s.pg_database)
                 await conn.execute(f"CREATE DATABASE {db} OWNER {role}")
         finally:
@@ -256,7 +271,9 @@ class PostgresCluster:
             detail = f"data in {self.data}" if initialised else "not initialised yet"
             return ComponentStatus("postgres", False, None, address, detail)
         detail = "healthy (TLS)" if self.healthy() else "starting or unhealthy"
-        return ComponentStatus("postgres", True, proc.pid, address, f"{detail}, data in {self.data}")
+        return ComponentStatus(
+            "postgres", True, proc.pid, address, f"{detail}, data in {self.data}"
+        )
 
 
 async def _query_ok(settings: StackSettings) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -87,10 +88,8 @@ def stop_process(proc: psutil.Process, *, sig: int = signal.SIGTERM, timeout: fl
         _, alive = psutil.wait_procs([proc], timeout=timeout)
         if alive:
             for p in [proc, *children]:
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     p.kill()
-                except psutil.NoSuchProcess:
-                    pass
             psutil.wait_procs([proc, *children], timeout=10)
     except psutil.NoSuchProcess:
         return
@@ -114,5 +113,7 @@ def run_checked(argv: Sequence[str], *, what: str, env: dict[str, str] | None = 
         list(argv), capture_output=True, text=True, env=env or os.environ.copy(), check=False
     )
     if result.returncode != 0:
-        raise StackError(f"{what} failed (exit {result.returncode}):\n{result.stdout}{result.stderr}")
+        raise StackError(
+            f"{what} failed (exit {result.returncode}):\n{result.stdout}{result.stderr}"
+        )
     return result.stdout

@@ -37,7 +37,9 @@ class TlsFiles:
         )
 
     def exist(self) -> bool:
-        return all(p.exists() for p in (self.ca_cert, self.ca_key, self.server_cert, self.server_key))
+        return all(
+            p.exists() for p in (self.ca_cert, self.ca_key, self.server_cert, self.server_key)
+        )
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -124,7 +124,8 @@ async def test_kcat_produces_and_consumes(kafka_bootstrap: str, new_topic: Topic
     """A stock Kafka client (kcat, librdkafka) talks to the broker and the JSON contract."""
     event = event_dict(server_id=str(uuid.uuid4()))
     line = f"{event['server_id']}\t{json.dumps(event)}\n"
-    subprocess.run(
+    await asyncio.to_thread(
+        subprocess.run,
         ["kcat", "-b", kafka_bootstrap, "-P", "-t", new_topic.name, "-K", "\t"],
         input=line.encode(),
         check=True,
@@ -134,12 +135,13 @@ async def test_kcat_produces_and_consumes(kafka_bootstrap: str, new_topic: Topic
     assert got[0][0] == event["server_id"].encode()
     assert decode_raw_event(got[0][1]).server_id == event["server_id"]
 
-    out = subprocess.run(
+    result = await asyncio.to_thread(
+        subprocess.run,
         ["kcat", "-b", kafka_bootstrap, "-C", "-t", new_topic.name, "-o", "beginning", "-e", "-J"],
         capture_output=True,
         check=True,
         timeout=30,
-    ).stdout.decode()
-    records = [json.loads(x) for x in out.splitlines() if x.strip()]
+    )
+    records = [json.loads(x) for x in result.stdout.decode().splitlines() if x.strip()]
     assert len(records) == 1 and records[0]["key"] == event["server_id"]
     assert json.loads(records[0]["payload"])["cpu_usage"] == event["cpu_usage"]

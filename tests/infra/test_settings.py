@@ -67,8 +67,14 @@ def test_password_file_is_read(clean_env: pytest.MonkeyPatch, tmp_path: Path) ->
 
 def test_verify_full_needs_the_ca(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     clean_env.setenv("FLEETPULSE_HOME", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="ca.crt"):
+    with pytest.raises(FileNotFoundError, match=r"ca\.crt"):
         StackSettings().ssl_context()
     ensure_certificates(tmp_path / "tls")
     ctx = StackSettings().ssl_context()
     assert isinstance(ctx, ssl.SSLContext) and ctx.check_hostname
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name in StackSettings.model_fields:
+        assert f"`FLEETPULSE_{name.upper()}`" in readme, name
