@@ -33,6 +33,7 @@ from infra.settings import StackSettings  # noqa: E402
 from infra.stack import PostgresCluster  # noqa: E402
 from infra.topics import create_topics  # noqa: E402
 from schemas.topics import TopicSpec  # noqa: E402
+from tests.containers import container_services, docker_requested  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +42,27 @@ def stack_settings() -> Iterator[StackSettings]:
     settings = StackSettings()
     results = stack.up(settings)  # a service that cannot start fails the test, never skips it
     started_here = any(started for _, started in results)
+    _prepare(settings)
+    yield settings
+    if started_here and not os.environ.get("FLEETPULSE_TEST_KEEP_STACK"):
+        stack.down(settings)
+
+
+@pytest.fixture(scope="session")
+def service_settings(request: pytest.FixtureRequest) -> Iterator[StackSettings]:
+    """Where the service tests find Kafka and PostgreSQL: the local stack, or containers
+    when FLEETPULSE_TEST_DOCKER=1 (see tests/containers.py)."""
+    if not docker_requested():
+        yield request.getfixturevalue("stack_settings")
+        return
+    with container_services() as env:
+        os.environ.update(env)
+        settings = StackSettings()
+        _prepare(settings)
+        yield settings
+
+
+def _prepare(settings: StackSettings) -> None:
     asyncio.run(create_topics(settings.kafka_bootstrap))
 
     async def _migrate() -> None:
@@ -51,14 +73,11 @@ def stack_settings() -> Iterator[StackSettings]:
             await conn.close()
 
     asyncio.run(_migrate())
-    yield settings
-    if started_here and not os.environ.get("FLEETPULSE_TEST_KEEP_STACK"):
-        stack.down(settings)
 
 
 @pytest.fixture
-def kafka_bootstrap(stack_settings: StackSettings) -> str:
-    return stack_settings.kafka_bootstrap
+def kafka_bootstrap(service_settings: StackSettings) -> str:
+    return service_settings.kafka_bootstrap
 
 
 @pytest.fixture
@@ -82,12 +101,12 @@ async def superuser_connect(
 
 
 @pytest.fixture
-async def fresh_database(stack_settings: StackSettings) -> AsyncIterator[str]:
+async def fresh_database(service_settings: StackSettings) -> AsyncIterator[str]:
     """An empty database owned by the application role, dropped after the test."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = await superuser_connect(stack_settings)
+    admin = await superuser_connect(service_settings)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" OWNER "{stack_settings.pg_user}"')
+        await admin.execute(f'CREATE DATABASE "{name}" OWNER "{service_settings.pg_user}"')
         yield name
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

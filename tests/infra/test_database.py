@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from infra.db import MigrationError, migrate
-from infra.db.migrate import SQL_DIR
+from infra.db.migrate import SQL_DIR, detect_mode
 from infra.settings import StackSettings
 from infra.stack import PostgresCluster
 
@@ -31,10 +31,13 @@ async def _tables(conn: asyncpg.Connection) -> set[str]:
     return {r["relname"] for r in rows}
 
 
-async def test_migrations_apply_twice_over_tls(app_conn: asyncpg.Connection) -> None:
-    assert await app_conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+async def test_migrations_apply_twice_over_tls(
+    app_conn: asyncpg.Connection, service_settings: StackSettings
+) -> None:
+    if service_settings.pg_sslmode != "disable":
+        assert await app_conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
     first = await migrate(app_conn)
-    assert first.mode == "postgres"
+    assert first.mode == await detect_mode(app_conn)
     assert [m.version for m in first.applied] == [1, 2, 3]
     second = await migrate(app_conn)
     assert second.applied == [] and second.already == 3
@@ -43,10 +46,10 @@ async def test_migrations_apply_twice_over_tls(app_conn: asyncpg.Connection) -> 
 
 
 async def test_migrations_from_two_processes_at_once(
-    stack_settings: StackSettings, fresh_database: str
+    service_settings: StackSettings, fresh_database: str
 ) -> None:
     conns = [
-        await asyncpg.connect(**stack_settings.connect_kwargs(database=fresh_database))
+        await asyncpg.connect(**service_settings.connect_kwargs(database=fresh_database))
         for _ in range(3)
     ]
     try:
@@ -105,7 +108,7 @@ VALUES ($1, $2, 10, 20, 30, 5, 15, 19, 21, 30, 30, 5, 100, 200, '[]')
 
 
 async def test_daily_partitions_and_keys(app_conn: asyncpg.Connection) -> None:
-    await migrate(app_conn)
+    await migrate(app_conn, storage="postgres")
     await _add_server(app_conn)
     now = datetime.now(UTC)
     parts = await app_conn.fetch(
