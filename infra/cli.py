@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import socket
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 
 import asyncpg
@@ -108,6 +111,61 @@ def _schemas_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent(args: argparse.Namespace) -> int:
+    from producers.agent import run_agent, sample_once
+    from producers.settings import AgentSettings
+
+    overrides = {
+        k: v
+        for k, v in {
+            "server_id": args.server_id,
+            "disk_mount": args.disk_mount,
+            "top_processes": args.top,
+            "metrics_port": args.metrics_port,
+        }.items()
+        if v is not None
+    }
+    settings = AgentSettings(**overrides)
+    if args.once:
+        server_id = settings.server_id
+        if server_id is None:
+            server_id = str(uuid.uuid5(uuid.NAMESPACE_DNS, socket.getfqdn()))
+            print(
+                f"(no --server-id: using {server_id}, derived from this host's name)",
+                file=sys.stderr,
+            )
+        print(sample_once(settings, server_id).model_dump_json(indent=2))
+        return 0
+    if settings.server_id is None:
+        raise CommandError(
+            "the agent needs this host's server id: --server-id or FLEETPULSE_SERVER_ID"
+        )
+    asyncio.run(run_agent(settings))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from producers.settings import SimulatorSettings
+    from producers.simulator import run_simulator, simulated_server_id
+
+    overrides = {
+        k: v
+        for k, v in {
+            "hosts": args.hosts,
+            "seed": args.seed,
+            "metrics_port": args.metrics_port,
+        }.items()
+        if v is not None
+    }
+    settings = SimulatorSettings(**overrides)
+    if args.list_ids:
+        for i in range(settings.hosts):
+            print(simulated_server_id(settings.seed, i))
+        return 0
+    asyncio.run(run_simulator(settings, duration=args.duration))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
@@ -159,6 +217,34 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write the JSON Schema files under schemas/json/"
     ).set_defaults(func=_schemas_export)
 
+    agent = sub.add_parser(
+        "agent",
+        help="sample this host every second and send the events to metrics.raw.v1",
+        description="Samples this host once per second (aligned to the clock) and sends raw "
+        "metric events to Kafka. Stops cleanly on SIGTERM/SIGINT, flushing what is buffered.",
+    )
+    agent.add_argument("--server-id", help="this host's id (default: FLEETPULSE_SERVER_ID)")
+    agent.add_argument("--once", action="store_true", help="print one event as JSON and exit")
+    agent.add_argument("--disk-mount", help="mount whose use is disk_usage (default /)")
+    agent.add_argument("--top", type=int, help="how many top processes to report (default 10)")
+    agent.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0 = off)")
+    agent.set_defaults(func=_agent)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="emulate N hosts at 1 Hz (seeded, reproducible)",
+        description="Emits one event per simulated host per second through the producer "
+        "library, and reports when it falls behind the clock.",
+    )
+    sim.add_argument("--hosts", type=int, help="number of hosts (default 200)")
+    sim.add_argument("--seed", type=int, help="seed of the series (default 42)")
+    sim.add_argument("--duration", type=float, help="stop after this many seconds")
+    sim.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0 = off)")
+    sim.add_argument(
+        "--list-ids", action="store_true", help="print the simulated server ids and exit"
+    )
+    sim.set_defaults(func=_simulate)
+
     sub.add_parser(
         "demo", help="bring the stack up and run what the pipeline has so far"
     ).set_defaults(func=_demo)
@@ -166,18 +252,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     from infra.db import MigrationError
     from infra.stack import StackError
 
     args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     handler: Handler = args.func
     try:
         return handler(args)
+    except ValidationError as exc:
+        print(
+            f"fleetpulse: error: invalid setting: {_describe_settings_error(exc)}", file=sys.stderr
+        )
+        return 2
     except (CommandError, StackError, MigrationError, FileNotFoundError) as exc:
         print(f"fleetpulse: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _describe_settings_error(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    assert isinstance(exc, ValidationError)
+    return "; ".join(
+        f"FLEETPULSE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+"""Settings of the producers (`FLEETPULSE_*` variables)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.messages import MAX_PROCESSES, ServerId
+from schemas.settings import KafkaSettings
+
+
+class ProducerSettings(KafkaSettings):
+    """Delivery settings shared by the agent, the simulator and the producer library."""
+
+    buffer_size: int = Field(
+        default=600,
+        ge=1,
+        description=(
+            "Events kept while the broker is unreachable (600 = 10 minutes at 1 Hz). On "
+            "overflow the oldest are dropped, counted and logged."
+        ),
+    )
+    compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
+        default="lz4", description="Compression of record batches sent to Kafka."
+    )
+    linger_ms: int = Field(
+        default=5, ge=0, le=1000, description="How long the client waits to fill a batch."
+    )
+    max_chunk: int = Field(
+        default=2000,
+        ge=1,
+        description="Most events handed to the Kafka client at once (the rest wait in order).",
+    )
+    flush_timeout: float = Field(
+        default=10.0, ge=0, description="Seconds a shutdown waits to deliver what is buffered."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address of the Prometheus /metrics endpoint."
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint; 0 turns it off.",
+    )
+
+
+class AgentSettings(ProducerSettings):
+    """The host agent (`fleetpulse agent`)."""
+
+    server_id: ServerId | None = Field(
+        default=None,
+        description="This host's id in the registry (UUID). Required to run the agent.",
+    )
+    disk_mount: str = Field(default="/", description="Mount whose space use is `disk_usage`.")
+    top_processes: int = Field(
+        default=10, ge=0, le=MAX_PROCESSES, description="How many top processes to report."
+    )
+    interval: float = Field(
+        default=1.0, ge=0.1, le=60.0, description="Seconds between samples, aligned to the clock."
+    )
+
+
+class SimulatorSettings(ProducerSettings):
+    """The fleet simulator (`fleetpulse simulate`)."""
+
+    hosts: int = Field(default=200, ge=1, le=1_000_000, description="Simulated hosts.")
+    buffer_size: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Events kept while the broker is unreachable; the oldest go on overflow.",
+    )
+    seed: int = Field(default=42, description="Seed of the series; same seed, same fleet.")
+    sim_processes: int = Field(
+        default=3, ge=0, le=MAX_PROCESSES, description="Processes listed in each event."
+    )
+    max_lag: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds behind the clock before the simulator skips ahead (and says so).",
+    )
