@@ -1,0 +1,56 @@
+"""Unit tests of the fleet simulator: reproducible, realistic, always valid events."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from producers.simulator import SimulatedHost, fleet, simulated_server_id, tick_events
+from schemas import decode_raw_event
+
+T0 = 1_795_600_000
+
+
+def test_same_seed_same_series_different_seed_different() -> None:
+    a = list(tick_events(fleet(7, 50, 3), T0))
+    b = list(tick_events(fleet(7, 50, 3), T0))
+    c = list(tick_events(fleet(8, 50, 3), T0))
+    assert a == b
+    assert [v for _, v in a] != [v for _, v in c]
+    assert simulated_server_id(7, 3) == simulated_server_id(7, 3) != simulated_server_id(8, 3)
+    assert len({sid for sid, _ in a}) == 50
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), t=st.integers(T0 - 10**8, T0 + 10**8))
+def test_every_event_validates(seed: int, t: int) -> None:
+    for sid, value in tick_events(fleet(seed, 20, 5), t):
+        event = decode_raw_event(value)
+        assert event.server_id == sid
+        assert int(event.timestamp.timestamp()) == t
+        assert len(event.processes) == 5
+
+
+def test_series_look_like_hosts() -> None:
+    host = SimulatedHost.create(42, 0, 0)
+    cpus = [host.values(T0 + s)[0] for s in range(3600)]
+    mems = [host.values(T0 + s)[1] for s in range(3600)]
+    # CPU varies second to second but stays in range; memory moves slowly.
+    assert 0 <= min(cpus) < max(cpus) <= 100
+    assert max(abs(a - b) for a, b in itertools.pairwise(mems)) < 2.5
+    rx = [host.values(T0 + s)[3] for s in range(60)]
+    assert all(r >= 0 for r in rx) and len(set(rx)) > 30
+
+
+def test_generation_is_fast_enough_for_20k_hosts() -> None:
+    # A smoke check of the order of magnitude; the measured figure is in BENCHMARKS.md.
+    hosts = fleet(1, 2000, 3)
+    start = time.process_time()
+    events = list(tick_events(hosts, T0))
+    assert len(events) == 2000
+    assert time.process_time() - start < 2.0
+    assert json.loads(events[0][1])["server_id"] == hosts[0].server_id
