@@ -10,14 +10,13 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 
-import asyncpg
-
+from infra.errors import FleetPulseError
 from infra.settings import StackSettings
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-class CommandError(RuntimeError):
+class CommandError(FleetPulseError):
     """An expected failure: printed as one line, exit status 1, no traceback."""
 
 
@@ -56,24 +55,14 @@ def _stack_status(args: argparse.Namespace) -> int:
     return 0 if all(st.running for st in statuses) else 3
 
 
-async def _connect(settings: StackSettings) -> asyncpg.Connection:
-    try:
-        return await asyncpg.connect(**settings.connect_kwargs())
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise CommandError(
-            f"cannot connect to {settings.describe()}: {exc} "
-            "(is the stack up? `fleetpulse stack up`)"
-        ) from None
-
-
 def _db_migrate(args: argparse.Namespace) -> int:
-    from infra.db import migrate
+    from infra.db import connect, migrate
 
     settings = StackSettings()
     storage = args.storage or settings.pg_storage
 
     async def run() -> None:
-        conn = await _connect(settings)
+        conn = await connect(settings)
         try:
             report = await migrate(conn, storage=storage)
         finally:
@@ -254,9 +243,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
 
-    from infra.db import MigrationError
-    from infra.stack import StackError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -271,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"fleetpulse: error: invalid setting: {_describe_settings_error(exc)}", file=sys.stderr
         )
         return 2
-    except (CommandError, StackError, MigrationError, FileNotFoundError) as exc:
+    except (FleetPulseError, FileNotFoundError) as exc:
         print(f"fleetpulse: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

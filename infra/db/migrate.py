@@ -17,6 +17,9 @@ from typing import Literal
 
 import asyncpg
 
+from infra.errors import FleetPulseError
+from schemas.settings import PostgresSettings
+
 SQL_DIR = Path(__file__).parent / "sql"
 #: Advisory lock key of the migration runner ("fleetpulse" → a fixed 63-bit number).
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"fleetpulse.migrate").digest()[:8], "big") >> 1
@@ -25,8 +28,23 @@ _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(postgres|timescaledb))?\.sql$")
 StorageMode = Literal["postgres", "timescaledb"]
 
 
-class MigrationError(RuntimeError):
+class MigrationError(FleetPulseError):
     """The migrations cannot be applied as they are; the message says why."""
+
+
+class DatabaseUnavailable(FleetPulseError):
+    """No connection to the database; the message says where and why (never the password)."""
+
+
+async def connect(settings: PostgresSettings) -> asyncpg.Connection:
+    """A connection as the application role, with the configured TLS mode."""
+    try:
+        return await asyncpg.connect(**settings.connect_kwargs())
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to {settings.describe()}: {exc} "
+            "(is the stack up? `fleetpulse stack up`)"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from infra.errors import FleetPulseError
+
 
 @dataclass(frozen=True)
 class ComponentStatus:
@@ -26,7 +28,7 @@ class ComponentStatus:
     detail: str
 
 
-class StackError(RuntimeError):
+class StackError(FleetPulseError):
     """The local stack could not do what was asked; the message says why and what to do."""
 
 
