@@ -75,6 +75,9 @@ def test_verify_full_needs_the_ca(clean_env: pytest.MonkeyPatch, tmp_path: Path)
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
+    from producers.settings import AgentSettings, SimulatorSettings
+
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    for name in StackSettings.model_fields:
-        assert f"`FLEETPULSE_{name.upper()}`" in readme, name
+    for model in (StackSettings, AgentSettings, SimulatorSettings):
+        for name in model.model_fields:
+            assert f"`FLEETPULSE_{name.upper()}`" in readme, name

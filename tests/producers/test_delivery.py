@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from infra.settings import StackSettings
 from infra.stack import KafkaBroker
@@ -26,20 +27,25 @@ from tests.schemas.test_messages import event_dict
 pytestmark = pytest.mark.integration
 
 
-async def read_all(bootstrap: str, topic: str, *, idle: float = 3.0) -> list[tuple[bytes, bytes]]:
-    """Every record of a topic, in offset order per partition, until `idle` s bring nothing."""
+async def read_all(
+    bootstrap: str, topic: str, expect: int, *, timeout: float = 60.0, settle: float = 2.0
+) -> list[tuple[bytes, bytes]]:
+    """The topic's records, in offset order per partition: read until `expect` have come (or
+    `timeout`), then `settle` seconds more so that a duplicate would show."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
     out: list[tuple[bytes, bytes]] = []
     try:
-        quiet = 0.0
-        while quiet < idle:
-            batch = await consumer.getmany(timeout_ms=500)
-            got = [(r.key, r.value) for records in batch.values() for r in records]
-            out.extend(got)
-            quiet = 0.0 if got else quiet + 0.5
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        settled: float | None = None
+        while loop.time() < (settled or deadline):
+            batch = await consumer.getmany(timeout_ms=250)
+            out.extend((r.key, r.value) for records in batch.values() for r in records)
+            if settled is None and len(out) >= expect:
+                settled = loop.time() + settle
     finally:
         await consumer.stop()
     return out
@@ -64,7 +70,8 @@ async def test_agent_sends_one_event_per_second(kafka_bootstrap: str, new_topic:
     await asyncio.sleep(5.5)
     agent.stop()
     await task
-    records = await read_all(kafka_bootstrap, new_topic.name)
+    assert agent.producer.stats.sent == agent.samples
+    records = await read_all(kafka_bootstrap, new_topic.name, agent.samples)
     events = [decode_raw_event(v) for _, v in records]
     assert 5 <= len(events) <= 6 and len(events) == agent.samples
     assert {k for k, _ in records} == {agent.server_id.encode()}
@@ -90,7 +97,7 @@ async def test_broker_outage_loses_nothing_and_overflow_is_counted(
         tiny_id = str(uuid.uuid4())
         for i in range(20):
             tiny.send(event_dict(server_id=tiny_id, timestamp=f"2026-11-25T10:00:{i:02d}Z"))
-        await asyncio.sleep(10)  # the agent keeps sampling into its buffer
+        await asyncio.sleep(20)  # the agent keeps sampling into its buffer
     finally:
         await asyncio.to_thread(broker.start)
     await asyncio.sleep(3)
@@ -98,10 +105,12 @@ async def test_broker_outage_loses_nothing_and_overflow_is_counted(
     await task
     assert await tiny.flush(30)
     await tiny.stop()
+    stats = agent.producer.stats
+    assert (stats.sent, stats.dropped, stats.buffered) == (agent.samples, 0, 0)
 
-    records = await read_all(bootstrap, new_topic.name)
+    records = await read_all(bootstrap, new_topic.name, agent.samples + 5)
     mine = [decode_raw_event(v) for k, v in records if k == agent.server_id.encode()]
-    assert len(mine) == agent.samples >= 14  # every sample, none twice
+    assert len(mine) == agent.samples >= 24  # every sample, none twice
     _assert_consecutive(mine)
 
     theirs = [decode_raw_event(v) for k, v in records if k == tiny_id.encode()]
@@ -123,13 +132,7 @@ def test_agent_once_prints_a_valid_event() -> None:
 
 
 async def test_agent_command_flushes_on_sigterm(kafka_bootstrap: str) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    partitions = [TopicPartition(RAW.name, p) for p in range(RAW.partitions)]
-    consumer.assign(partitions)
-    await consumer.seek_to_end(*partitions)
-    for tp in partitions:  # resolve the end offsets now, before the agent writes
-        await consumer.position(tp)
+    """The real command, read back with a stock Kafka client (kcat)."""
     server_id = str(uuid.uuid4())
     env = {**os.environ, "FLEETPULSE_KAFKA_BOOTSTRAP": kafka_bootstrap}
     proc = await asyncio.create_subprocess_exec(
@@ -148,20 +151,17 @@ async def test_agent_command_flushes_on_sigterm(kafka_bootstrap: str) -> None:
         await asyncio.sleep(4.5)
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-        assert proc.returncode == 0, err
-        assert b"agent stopped" in err
-        got: list[RawMetricEvent] = []
-        async with asyncio.timeout(20):
-            while len(got) < 3:
-                batch = await consumer.getmany(timeout_ms=500)
-                got += [
-                    decode_raw_event(r.value)
-                    for records in batch.values()
-                    for r in records
-                    if r.key == server_id.encode()
-                ]
-        _assert_consecutive(got)
     finally:
         if proc.returncode is None:
             proc.kill()
-        await consumer.stop()
+    assert proc.returncode == 0, err
+    assert b"agent stopped" in err
+    kcat = await asyncio.create_subprocess_exec(
+        "kcat", "-b", kafka_bootstrap, "-C", "-t", RAW.name, "-o", "beginning", "-e", "-J",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(kcat.communicate(), timeout=60)
+    records = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    got = [decode_raw_event(r["payload"].encode()) for r in records if r["key"] == server_id]
+    assert len(got) >= 3
+    _assert_consecutive(got)

@@ -1,0 +1,70 @@
+"""Shared pieces of the benchmarks: machine description, medians, the local stack."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import psutil
+
+from infra import stack
+from infra.settings import StackSettings
+from infra.topics import create_topics
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / 2**30
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; {platform.system()} "
+        f"{platform.release()}; Python {platform.python_version()}; "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def row(label: str, values: Sequence[float], fmt: str = "{:,.2f}", *extra: str) -> str:
+    """A markdown table row: label, median, range (min to max), then any extra cells."""
+    cells = [
+        label,
+        fmt.format(median(values)),
+        f"{fmt.format(min(values))} to {fmt.format(max(values))}",
+    ]
+    return "| " + " | ".join([*cells, *extra]) + " |"
+
+
+def stack_up() -> StackSettings:
+    """The local stack the end-to-end parts of the benchmarks run against."""
+    import asyncio
+
+    settings = StackSettings()
+    stack.up(settings)
+    asyncio.run(create_topics(settings.kafka_bootstrap))
+    return settings
+
+
+def idle_processes(n: int) -> list[subprocess.Popen[bytes]]:
+    """`n` sleeping processes, as on a busy host."""
+    return [subprocess.Popen(["sleep", "3600"]) for _ in range(n)]
+
+
+def kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.kill()
+    for p in procs:
+        p.wait()
