@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -35,7 +36,9 @@ async def create_topics(
             await admin.create_topics(
                 [NewTopic(s.name, s.partitions, 1, topic_configs=s.config()) for s in missing]
             )
-        counts = await _partition_counts(admin, specs)
+        counts = await _partition_counts(
+            admin, specs, at_least={s.name: s.partitions for s in missing}
+        )
         grow = {
             s.name: NewPartitions(total_count=s.partitions)
             for s in specs
@@ -43,7 +46,9 @@ async def create_topics(
         }
         if grow:
             await admin.create_partitions(grow)
-            counts = await _partition_counts(admin, specs)
+            counts = await _partition_counts(
+                admin, specs, at_least={name: g.total_count for name, g in grow.items()}
+            )
         results = []
         for spec in specs:
             results.append(TopicResult(spec, spec.name not in existing, counts.get(spec.name, 0)))
@@ -52,6 +57,19 @@ async def create_topics(
         await admin.close()
 
 
-async def _partition_counts(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> dict[str, int]:
-    described = await admin.describe_topics([s.name for s in specs])
-    return {d["topic"]: len(d["partitions"]) for d in described}
+async def _partition_counts(
+    admin: AIOKafkaAdminClient,
+    specs: list[TopicSpec],
+    at_least: dict[str, int],
+    timeout: float = 15.0,
+) -> dict[str, int]:
+    """Partition count of each topic, waiting until the ones just created or grown show up in
+    the broker's metadata (which lags the admin call by a moment)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        described = await admin.describe_topics([s.name for s in specs])
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        if all(counts.get(n, 0) >= c for n, c in at_least.items()) or loop.time() > deadline:
+            return counts
+        await asyncio.sleep(0.1)
