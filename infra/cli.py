@@ -155,6 +155,35 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sink(args: argparse.Namespace) -> int:
+    from sinks.service import run_sink
+    from sinks.settings import SinkSettings
+
+    asyncio.run(run_sink(SinkSettings()))
+    return 0
+
+
+def _db_maintain(args: argparse.Namespace) -> int:
+    from infra.db import connect
+    from sinks.maintenance import maintain
+    from sinks.settings import SinkSettings
+
+    settings = SinkSettings()
+
+    async def run() -> None:
+        conn = await connect(settings)
+        try:
+            report = await maintain(conn, settings)
+        finally:
+            await conn.close()
+        print(f"{settings.describe()}: {report.summary()}")
+        if report.missing:
+            raise CommandError(f"TimescaleDB policies missing: {', '.join(report.missing)}")
+
+    asyncio.run(run())
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
@@ -193,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="storage mode on first migration (default: FLEETPULSE_PG_STORAGE, else auto)",
     )
     mig.set_defaults(func=_db_migrate)
+    db_sub.add_parser(
+        "maintain",
+        help="create partitions ahead and drop those past retention (TimescaleDB: check policies)",
+    ).set_defaults(func=_db_maintain)
 
     topics = sub.add_parser("topics", help="Kafka topics")
     topics_sub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -233,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--list-ids", action="store_true", help="print the simulated server ids and exit"
     )
     sim.set_defaults(func=_simulate)
+
+    sub.add_parser(
+        "sink",
+        help="write the aggregate topics into the database (one consumer group)",
+        description="Consumes metrics.agg.5s.v1, .1h.v1 and .1d.v1, upserts batches into "
+        "metrics_snapshots, metrics_hourly and metrics_daily, commits offsets after the "
+        "transaction, dead-letters what the database rejects. Stops cleanly on SIGTERM/SIGINT.",
+    ).set_defaults(func=_sink)
 
     sub.add_parser(
         "demo", help="bring the stack up and run what the pipeline has so far"

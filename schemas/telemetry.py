@@ -1,4 +1,4 @@
-"""The Prometheus /metrics endpoint of the producers."""
+"""The Prometheus /metrics endpoint every FleetPulse service serves (same vocabulary everywhere)."""
 
 from __future__ import annotations
 

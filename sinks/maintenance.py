@@ -1,0 +1,120 @@
+"""Retention and partitions: `fleetpulse db maintain`, and periodically inside the sink.
+
+On plain PostgreSQL it creates the partitions ahead of today and drops those wholly past
+retention. On TimescaleDB the migrations installed retention and compression policies that
+TimescaleDB runs itself; maintenance only checks that they exist (it never adds a second one).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from sinks.settings import SinkSettings
+
+_UPPER = re.compile(r"TO \('([^']+)'\)")
+#: table → (partition unit, how far back partitions are created)
+_UNITS = {"metrics_snapshots": "day", "metrics_hourly": "month", "metrics_daily": "year"}
+
+
+@dataclass
+class MaintenanceReport:
+    mode: str
+    created: int = 0
+    dropped: list[str] = field(default_factory=list)
+    policies: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.mode == "timescaledb":
+            text = f"TimescaleDB policies present: {', '.join(self.policies) or 'none'}"
+            return text + (f"; MISSING: {', '.join(self.missing)}" if self.missing else "")
+        dropped = ", ".join(self.dropped) or "none"
+        return f"{self.created} partitions created ahead, dropped past retention: {dropped}"
+
+
+async def storage_mode(conn: asyncpg.Connection) -> str:
+    """The mode the migrations were applied in (`postgres` or `timescaledb`)."""
+    mode = await conn.fetchval(
+        "SELECT variant FROM schema_migrations WHERE variant <> 'all' ORDER BY version LIMIT 1"
+    )
+    if mode is None:
+        raise RuntimeError("the database is not migrated: run `fleetpulse db migrate`")
+    return str(mode)
+
+
+def retention_days(settings: SinkSettings) -> dict[str, int | None]:
+    return {
+        "metrics_snapshots": settings.retention_5s_days,
+        "metrics_hourly": settings.retention_hourly_days,
+        "metrics_daily": settings.retention_daily_days,
+    }
+
+
+async def maintain(
+    conn: asyncpg.Connection, settings: SinkSettings, now: datetime | None = None
+) -> MaintenanceReport:
+    """Run one round of maintenance as of `now` (default: the clock)."""
+    now = now or datetime.now(UTC)
+    mode = await storage_mode(conn)
+    report = MaintenanceReport(mode=mode)
+    if mode == "timescaledb":
+        await _check_policies(conn, settings, report)
+        return report
+    ahead = now + timedelta(days=settings.partitions_ahead_days)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL TimeZone = 'UTC'")
+        for table, days in retention_days(settings).items():
+            since = now - timedelta(days=days) if days else now - timedelta(days=1)
+            report.created += await conn.fetchval(
+                "SELECT fleetpulse_ensure_partitions($1::regclass, $2, $3, $4)",
+                table,
+                _UNITS[table],
+                since,
+                ahead,
+            )
+            if days:
+                report.dropped += await _drop_before(conn, table, now - timedelta(days=days))
+    return report
+
+
+async def _drop_before(conn: asyncpg.Connection, table: str, cutoff: datetime) -> list[str]:
+    """Drop the partitions of `table` whose upper bound is at or before `cutoff`."""
+    rows = await conn.fetch(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::regclass",
+        table,
+    )
+    dropped = []
+    for row in rows:
+        m = _UPPER.search(row["bound"] or "")
+        if not m:
+            continue
+        upper = datetime.fromisoformat(m.group(1).replace("+00", "+00:00"))
+        if upper <= cutoff:
+            await conn.execute(f'DROP TABLE "{row["relname"]}"')
+            dropped.append(row["relname"])
+    return sorted(dropped)
+
+
+async def _check_policies(
+    conn: asyncpg.Connection, settings: SinkSettings, report: MaintenanceReport
+) -> None:
+    rows = await conn.fetch(
+        "SELECT hypertable_name, proc_name FROM timescaledb_information.jobs "
+        "WHERE hypertable_name IS NOT NULL"
+    )
+    present = {(r["hypertable_name"], r["proc_name"]) for r in rows}
+    report.policies = sorted(f"{t}:{p.removeprefix('policy_')}" for t, p in present)
+    wanted = [
+        ("metrics_snapshots", "policy_retention"),
+        ("metrics_snapshots", "policy_compression"),
+    ]
+    if settings.retention_hourly_days:
+        wanted.append(("metrics_hourly", "policy_retention"))
+    report.missing = [
+        f"{t}:{p.removeprefix('policy_')}" for t, p in wanted if (t, p) not in present
+    ]

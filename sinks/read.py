@@ -1,0 +1,118 @@
+"""The read path: a server's series over a time range, one row per bucket, gaps visible.
+
+What the seed's per-minute query means: every bucket of the range is present (an empty one
+has NULL values and 0 samples), each bucket appears once, and averages are weighted by the
+number of samples behind each stored row. It reads the coarsest table that serves the step:
+5 s rows for 1-minute and 5-minute steps, hourly rows for 1 h, daily rows for 1 d. The SQL is
+plain PostgreSQL (`generate_series` + `date_bin`), the same on TimescaleDB.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import asyncpg
+
+#: Steps the read path serves, in seconds.
+STEPS: Final = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}
+METRICS: Final = ("cpu_usage", "memory_usage", "disk_usage")
+
+
+class ReadError(ValueError):
+    """A request the read path refuses; the message says why."""
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    bucket: datetime
+    samples: int
+    cpu_usage_avg: float | None
+    cpu_usage_min: float | None
+    cpu_usage_max: float | None
+    memory_usage_avg: float | None
+    memory_usage_min: float | None
+    memory_usage_max: float | None
+    disk_usage_avg: float | None
+    disk_usage_min: float | None
+    disk_usage_max: float | None
+    network_rx: int | None
+    network_tx: int | None
+
+
+def _source(step: str) -> tuple[str, str, dict[str, tuple[str, str, str]]]:
+    """(table, time column, metric → (avg, min, max) column) serving `step`."""
+    if step in ("1m", "5m"):
+        cols = {m: (m, f"{m}_min", f"{m}_max") for m in METRICS}
+        return "metrics_snapshots", '"timestamp"', cols
+    table = "metrics_hourly" if step == "1h" else "metrics_daily"
+    return table, "bucket", {m: (f"{m}_avg", f"{m}_min", f"{m}_max") for m in METRICS}
+
+
+def _query(step: str) -> str:
+    table, time_col, cols = _source(step)
+    metric_sql = ",\n".join(
+        f"sum({avg} * sample_count) / sum(sample_count) AS {m}_avg, "
+        f"min({lo}) AS {m}_min, max({hi}) AS {m}_max"
+        for m, (avg, lo, hi) in cols.items()
+    )
+    names = ", ".join(f"a.{m}_{s}" for m in METRICS for s in ("avg", "min", "max"))
+    return f"""
+        WITH a AS (
+            SELECT date_bin($4::interval, {time_col}, $2::timestamptz) AS bucket,
+                   sum(sample_count)::bigint AS samples,
+                   {metric_sql},
+                   sum(network_rx)::bigint AS network_rx,
+                   sum(network_tx)::bigint AS network_tx
+            FROM {table}
+            WHERE server_id = $1 AND {time_col} >= $2::timestamptz AND {time_col} < $3::timestamptz
+            GROUP BY 1
+        )
+        SELECT g.bucket, coalesce(a.samples, 0) AS samples, {names},
+               a.network_rx, a.network_tx
+        FROM generate_series($2::timestamptz, $3::timestamptz - $4::interval, $4::interval)
+             AS g(bucket)
+        LEFT JOIN a ON a.bucket = g.bucket
+        ORDER BY g.bucket
+    """
+
+
+def align(start: datetime, end: datetime, step: str) -> tuple[datetime, datetime]:
+    """The range widened to whole steps (UTC, counted from the Unix epoch)."""
+    seconds = STEPS[step]
+    lo = math.floor(start.timestamp() / seconds) * seconds
+    hi = math.ceil(end.timestamp() / seconds) * seconds
+    return datetime.fromtimestamp(lo, UTC), datetime.fromtimestamp(hi, UTC)
+
+
+def count_points(start: datetime, end: datetime, step: str) -> int:
+    lo, hi = align(start, end, step)
+    return int((hi - lo).total_seconds()) // STEPS[step]
+
+
+async def read_series(
+    conn: asyncpg.Connection,
+    server_id: str,
+    start: datetime,
+    end: datetime,
+    step: str,
+    *,
+    max_points: int = 10_000,
+) -> list[SeriesPoint]:
+    """One point per step in [start, end), oldest first; empty buckets have NULL values."""
+    if step not in STEPS:
+        raise ReadError(f"step must be one of {', '.join(STEPS)}, not {step!r}")
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ReadError("from and to need a time zone (e.g. 2026-11-25T10:00:00Z)")
+    if end <= start:
+        raise ReadError("to must be after from")
+    n = count_points(start, end, step)
+    if n > max_points:
+        raise ReadError(
+            f"{n} points requested; at most {max_points} per request (use a larger step)"
+        )
+    lo, hi = align(start, end, step)
+    rows = await conn.fetch(_query(step), server_id, lo, hi, timedelta(seconds=STEPS[step]))
+    return [SeriesPoint(**dict(r)) for r in rows]

@@ -1,0 +1,50 @@
+"""Settings of the sink (`fleetpulse sink`, `fleetpulse db maintain`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.settings import KafkaSettings, PostgresSettings
+
+
+class SinkSettings(KafkaSettings, PostgresSettings):
+    """The database writer for the aggregate topics."""
+
+    sink_group: str = Field(
+        default="fleetpulse-sink", description="Kafka consumer group of the sink workers."
+    )
+    batch_rows: int = Field(
+        default=5000, ge=1, le=100_000, description="Rows per database transaction (at most)."
+    )
+    batch_age_ms: int = Field(
+        default=500, ge=1, description="Longest a row waits before its batch is written."
+    )
+    write_method: Literal["auto", "copy", "unnest"] = Field(
+        default="auto",
+        description=(
+            "How batches reach the table: `copy` (COPY into a staging table, then upsert), "
+            "`unnest` (one INSERT … SELECT FROM unnest(…) upsert), or `auto` (the faster one "
+            "measured in BENCHMARKS.md, falling back when COPY is not available)."
+        ),
+    )
+    retry_min: float = Field(
+        default=0.5, gt=0, description="First retry delay after a database error, s."
+    )
+    retry_max: float = Field(default=30.0, gt=0, description="Longest retry delay, s.")
+    maintain_every: float = Field(
+        default=3600.0, gt=0, description="Seconds between partition maintenance runs in the sink."
+    )
+    retention_5s_days: int = Field(default=30, ge=1, description="Days of 5 s rows kept.")
+    retention_hourly_days: int | None = Field(
+        default=400, ge=1, description="Days of hourly rows kept (unset: forever)."
+    )
+    retention_daily_days: int | None = Field(
+        default=None, ge=1, description="Days of daily rows kept (unset: forever)."
+    )
+    partitions_ahead_days: int = Field(
+        default=7, ge=1, description="Days of partitions created ahead of today (plain PostgreSQL)."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address of /metrics.")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of /metrics; 0 = off.")

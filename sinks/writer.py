@@ -1,0 +1,140 @@
+"""Batch upserts into the metric tables, and isolation of the rows the database rejects.
+
+Two ways to move a batch, both ending in `INSERT … ON CONFLICT (server_id, time) DO UPDATE`
+so that writing the same aggregate twice changes nothing:
+- `copy`: COPY the rows into a session-private staging table, then upsert from it;
+- `unnest`: one `INSERT … SELECT FROM unnest($1::type[], …)` with an array per column.
+Which is faster is measured by `benchmarks/sink_write.py` (BENCHMARKS.md); `auto` uses that
+one and falls back to `unnest` for good where COPY is not available (the TimescaleDB test
+stand-in, for one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Generic, Literal, TypeVar
+
+import asyncpg
+
+from sinks.errors import Disposition, classify
+from sinks.rows import TableSpec
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Method = Literal["copy", "unnest"]
+
+#: The faster method on this project's benchmark (see BENCHMARKS.md, "Sink write path").
+FASTEST: Method = "unnest"
+
+
+def _upsert_sql(table: TableSpec, source: str) -> str:
+    cols = ", ".join(f'"{c}"' for c in table.names)
+    key = ", ".join(f'"{c}"' for c in table.key)
+    updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in table.names if c not in table.key)
+    return f"INSERT INTO {table.name} ({cols}) {source} ON CONFLICT ({key}) DO UPDATE SET {updates}"
+
+
+def _unnest_sql(table: TableSpec) -> str:
+    args = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(table.columns, start=1))
+    return _upsert_sql(table, f"SELECT * FROM unnest({args})")
+
+
+def _stage_name(table: TableSpec) -> str:
+    return f"fleetpulse_stage_{table.name}"
+
+
+class BatchWriter:
+    """Upserts batches of rows over one connection, with the chosen method."""
+
+    def __init__(self, method: Literal["auto", "copy", "unnest"] = "auto") -> None:
+        self.auto = method == "auto"
+        self.method: Method = FASTEST if method == "auto" else method
+        self._staged: set[str] = set()
+
+    async def upsert(
+        self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """Write `rows` (deduplicated by key: the last one wins). Raises what PostgreSQL raises."""
+        rows = _last_per_key(table, rows)
+        if not rows:
+            return
+        if self.method == "copy":
+            try:
+                async with conn.transaction():  # a savepoint: a failed COPY leaves no trace
+                    await self._copy(conn, table, rows)
+                return
+            except asyncpg.FeatureNotSupportedError:
+                if not self.auto:
+                    raise
+                log.warning(
+                    "COPY is not available on this database; writing with unnest from now on"
+                )
+                self.method = "unnest"
+        await conn.execute(_unnest_sql(table), *[list(col) for col in zip(*rows, strict=True)])
+
+    async def _copy(
+        self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        stage = _stage_name(table)
+        if stage not in self._staged:
+            await conn.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
+                f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            self._staged.add(stage)
+        await conn.execute(f"TRUNCATE {stage}")
+        await conn.copy_records_to_table(stage, records=rows, columns=table.names)
+        cols = ", ".join(f'"{c}"' for c in table.names)
+        await conn.execute(_upsert_sql(table, f"SELECT {cols} FROM {stage}"))
+
+    def forget_connection(self) -> None:
+        """Call after reconnecting: temporary staging tables died with the old session."""
+        self._staged.clear()
+
+
+class Item(Generic[T]):
+    """A row and where it came from (so a rejected row can be dead-lettered)."""
+
+    __slots__ = ("row", "source")
+
+    def __init__(self, row: tuple[Any, ...], source: T) -> None:
+        self.row = row
+        self.source = source
+
+
+async def write_isolating(
+    writer: BatchWriter, conn: asyncpg.Connection, table: TableSpec, items: Sequence[Item[T]]
+) -> list[tuple[Item[T], BaseException]]:
+    """Write `items` inside the caller's transaction; return those the database rejects.
+
+    The batch is tried whole; on a permanent error it is split in halves, each under its own
+    savepoint, down to the single rows at fault, so one bad row costs O(log n) statements and
+    the rest lands. A transient error is raised: the caller retries the whole batch.
+    """
+    if not items:
+        return []
+    try:
+        async with conn.transaction():
+            await writer.upsert(conn, table, [i.row for i in items])
+        return []
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if classify(exc) is Disposition.TRANSIENT:
+            raise
+        if len(items) == 1:
+            return [(items[0], exc)]
+    mid = len(items) // 2
+    return await write_isolating(writer, conn, table, items[:mid]) + await write_isolating(
+        writer, conn, table, items[mid:]
+    )
+
+
+def _last_per_key(table: TableSpec, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """One row per key, the last given (an upsert cannot touch a row twice in one statement)."""
+    seen: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+    for row in rows:
+        seen[(row[0], row[1])] = row
+    if len(seen) == len(rows):
+        return list(rows)
+    return list(seen.values())
