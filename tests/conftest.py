@@ -107,7 +107,12 @@ async def fresh_database(service_settings: StackSettings) -> AsyncIterator[str]:
     admin = await superuser_connect(service_settings)
     try:
         await admin.execute(f'CREATE DATABASE "{name}" OWNER "{service_settings.pg_user}"')
-        yield name
+    finally:
+        await admin.close()
+    yield name
+    # A new connection: a test may have restarted the server meanwhile.
+    admin = await superuser_connect(service_settings)
+    try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()

@@ -1,0 +1,264 @@
+"""Integration: the sink between the real Kafka broker and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from infra.db import migrate
+from infra.settings import StackSettings
+from infra.stack import PostgresCluster
+from infra.topics import create_topics
+from schemas import DeadLetter, Resolution, WindowAggregate
+from schemas.topics import TopicSpec
+from sinks import Sink, SinkSettings
+from sinks.rows import DAILY, HOURLY, SNAPSHOTS
+from tests.sinks.helpers import T0, add_server, aggregate
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Rig:
+    settings: SinkSettings
+    conn: asyncpg.Connection
+    topics: dict[Resolution, str]
+    dlq: str
+    servers: list[str]
+
+    def sink(self) -> Sink:
+        return Sink(
+            self.settings,
+            topics=tuple(self.topics.values()),
+            dlq_topic=self.dlq,
+            tables={
+                self.topics[Resolution.FIVE_SECONDS]: SNAPSHOTS,
+                self.topics[Resolution.ONE_HOUR]: HOURLY,
+                self.topics[Resolution.ONE_DAY]: DAILY,
+            },
+        )
+
+    async def produce(self, aggs: list[WindowAggregate], raw: list[bytes] | None = None) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True
+        )
+        await producer.start()
+        try:
+            for a in aggs:
+                await producer.send(
+                    self.topics[a.resolution], a.to_json_bytes(), key=a.server_id.encode()
+                )
+            for value in raw or []:
+                await producer.send(self.topics[Resolution.FIVE_SECONDS], value, key=b"junk")
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def dead_letters(self, expect: int) -> list[DeadLetter]:
+        consumer = AIOKafkaConsumer(
+            self.dlq, bootstrap_servers=self.settings.kafka_bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        got: list[DeadLetter] = []
+        try:
+            async with asyncio.timeout(30):
+                while len(got) < expect:
+                    batch = await consumer.getmany(timeout_ms=500)
+                    got += [
+                        DeadLetter.model_validate_json(r.value)
+                        for records in batch.values()
+                        for r in records
+                    ]
+            await asyncio.sleep(1)
+            batch = await consumer.getmany(timeout_ms=500)
+            got += [DeadLetter.model_validate_json(r.value) for rs in batch.values() for r in rs]
+        finally:
+            await consumer.stop()
+        return got
+
+
+@pytest.fixture
+async def rig(
+    service_settings: StackSettings, fresh_database: str, app_conn: asyncpg.Connection
+) -> AsyncIterator[Rig]:
+    await migrate(app_conn, storage="postgres")
+    servers = [str(uuid.uuid4()) for _ in range(3)]
+    for sid in servers:
+        await add_server(app_conn, sid)
+    suffix = uuid.uuid4().hex[:10]
+    topics = {
+        Resolution.FIVE_SECONDS: f"test.agg5s.{suffix}",
+        Resolution.ONE_HOUR: f"test.agg1h.{suffix}",
+        Resolution.ONE_DAY: f"test.agg1d.{suffix}",
+    }
+    dlq = f"test.dlq.{suffix}"
+    await create_topics(
+        service_settings.kafka_bootstrap,
+        [TopicSpec(t, 4, 3_600_000) for t in [*topics.values(), dlq]],
+    )
+    settings = SinkSettings(
+        kafka_bootstrap=service_settings.kafka_bootstrap,
+        pg_host=service_settings.pg_host,
+        pg_port=service_settings.pg_port,
+        pg_database=fresh_database,
+        pg_sslmode=service_settings.pg_sslmode,
+        pg_password=service_settings.password(),
+        sink_group=f"test-sink-{suffix}",
+        batch_age_ms=200,
+        retry_min=0.2,
+        retry_max=2.0,
+    )
+    yield Rig(settings, app_conn, topics, dlq, servers)
+
+
+async def run_until(sink: Sink, done: Callable[[], Awaitable[bool]], timeout: float = 60) -> None:
+    await sink.start()
+    task = asyncio.create_task(sink.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while not await done():
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.2)
+    finally:
+        sink.stop()
+        await task
+        await sink.close()
+
+
+async def count(conn: asyncpg.Connection, table: str) -> int:
+    return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+
+
+async def test_aggregates_in_exact_rows_out(rig: Rig) -> None:
+    sid = rig.servers[0]
+    fives = [
+        aggregate(sid, T0 + timedelta(seconds=5 * i), cpu=10 + i, rx=100 * i) for i in range(12)
+    ]
+    hour = aggregate(sid, T0, Resolution.ONE_HOUR, count=3600, cpu=33.5, rx=10**9)
+    day = aggregate(sid, T0.replace(hour=0), Resolution.ONE_DAY, count=86400, cpu=20.25)
+    await rig.produce([*fives, hour, day])
+
+    async def all_in() -> bool:
+        return (
+            await count(rig.conn, "metrics_snapshots") == 12
+            and await count(rig.conn, "metrics_hourly") == 1
+            and await count(rig.conn, "metrics_daily") == 1
+        )
+
+    await run_until(rig.sink(), all_in)
+    rows = await rig.conn.fetch(
+        'SELECT * FROM metrics_snapshots WHERE server_id = $1 ORDER BY "timestamp"', sid
+    )
+    assert [r["timestamp"] for r in rows] == [a.window_start for a in fives]
+    first = rows[3]
+    assert (first["cpu_usage"], first["cpu_usage_min"], first["cpu_usage_max"]) == (
+        13.0,
+        12.0,
+        14.0,
+    )
+    assert (first["memory_usage"], first["disk_usage"], first["sample_count"]) == (40.0, 70.0, 5)
+    assert (first["network_rx"], first["network_tx"]) == (300, 500)
+    assert json.loads(first["processes"]) == [
+        {"pid": 1, "name": "init", "cpu_usage": 0.5, "memory_usage": 0.1}
+    ]
+    h = await rig.conn.fetchrow("SELECT * FROM metrics_hourly")
+    assert h is not None
+    assert (h["bucket"], h["sample_count"], h["cpu_usage_avg"], h["network_rx"]) == (
+        T0,
+        3600,
+        33.5,
+        10**9,
+    )
+    d = await rig.conn.fetchrow("SELECT * FROM metrics_daily")
+    assert d is not None and (d["bucket"], d["cpu_usage_avg"]) == (T0.replace(hour=0), 20.25)
+
+
+async def test_delivered_twice_no_duplicates_no_changes(rig: Rig) -> None:
+    sid = rig.servers[1]
+    aggs = [aggregate(sid, T0 + timedelta(seconds=5 * i), cpu=1.5 * i) for i in range(20)]
+    await rig.produce(aggs)
+    await rig.produce(aggs)  # a stream worker restarted and emitted them again
+
+    async def settled() -> bool:
+        return await count(rig.conn, "metrics_snapshots") == 20
+
+    await run_until(rig.sink(), settled)
+    before = await rig.conn.fetch('SELECT * FROM metrics_snapshots ORDER BY "timestamp"')
+    # A second sink group reads everything again from the beginning: nothing changes.
+    rig.settings = rig.settings.model_copy(update={"sink_group": rig.settings.sink_group + "-2"})
+    sink = rig.sink()
+
+    async def reread() -> bool:
+        return sink.rows_written >= 40
+
+    await run_until(sink, reread)
+    after = await rig.conn.fetch('SELECT * FROM metrics_snapshots ORDER BY "timestamp"')
+    assert [dict(r) for r in after] == [dict(r) for r in before]
+    assert len(after) == 20
+
+
+async def test_unknown_server_and_junk_go_to_the_dlq_alone(rig: Rig) -> None:
+    good, unknown = rig.servers[2], str(uuid.uuid4())
+    aggs = [aggregate(good, T0 + timedelta(seconds=5 * i)) for i in range(30)]
+    aggs.insert(17, aggregate(unknown, T0))
+    await rig.produce(aggs, raw=[b"{not json", b'{"server_id": "x"}'])
+
+    async def landed() -> bool:
+        return await count(rig.conn, "metrics_snapshots") == 30
+
+    sink = rig.sink()
+    await run_until(sink, landed)
+    letters = await rig.dead_letters(3)
+    by_reason = {d.reason.value: d for d in letters}
+    assert sorted(by_reason) == ["db_rejected", "invalid_json", "validation"]
+    rejected = by_reason["db_rejected"]
+    assert "ForeignKeyViolationError" in rejected.error and "23503" in rejected.error
+    assert WindowAggregate.model_validate_json(rejected.payload()).server_id == unknown
+    assert by_reason["invalid_json"].payload() == b"{not json"
+    assert "server_id" in by_reason["validation"].error
+    assert len(letters) == 3
+
+
+async def test_postgres_restart_mid_stream_loses_nothing(
+    rig: Rig, stack_settings: StackSettings
+) -> None:
+    sid = rig.servers[0]
+    cluster = PostgresCluster(stack_settings)
+    sink = rig.sink()
+    await sink.start()
+    task = asyncio.create_task(sink.run())
+    try:
+        first = [aggregate(sid, T0 + timedelta(seconds=5 * i)) for i in range(50)]
+        await rig.produce(first)
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(cluster.stop)
+        second = [aggregate(sid, T0 + timedelta(seconds=5 * i)) for i in range(50, 150)]
+        await rig.produce(second)  # arrives while the database is down
+        await asyncio.sleep(3)
+        await asyncio.to_thread(cluster.start)
+        conn = await asyncpg.connect(**rig.settings.connect_kwargs())
+        try:
+            async with asyncio.timeout(60):
+                while True:
+                    if await count(conn, "metrics_snapshots") >= 150:
+                        break
+                    await asyncio.sleep(0.3)
+            stamps = await conn.fetch(
+                'SELECT "timestamp", count(*) AS n FROM metrics_snapshots GROUP BY 1'
+            )
+        finally:
+            await conn.close()
+    finally:
+        sink.stop()
+        await task
+        await sink.close()
+    assert len(stamps) == 150 and {r["n"] for r in stamps} == {1}
