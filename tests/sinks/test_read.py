@@ -1,0 +1,121 @@
+"""Integration: the read path's gap filling, on plain PostgreSQL and on the TimescaleDB stand-in,
+and the write methods (COPY staging vs unnest) giving the same rows."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from infra.db import migrate
+from schemas import Resolution
+from sinks.read import ReadError, read_series
+from sinks.rows import DAILY, HOURLY, SNAPSHOTS, to_row
+from sinks.writer import BatchWriter
+from tests.infra.test_timescaledb import standin, ts_conn  # noqa: F401 - fixtures
+from tests.sinks.helpers import T0, add_server, aggregate
+
+pytestmark = pytest.mark.integration
+
+SID = "6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"
+
+
+async def _load(conn: asyncpg.Connection, writer: BatchWriter) -> None:
+    """Minute 0: 12 windows; minute 1: nothing (a gap); minute 2: 6 windows; minute 3: 1."""
+    await add_server(conn, SID)
+    rows = []
+    for i in range(12):
+        rows.append(to_row(aggregate(SID, T0 + timedelta(seconds=5 * i), cpu=10.0, count=5)))
+    for i in range(6):
+        cpu = 20.0 if i < 3 else 50.0
+        rows.append(
+            to_row(
+                aggregate(
+                    SID, T0 + timedelta(minutes=2, seconds=5 * i), cpu=cpu, count=5 if i < 3 else 1
+                )
+            )
+        )
+    rows.append(to_row(aggregate(SID, T0 + timedelta(minutes=3), cpu=99.0, count=2, rx=7)))
+    async with conn.transaction():
+        await writer.upsert(conn, SNAPSHOTS, rows)
+        hour_2 = T0 + timedelta(hours=2)
+        hourly = [
+            aggregate(SID, T0, Resolution.ONE_HOUR, count=3600, cpu=12.0),
+            aggregate(SID, hour_2, Resolution.ONE_HOUR, count=1800, cpu=30.0),
+        ]
+        await writer.upsert(conn, HOURLY, [to_row(a) for a in hourly])
+        await writer.upsert(
+            conn, DAILY, [to_row(aggregate(SID, T0.replace(hour=0), Resolution.ONE_DAY, cpu=5.0))]
+        )
+
+
+async def _check_series(conn: asyncpg.Connection) -> None:
+    minutes = await read_series(conn, SID, T0, T0 + timedelta(minutes=5), "1m")
+    assert [p.bucket for p in minutes] == [T0 + timedelta(minutes=m) for m in range(5)]
+    assert [p.samples for p in minutes] == [60, 0, 18, 2, 0]
+    assert minutes[0].cpu_usage_avg == 10.0
+    assert minutes[0].cpu_usage_min == 9.0 and minutes[0].cpu_usage_max == 11.0
+    assert minutes[0].network_rx == 12 * 1000
+    # The gap is there, as NULLs.
+    assert minutes[1].cpu_usage_avg is None and minutes[1].network_rx is None
+    assert minutes[4].memory_usage_avg is None
+    # Weighted by samples: (3*5*20 + 3*1*50) / 18 = 25.
+    assert minutes[2].cpu_usage_avg == pytest.approx(25.0)
+    assert minutes[3].cpu_usage_avg == 99.0 and minutes[3].network_rx == 7
+
+    five = await read_series(conn, SID, T0 - timedelta(minutes=5), T0 + timedelta(minutes=5), "5m")
+    assert [p.samples for p in five] == [0, 80]
+    assert five[1].cpu_usage_avg == pytest.approx((60 * 10 + 15 * 20 + 3 * 50 + 2 * 99) / 80)
+
+    hours = await read_series(conn, SID, T0, T0 + timedelta(hours=4), "1h")
+    assert [p.samples for p in hours] == [3600, 0, 1800, 0]
+    assert [p.cpu_usage_avg for p in hours] == [12.0, None, 30.0, None]
+
+    midnight = T0.replace(hour=0)
+    days = await read_series(conn, SID, midnight - timedelta(days=1), T0, "1d")
+    assert [p.cpu_usage_avg for p in days] == [None, 5.0]
+
+
+async def test_gap_filled_series_on_postgres(app_conn: asyncpg.Connection) -> None:
+    await migrate(app_conn, storage="postgres")
+    await _load(app_conn, BatchWriter("copy"))
+    await _check_series(app_conn)
+
+
+async def test_gap_filled_series_on_timescaledb(ts_conn: asyncpg.Connection) -> None:  # noqa: F811
+    await migrate(ts_conn)
+    writer = BatchWriter("auto")
+    writer.method = "copy"  # force the COPY attempt: the stand-in has no COPY, auto falls back
+    await _load(ts_conn, writer)
+    method_after: str = writer.method
+    assert method_after == "unnest"
+    await _check_series(ts_conn)
+
+
+async def test_copy_and_unnest_write_the_same_rows(app_conn: asyncpg.Connection) -> None:
+    await migrate(app_conn, storage="postgres")
+    await add_server(app_conn, SID)
+    rows = [to_row(aggregate(SID, T0 + timedelta(seconds=5 * i), cpu=i % 100)) for i in range(300)]
+    results = []
+    for method in ("copy", "unnest"):
+        async with app_conn.transaction():
+            await BatchWriter(method).upsert(app_conn, SNAPSHOTS, rows)
+        got = await app_conn.fetch('SELECT * FROM metrics_snapshots ORDER BY "timestamp"')
+        results.append([{**dict(r), "processes": json.loads(r["processes"])} for r in got])
+        await app_conn.execute("TRUNCATE metrics_snapshots")
+    assert results[0] == results[1] and len(results[0]) == 300
+
+
+async def test_read_path_refuses_bad_requests(app_conn: asyncpg.Connection) -> None:
+    await migrate(app_conn, storage="postgres")
+    sid = str(uuid.uuid4())
+    with pytest.raises(ReadError, match="step must be one of"):
+        await read_series(app_conn, sid, T0, T0 + timedelta(hours=1), "10s")
+    with pytest.raises(ReadError, match="after"):
+        await read_series(app_conn, sid, T0, T0, "1m")
+    with pytest.raises(ReadError, match="at most 10000"):
+        await read_series(app_conn, sid, T0, T0 + timedelta(days=30), "1m")
+    assert await read_series(app_conn, sid, T0, T0 + timedelta(minutes=2), "1m") != []
