@@ -1,0 +1,117 @@
+"""Sink write path: COPY into a staging table then upsert, against one INSERT … SELECT FROM
+unnest(…) upsert. 5,000-row batches of 5 s rows into `metrics_snapshots` on the local
+PostgreSQL (TLS), new rows and rewrites of existing rows, methods interleaved round by round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from benchmarks.common import row, stack_up
+from infra.db import migrate
+from infra.settings import StackSettings
+from infra.stack import PostgresCluster
+from sinks.rows import SNAPSHOTS, to_row
+from sinks.writer import BatchWriter
+from tests.sinks.helpers import aggregate
+
+BATCH = 5000
+ROUNDS = 7
+SERVERS = 500
+
+
+async def _database(settings: StackSettings) -> str:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(
+        host=str(PostgresCluster(settings).socket_dir), port=settings.pg_port, user="postgres"
+    )
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" OWNER "{settings.pg_user}"')
+    finally:
+        await admin.close()
+    return name
+
+
+async def _drop(settings: StackSettings, name: str) -> None:
+    admin = await asyncpg.connect(
+        host=str(PostgresCluster(settings).socket_dir), port=settings.pg_port, user="postgres"
+    )
+    try:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _measure(settings: StackSettings) -> dict[str, dict[str, list[float]]]:
+    name = await _database(settings)
+    conn = await asyncpg.connect(**settings.connect_kwargs(database=name))
+    try:
+        await migrate(conn, storage="postgres")
+        servers = [str(uuid.uuid4()) for _ in range(SERVERS)]
+        await conn.executemany(
+            "INSERT INTO servers (id, name, hostname, port, username, encrypted_password) "
+            "VALUES ($1, 'b', $1, 22, 'u', 'v1:x')",
+            [(s,) for s in servers],
+        )
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        results: dict[str, dict[str, list[float]]] = {
+            m: {"insert": [], "rewrite": []} for m in ("copy", "unnest")
+        }
+        writers = {m: BatchWriter(m) for m in ("copy", "unnest")}
+        window = 0
+        for _ in range(ROUNDS):
+            for method, writer in writers.items():
+                rows = []
+                for i in range(BATCH):
+                    at = start + timedelta(seconds=5 * (window + i // SERVERS))
+                    rows.append(to_row(aggregate(servers[i % SERVERS], at)))
+                window += BATCH // SERVERS
+                for kind in ("insert", "rewrite"):
+                    t = time.perf_counter()
+                    async with conn.transaction():
+                        await writer.upsert(conn, SNAPSHOTS, rows)
+                    results[method][kind].append((time.perf_counter() - t) * 1000)
+    finally:
+        await conn.close()
+        await _drop(settings, name)
+    return results
+
+
+def run() -> str:
+    settings = stack_up()
+    results = asyncio.run(_measure(settings))
+    lines = [
+        "## Sink write path",
+        "",
+        f"{BATCH:,}-row batches of 5 s rows (15 columns, JSONB processes) into the partitioned "
+        f"`metrics_snapshots` on the local PostgreSQL 15 over TLS, {SERVERS} servers; one "
+        f"transaction per batch; {ROUNDS} rounds, methods interleaved. `insert`: new keys; "
+        "`rewrite`: the same batch again (every row conflicts and is updated).",
+        "",
+        "| Method, batch kind | ms per batch (median) | range | rows/s (median) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    medians = {}
+    for method, kinds in results.items():
+        for kind, values in kinds.items():
+            med = sorted(values)[len(values) // 2]
+            medians[(method, kind)] = med
+            lines.append(row(f"{method}, {kind}", values, "{:.1f}", f"{BATCH / med * 1000:,.0f}"))
+    ratio = medians[("copy", "insert")] / medians[("unnest", "insert")]
+    faster = "unnest" if ratio > 1 else "copy"
+    lines += [
+        "",
+        f"COPY / unnest time ratio on new rows: {ratio:.2f}; the faster here is `{faster}`, "
+        "which `write_method=auto` uses (`sinks/writer.py: FASTEST`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(run())
