@@ -267,7 +267,6 @@ class Sink:
     # -- database connection -----------------------------------------------------------------
     async def _connect_once(self) -> asyncpg.Connection:
         conn: asyncpg.Connection = await asyncpg.connect(**self.settings.connect_kwargs())
-        self.writer.forget_connection()
         return conn
 
     async def _connect(self) -> asyncpg.Connection:

@@ -52,7 +52,6 @@ class BatchWriter:
     def __init__(self, method: Literal["auto", "copy", "unnest"] = "auto") -> None:
         self.auto = method == "auto"
         self.method: Method = FASTEST if method == "auto" else method
-        self._staged: set[str] = set()
 
     async def upsert(
         self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple[Any, ...]]
@@ -79,20 +78,15 @@ class BatchWriter:
         self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple[Any, ...]]
     ) -> None:
         stage = _stage_name(table)
-        if stage not in self._staged:
-            await conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
-                f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-            self._staged.add(stage)
-        await conn.execute(f"TRUNCATE {stage}")
+        # Every time, not once per session: a savepoint rolled back after a rejected row
+        # takes a staging table created inside it along.
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
+            f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS; TRUNCATE {stage}"
+        )
         await conn.copy_records_to_table(stage, records=rows, columns=table.names)
         cols = ", ".join(f'"{c}"' for c in table.names)
         await conn.execute(_upsert_sql(table, f"SELECT {cols} FROM {stage}"))
-
-    def forget_connection(self) -> None:
-        """Call after reconnecting: temporary staging tables died with the old session."""
-        self._staged.clear()
 
 
 class Item(Generic[T]):

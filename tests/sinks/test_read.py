@@ -14,7 +14,7 @@ from infra.db import migrate
 from schemas import Resolution
 from sinks.read import ReadError, read_series
 from sinks.rows import DAILY, HOURLY, SNAPSHOTS, to_row
-from sinks.writer import BatchWriter
+from sinks.writer import BatchWriter, Item, write_isolating
 from tests.infra.test_timescaledb import standin, ts_conn  # noqa: F401 - fixtures
 from tests.sinks.helpers import T0, add_server, aggregate
 
@@ -119,3 +119,27 @@ async def test_read_path_refuses_bad_requests(app_conn: asyncpg.Connection) -> N
     with pytest.raises(ReadError, match="at most 10000"):
         await read_series(app_conn, sid, T0, T0 + timedelta(days=30), "1m")
     assert await read_series(app_conn, sid, T0, T0 + timedelta(minutes=2), "1m") != []
+
+
+@pytest.mark.parametrize("method", ["copy", "unnest"])
+async def test_rejected_row_is_isolated_and_the_next_batch_still_lands(
+    app_conn: asyncpg.Connection, method: str
+) -> None:
+    await migrate(app_conn, storage="postgres")
+    await add_server(app_conn, SID)
+    writer = BatchWriter(method)  # type: ignore[arg-type]
+    unknown = str(uuid.uuid4())
+    items = [
+        Item(to_row(aggregate(SID if i != 7 else unknown, T0 + timedelta(seconds=5 * i))), i)
+        for i in range(20)
+    ]
+    async with app_conn.transaction():
+        rejected = await write_isolating(writer, app_conn, SNAPSHOTS, items)
+    assert [item.source for item, _ in rejected] == [7]
+    assert isinstance(rejected[0][1], asyncpg.ForeignKeyViolationError)
+    later = [
+        Item(to_row(aggregate(SID, T0 + timedelta(minutes=5, seconds=5 * i))), i) for i in range(5)
+    ]
+    async with app_conn.transaction():
+        assert await write_isolating(writer, app_conn, SNAPSHOTS, later) == []
+    assert await app_conn.fetchval("SELECT count(*) FROM metrics_snapshots") == 24
