@@ -1,0 +1,274 @@
+"""Event-time tumbling windows per server: the aggregation the stream worker runs.
+
+Pure logic, no Kafka: `PartitionWindows` holds the open windows of one input partition and
+closes them by that partition's event time (its watermark: the latest event timestamp seen),
+never by arrival order. A 5 s window closes once the watermark passes its end plus the 5 s
+grace; an event whose window has already closed is late. Hourly and daily windows are cascaded
+from closed 5 s windows: count-weighted, so they equal aggregating the raw events directly
+(sums of counts, sums, min of mins, max of maxes, byte sums). Each hourly/daily accumulator
+remembers the last 5 s window it absorbed, so replaying 5 s windows after a restart never
+counts one twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from schemas import MetricStats, ProcessInfo, RawMetricEvent, Resolution, WindowAggregate
+
+
+
+@dataclass(slots=True)
+class MetricAcc:
+    total: float
+    lo: float
+    hi: float
+    last: float
+
+    @classmethod
+    def of(cls, v: float) -> MetricAcc:
+        return cls(v, v, v, v)
+
+    def add(self, v: float, is_latest: bool) -> None:
+        self.total += v
+        if v < self.lo:
+            self.lo = v
+        if v > self.hi:
+            self.hi = v
+        if is_latest:
+            self.last = v
+
+    def merge(self, other: MetricAcc, other_is_latest: bool) -> None:
+        self.total += other.total
+        self.lo = min(self.lo, other.lo)
+        self.hi = max(self.hi, other.hi)
+        if other_is_latest:
+            self.last = other.last
+
+    def stats(self, count: int, with_last: bool) -> MetricStats:
+        # Clamp: a mean of values in 0..100 can leave the range by a rounding error.
+        avg = min(100.0, max(0.0, self.total / count))
+        return MetricStats(avg=avg, min=self.lo, max=self.hi, last=self.last if with_last else None)
+
+
+@dataclass(slots=True)
+class WindowAcc:
+    """One open window of one server."""
+
+    server_id: str
+    start: int  # epoch seconds
+    size: int
+    count: int
+    cpu: MetricAcc
+    mem: MetricAcc
+    disk: MetricAcc
+    rx: int
+    tx: int
+    last_ts: float
+    processes: list[ProcessInfo] | None
+    first_offset: int | None = None
+    #: Start of the latest 5 s window merged in (hourly/daily only): replay guard.
+    merged_upto: int = -1
+
+    @classmethod
+    def from_event(cls, e: RawMetricEvent, start: int, size: int, offset: int | None) -> WindowAcc:
+        return cls(
+            server_id=e.server_id,
+            start=start,
+            size=size,
+            count=1,
+            cpu=MetricAcc.of(e.cpu_usage),
+            mem=MetricAcc.of(e.memory_usage),
+            disk=MetricAcc.of(e.disk_usage),
+            rx=e.network_rx,
+            tx=e.network_tx,
+            last_ts=e.timestamp.timestamp(),
+            processes=list(e.processes),
+            first_offset=offset,
+        )
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+    def add(self, e: RawMetricEvent, offset: int | None) -> None:
+        ts = e.timestamp.timestamp()
+        latest = ts >= self.last_ts
+        self.count += 1
+        self.cpu.add(e.cpu_usage, latest)
+        self.mem.add(e.memory_usage, latest)
+        self.disk.add(e.disk_usage, latest)
+        self.rx += e.network_rx
+        self.tx += e.network_tx
+        if latest:
+            self.last_ts = ts
+            self.processes = list(e.processes)
+        if offset is not None and (self.first_offset is None or offset < self.first_offset):
+            self.first_offset = offset
+
+    def absorb(self, w: WindowAcc) -> None:
+        """Merge a closed 5 s window into this hourly/daily one (once per 5 s window)."""
+        if w.start <= self.merged_upto:
+            return
+        latest = w.last_ts >= self.last_ts
+        self.count += w.count
+        self.cpu.merge(w.cpu, latest)
+        self.mem.merge(w.mem, latest)
+        self.disk.merge(w.disk, latest)
+        self.rx += w.rx
+        self.tx += w.tx
+        if latest:
+            self.last_ts = w.last_ts
+        self.merged_upto = w.start
+
+    @classmethod
+    def seeded_by(cls, w: WindowAcc, start: int, size: int) -> WindowAcc:
+        acc = cls(
+            server_id=w.server_id,
+            start=start,
+            size=size,
+            count=w.count,
+            cpu=MetricAcc(w.cpu.total, w.cpu.lo, w.cpu.hi, w.cpu.last),
+            mem=MetricAcc(w.mem.total, w.mem.lo, w.mem.hi, w.mem.last),
+            disk=MetricAcc(w.disk.total, w.disk.lo, w.disk.hi, w.disk.last),
+            rx=w.rx,
+            tx=w.tx,
+            last_ts=w.last_ts,
+            processes=None,
+        )
+        acc.merged_upto = w.start
+        return acc
+
+    def to_aggregate(self, resolution: Resolution, emitted_at: datetime) -> WindowAggregate:
+        five = resolution is Resolution.FIVE_SECONDS
+        return WindowAggregate(
+            server_id=self.server_id,
+            resolution=resolution,
+            window_start=datetime.fromtimestamp(self.start, UTC),
+            window_end=datetime.fromtimestamp(self.end, UTC),
+            count=self.count,
+            cpu_usage=self.cpu.stats(self.count, five),
+            memory_usage=self.mem.stats(self.count, five),
+            disk_usage=self.disk.stats(self.count, five),
+            network_rx=self.rx,
+            network_tx=self.tx,
+            processes=self.processes if five else None,
+            last_event_at=datetime.fromtimestamp(self.last_ts, UTC),
+            emitted_at=emitted_at,
+        )
+
+
+@dataclass(frozen=True)
+class Grace:
+    """Seconds a window waits past its end for out-of-order events, per resolution."""
+
+    five_seconds: float = 5.0
+    one_hour: float = 5.0
+    one_day: float = 5.0
+
+    def __post_init__(self) -> None:
+        # An hourly/daily window must outlive its last 5 s window, which feeds it on closing.
+        if self.one_hour < self.five_seconds or self.one_day < self.five_seconds:
+            raise ValueError("hourly and daily grace must be at least the 5 s grace")
+
+
+@dataclass
+class PartitionWindows:
+    """The open windows of one input partition, closed by its event time."""
+
+    grace: Grace = field(default_factory=Grace)
+    watermark: float = -math.inf
+    late: int = 0
+    _five: dict[int, dict[str, WindowAcc]] = field(default_factory=dict)
+    _rollups: dict[Resolution, dict[int, dict[str, WindowAcc]]] = field(
+        default_factory=lambda: {Resolution.ONE_HOUR: {}, Resolution.ONE_DAY: {}}
+    )
+
+    def add(self, e: RawMetricEvent, offset: int | None = None) -> bool:
+        """Put an event in its 5 s window. False (and counted) if the window already closed."""
+        ts = e.timestamp.timestamp()
+        start = int(ts // 5) * 5
+        if start + 5 + self.grace.five_seconds <= self.watermark:
+            self.late += 1
+            return False
+        bucket = self._five.setdefault(start, {})
+        acc = bucket.get(e.server_id)
+        if acc is None:
+            bucket[e.server_id] = WindowAcc.from_event(e, start, 5, offset)
+        else:
+            acc.add(e, offset)
+        if ts > self.watermark:
+            self.watermark = ts
+        return True
+
+    def advance_to(self, t: float) -> None:
+        """Move the watermark to `t` if later (the wall clock, for an idle caught-up partition)."""
+        if t > self.watermark:
+            self.watermark = t
+
+    def close(self, emitted_at: datetime) -> list[WindowAggregate]:
+        """Close every window the watermark has passed (plus grace); oldest first."""
+        out: list[WindowAggregate] = []
+        wm = self.watermark
+        for start in sorted(s for s in self._five if s + 5 + self.grace.five_seconds <= wm):
+            for acc in self._five.pop(start).values():
+                out.append(acc.to_aggregate(Resolution.FIVE_SECONDS, emitted_at))
+                self._cascade(acc)
+        for resolution, grace in (
+            (Resolution.ONE_HOUR, self.grace.one_hour),
+            (Resolution.ONE_DAY, self.grace.one_day),
+        ):
+            size = resolution.seconds
+            windows = self._rollups[resolution]
+            for start in sorted(s for s in windows if s + size + grace <= wm):
+                out.extend(
+                    a.to_aggregate(resolution, emitted_at) for a in windows.pop(start).values()
+                )
+        return out
+
+    def _cascade(self, w: WindowAcc) -> None:
+        for resolution in (Resolution.ONE_HOUR, Resolution.ONE_DAY):
+            size = resolution.seconds
+            start = w.start // size * size
+            bucket = self._rollups[resolution].setdefault(start, {})
+            acc = bucket.get(w.server_id)
+            if acc is None:
+                bucket[w.server_id] = WindowAcc.seeded_by(w, start, size)
+            else:
+                acc.absorb(w)
+
+    def committable_offset(self, next_offset: int) -> int:
+        """The offset from which a restart must replay to rebuild the open 5 s windows."""
+        firsts = [
+            a.first_offset
+            for bucket in self._five.values()
+            for a in bucket.values()
+            if a.first_offset is not None
+        ]
+        return min([*firsts, next_offset])
+
+    def open_windows(self) -> int:
+        return sum(len(b) for b in self._five.values())
+
+
+def aggregate_directly(
+    events: Iterable[RawMetricEvent], resolution: Resolution
+) -> dict[tuple[str, int], tuple[int, float, float, float, int, int]]:
+    """Reference for tests: (server, window start) → (count, cpu sum, cpu min, cpu max, rx, tx)."""
+    out: dict[tuple[str, int], tuple[int, float, float, float, int, int]] = {}
+    size = resolution.seconds
+    for e in events:
+        key = (e.server_id, int(e.timestamp.timestamp() // size) * size)
+        c, s, lo, hi, rx, tx = out.get(key, (0, 0.0, math.inf, -math.inf, 0, 0))
+        out[key] = (
+            c + 1,
+            s + e.cpu_usage,
+            min(lo, e.cpu_usage),
+            max(hi, e.cpu_usage),
+            rx + e.network_rx,
+            tx + e.network_tx,
+        )
+    return out
