@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from schemas import MetricStats, ProcessInfo, RawMetricEvent, Resolution, WindowAggregate
 
 
-
 @dataclass(slots=True)
 class MetricAcc:
     total: float
