@@ -155,6 +155,16 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream(args: argparse.Namespace) -> int:
+    from streams.app import StreamWorker
+    from streams.settings import StreamSettings
+
+    # Faust parses its own command line: hand it a plain `worker` invocation.
+    sys.argv = [sys.argv[0], "worker"]
+    StreamWorker(StreamSettings()).run()
+    return 0
+
+
 def _sink(args: argparse.Namespace) -> int:
     from sinks.service import run_sink
     from sinks.settings import SinkSettings
@@ -266,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--list-ids", action="store_true", help="print the simulated server ids and exit"
     )
     sim.set_defaults(func=_simulate)
+
+    sub.add_parser(
+        "stream",
+        help="run a stream worker: raw events into 5 s, hourly and daily windows",
+        description="Runs the Faust worker that consumes metrics.raw.v1, windows events by "
+        "event time per server, and emits closed windows, status changes and dead letters. "
+        "Run several to share the partitions. Stops on SIGTERM/SIGINT.",
+    ).set_defaults(func=_stream)
 
     sub.add_parser(
         "sink",

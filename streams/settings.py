@@ -1,0 +1,45 @@
+"""Settings of the stream worker (`fleetpulse stream`)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from schemas.settings import KafkaSettings
+from schemas.topics import AGG_1D, AGG_1H, AGG_5S, DLQ, RAW, STATUS
+
+
+class StreamSettings(KafkaSettings):
+    """The Faust worker that windows raw events."""
+
+    stream_group: str = Field(
+        default="fleetpulse-stream",
+        description="Faust application id: the consumer group shared by all stream workers.",
+    )
+    grace_5s: float = Field(default=5.0, ge=0, description="Grace of 5 s windows, s.")
+    grace_1h: float = Field(default=5.0, ge=0, description="Grace of hourly windows, s.")
+    grace_1d: float = Field(default=5.0, ge=0, description="Grace of daily windows, s.")
+    offline_after: float = Field(
+        default=15.0, gt=0, description="Seconds without events before a server is offline."
+    )
+    stream_batch: int = Field(
+        default=5000, ge=1, description="Most raw events the worker takes in one batch."
+    )
+    stream_batch_within: float = Field(
+        default=0.2, gt=0, description="Longest wait to fill a batch, s."
+    )
+    stream_web_port: int = Field(
+        default=0, ge=0, le=65535, description="Faust web server port (/metrics); 0 = off."
+    )
+
+    raw_topic: str = Field(default=RAW.name, description="Input topic of raw events.")
+    agg_5s_topic: str = Field(default=AGG_5S.name, description="Output topic of 5 s windows.")
+    agg_1h_topic: str = Field(default=AGG_1H.name, description="Output topic of hourly windows.")
+    agg_1d_topic: str = Field(default=AGG_1D.name, description="Output topic of daily windows.")
+    status_topic: str = Field(default=STATUS.name, description="Output topic of status changes.")
+    dlq_topic: str = Field(default=DLQ.name, description="Dead-letter topic.")
+
+    @model_validator(mode="after")
+    def _rollup_grace_covers_5s(self) -> StreamSettings:
+        if self.grace_1h < self.grace_5s or self.grace_1d < self.grace_5s:
+            raise ValueError("grace_1h and grace_1d must be at least grace_5s")
+        return self
