@@ -110,7 +110,10 @@ class Resolution(StrEnum):
 
     @property
     def seconds(self) -> int:
-        return {"5s": 5, "1h": 3600, "1d": 86400}[self.value]
+        return _RESOLUTION_SECONDS[self.value]
+
+
+_RESOLUTION_SECONDS: Final = {"5s": 5, "1h": 3600, "1d": 86400}
 
 
 class MetricStats(_Message):

@@ -70,8 +70,10 @@ class StreamWorker:
         self.held: dict[int, deque[Any]] = {}
         self.last_record: dict[int, float] = {}
         self.events_in = 0
+        self._reported = 0
         self.app.agent(self.raw, name="windows")(self._windows)
         self.app.timer(1.0)(self._tick)
+        self.app.timer(10.0)(self._report)
         self.app.on_partitions_revoked.connect(self._revoked)
 
     async def _windows(self, stream: Any) -> None:
@@ -87,6 +89,7 @@ class StreamWorker:
                 self.held.setdefault(msg.partition, deque()).append(ev)
                 self.last_record[msg.partition] = now
             self.events_in += len(events)
+            out.extend(self.processor.close_due(now))
             await self._publish(out)
 
     async def _tick(self) -> None:
@@ -103,6 +106,13 @@ class StreamWorker:
             if caught_up and quiet:
                 out.extend(self.processor.idle(tp.partition, now))
         await self._publish(out)
+
+    async def _report(self) -> None:
+        rate = (self.events_in - self._reported) / 10.0
+        self._reported = self.events_in
+        open_windows = sum(w.open_windows() for w in self.processor.partitions.values())
+        late = sum(w.late for w in self.processor.partitions.values())
+        log.info("%.0f events/s in, %d open 5 s windows, %d late so far", rate, open_windows, late)
 
     async def _publish(self, out: Outputs) -> None:
         """Send the outputs, wait until Kafka has them, then acknowledge what is done."""

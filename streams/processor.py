@@ -100,7 +100,8 @@ class StreamProcessor:
     def record(
         self, partition: int, offset: int, key: bytes | None, value: bytes, wall: float
     ) -> Outputs:
-        """Take one raw record; return what it produces (possibly closed windows)."""
+        """Take one raw record; return its dead letter or status change, if any. Windows it
+        completes are closed by the next `close_due()`."""
         out = Outputs()
         self.next_offsets[partition] = offset + 1
         windows = self.partitions.setdefault(partition, PartitionWindows(self.grace))
@@ -123,7 +124,14 @@ class StreamProcessor:
         change = self.status.saw(event, wall)
         if change is not None:
             out.statuses.append(change)
-        out.aggregates += windows.close(datetime.fromtimestamp(wall, UTC))
+        return out
+
+    def close_due(self, wall: float) -> Outputs:
+        """Close the windows every partition's event time has passed (once per batch)."""
+        out = Outputs()
+        emitted_at = datetime.fromtimestamp(wall, UTC)
+        for windows in self.partitions.values():
+            out.aggregates += windows.close(emitted_at)
         return out
 
     def idle(self, partition: int, wall: float) -> Outputs:

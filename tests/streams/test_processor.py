@@ -40,7 +40,8 @@ def test_invalid_records_go_to_the_dlq_with_reason_and_bytes() -> None:
 def test_late_event_goes_to_the_dlq_and_the_rest_goes_on() -> None:
     p = StreamProcessor(source_topic="t")
     p.record(0, 0, None, raw(0, 1), BASE)
-    out = p.record(0, 1, None, raw(0, 12), BASE)  # closes [0,5)
+    p.record(0, 1, None, raw(0, 12), BASE)
+    out = p.close_due(BASE)  # event time 12 closes [0,5)
     assert [a.resolution for a in out.aggregates] == [Resolution.FIVE_SECONDS]
     late = p.record(0, 2, None, raw(1, 2), BASE)
     [letter] = late.dead_letters
