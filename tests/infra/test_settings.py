@@ -77,8 +77,9 @@ def test_verify_full_needs_the_ca(clean_env: pytest.MonkeyPatch, tmp_path: Path)
 def test_every_setting_is_documented_in_the_readme() -> None:
     from producers.settings import AgentSettings, SimulatorSettings
     from sinks.settings import SinkSettings
+    from streams.settings import StreamSettings
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    for model in (StackSettings, AgentSettings, SimulatorSettings, SinkSettings):
+    for model in (StackSettings, AgentSettings, SimulatorSettings, SinkSettings, StreamSettings):
         for name in model.model_fields:
-            assert f"FLEETPULSE_{name.upper()}`" in readme, name
+            assert f"`FLEETPULSE_{name.upper()}`" in readme, name
