@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -337,8 +339,6 @@ def _failed(exc: BaseException) -> asyncio.Future[Any]:
 
 
 def _json_of(event: Mapping[str, Any]) -> bytes:
-    import json
-
     try:
         return json.dumps(event, default=_json_default).encode()
     except (TypeError, ValueError) as exc:
@@ -346,8 +346,6 @@ def _json_of(event: Mapping[str, Any]) -> bytes:
 
 
 def _json_default(value: object) -> object:
-    from datetime import datetime
-
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not a JSON type")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
@@ -59,7 +60,10 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # Write and commit what we hold before another worker takes these partitions over.
-        await self.sink.flush()
+        # During a flush (a rebalance while waiting out a database outage) the flush in hand
+        # finishes the job; waiting for it here would deadlock.
+        if not self.sink.flushing:
+            await self.sink.flush()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         return None
@@ -177,6 +181,10 @@ class Sink:
         self._pending += 1
 
     # -- writing -----------------------------------------------------------------------------
+    @property
+    def flushing(self) -> bool:
+        return self._flush_lock.locked()
+
     async def flush(self) -> None:
         """Write what is held in one transaction, dead-letter rejected rows, commit offsets."""
         async with self._flush_lock:
@@ -186,7 +194,14 @@ class Sink:
             for item, exc in rejected:
                 await self._dead_letter(item.source, DeadLetterReason.DB_REJECTED, describe(exc))
             assert self._consumer is not None
-            await self._consumer.commit(dict(self._offsets))
+            try:
+                await self._consumer.commit(dict(self._offsets))
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group rebalanced meanwhile: the rows are written, and the partitions' new
+                # owner replays from the last commit; upserts make the replay harmless.
+                log.warning(
+                    "offsets not committed after a rebalance (%s); the new owner replays", exc
+                )
             self._items.clear()
             self._offsets.clear()
             self._pending = 0

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,9 +97,10 @@ def stop_process(proc: psutil.Process, *, sig: int = signal.SIGTERM, timeout: fl
         return
 
 
-def wait_until(check: object, *, timeout: float, what: str, log: Path | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], *, timeout: float, what: str, log: Path | None = None
+) -> None:
     """Poll `check()` until it is true; raise `StackError` naming `what` after `timeout`."""
-    assert callable(check)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
