@@ -25,26 +25,25 @@ ROUNDS = 7
 SERVERS = 500
 
 
-async def _database(settings: StackSettings) -> str:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
+async def _as_superuser(settings: StackSettings, sql: str) -> None:
+    """Run one statement as the local cluster's superuser (over its private socket)."""
     admin = await asyncpg.connect(
         host=str(PostgresCluster(settings).socket_dir), port=settings.pg_port, user="postgres"
     )
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" OWNER "{settings.pg_user}"')
+        await admin.execute(sql)
     finally:
         await admin.close()
+
+
+async def _database(settings: StackSettings) -> str:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    await _as_superuser(settings, f'CREATE DATABASE "{name}" OWNER "{settings.pg_user}"')
     return name
 
 
 async def _drop(settings: StackSettings, name: str) -> None:
-    admin = await asyncpg.connect(
-        host=str(PostgresCluster(settings).socket_dir), port=settings.pg_port, user="postgres"
-    )
-    try:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await _as_superuser(settings, f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 async def _measure(settings: StackSettings) -> dict[str, dict[str, list[float]]]:

@@ -9,6 +9,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from infra.errors import FleetPulseError
 from infra.settings import StackSettings
@@ -100,21 +101,23 @@ def _schemas_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given(**options: Any) -> dict[str, Any]:
+    """The command-line options actually given: they override the environment's settings."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _agent(args: argparse.Namespace) -> int:
     from producers.agent import run_agent, sample_once
     from producers.settings import AgentSettings
 
-    overrides = {
-        k: v
-        for k, v in {
-            "server_id": args.server_id,
-            "disk_mount": args.disk_mount,
-            "top_processes": args.top,
-            "metrics_port": args.metrics_port,
-        }.items()
-        if v is not None
-    }
-    settings = AgentSettings(**overrides)
+    settings = AgentSettings(
+        **_given(
+            server_id=args.server_id,
+            disk_mount=args.disk_mount,
+            top_processes=args.top,
+            metrics_port=args.metrics_port,
+        )
+    )
     if args.once:
         server_id = settings.server_id
         if server_id is None:
@@ -137,16 +140,9 @@ def _simulate(args: argparse.Namespace) -> int:
     from producers.settings import SimulatorSettings
     from producers.simulator import run_simulator, simulated_server_id
 
-    overrides = {
-        k: v
-        for k, v in {
-            "hosts": args.hosts,
-            "seed": args.seed,
-            "metrics_port": args.metrics_port,
-        }.items()
-        if v is not None
-    }
-    settings = SimulatorSettings(**overrides)
+    settings = SimulatorSettings(
+        **_given(hosts=args.hosts, seed=args.seed, metrics_port=args.metrics_port)
+    )
     if args.list_ids:
         for i in range(settings.hosts):
             print(simulated_server_id(settings.seed, i))
