@@ -143,9 +143,14 @@ async def test_worker_windows_dead_letters_and_status(kafka_bootstrap: str, topi
             ServerStatusChange.model_validate_json(v)
             for v in await collect(kafka_bootstrap, topics.status, 4)
         ]
-    finally:
+    except TimeoutError:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        pytest.fail(f"the worker did not emit what was expected; its log:\n{err.decode()[-4000:]}")
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 0, err.decode()[-3000:]
 
     a5 = sorted((f for f in fives if f.server_id == A), key=lambda f: f.window_start)
