@@ -4,7 +4,7 @@ Faust is the runtime: worker lifecycle and signals, the producer, timers, the we
 raw topic is read in batches by an aiokafka consumer in the same consumer group protocol
 (`FLEETPULSE_STREAM_GROUP`), because Faust's per-message stream costs more than the whole
 windowing (about 2,500 events/s through a Faust agent on the development machine, against
-tens of thousands in batches). The windowing is ours (`streams/windows.py`): Faust's windowed
+about 13,000 in batches). The windowing is ours (`streams/windows.py`): Faust's windowed
 tables lose data (a last-closed window shared by all partitions, closing by wall clock during
 catch-up, late events dropped silently).
 
