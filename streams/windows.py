@@ -13,7 +13,6 @@ counts one twice.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -251,23 +250,3 @@ class PartitionWindows:
 
     def open_windows(self) -> int:
         return sum(len(b) for b in self._five.values())
-
-
-def aggregate_directly(
-    events: Iterable[RawMetricEvent], resolution: Resolution
-) -> dict[tuple[str, int], tuple[int, float, float, float, int, int]]:
-    """Reference for tests: (server, window start) → (count, cpu sum, cpu min, cpu max, rx, tx)."""
-    out: dict[tuple[str, int], tuple[int, float, float, float, int, int]] = {}
-    size = resolution.seconds
-    for e in events:
-        key = (e.server_id, int(e.timestamp.timestamp() // size) * size)
-        c, s, lo, hi, rx, tx = out.get(key, (0, 0.0, math.inf, -math.inf, 0, 0))
-        out[key] = (
-            c + 1,
-            s + e.cpu_usage,
-            min(lo, e.cpu_usage),
-            max(hi, e.cpu_usage),
-            rx + e.network_rx,
-            tx + e.network_tx,
-        )
-    return out

@@ -4,6 +4,7 @@ out-of-order events within grace, exactly-once closing, replay safety."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import RawMetricEvent, Resolution
-from streams.windows import Grace, PartitionWindows, WindowAcc, aggregate_directly
+from streams.windows import Grace, PartitionWindows, WindowAcc
 
 T0 = datetime(2026, 11, 25, 22, 0, tzinfo=UTC)  # two hours before a day boundary
 SERVERS = ["6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4", "0b6f6d8e-2f55-4c59-9a1c-6a8f3f4e7c21"]
@@ -28,6 +29,26 @@ def ev(server: int, seconds: float, cpu: float = 10.0, rx: int = 100) -> RawMetr
         network_rx=rx,
         network_tx=rx // 2,
     )
+
+
+def aggregate_directly(
+    events: Iterable[RawMetricEvent], resolution: Resolution
+) -> dict[tuple[str, int], tuple[int, float, float, float, int, int]]:
+    """The reference: (server, window start) → (count, cpu sum, cpu min, cpu max, rx, tx)."""
+    out: dict[tuple[str, int], tuple[int, float, float, float, int, int]] = {}
+    size = resolution.seconds
+    for e in events:
+        key = (e.server_id, int(e.timestamp.timestamp() // size) * size)
+        c, s, lo, hi, rx, tx = out.get(key, (0, 0.0, math.inf, -math.inf, 0, 0))
+        out[key] = (
+            c + 1,
+            s + e.cpu_usage,
+            min(lo, e.cpu_usage),
+            max(hi, e.cpu_usage),
+            rx + e.network_rx,
+            tx + e.network_tx,
+        )
+    return out
 
 
 events_strategy = st.lists(

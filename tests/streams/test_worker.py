@@ -105,6 +105,15 @@ async def start_worker(bootstrap: str, topics: Topics, group: str) -> asyncio.su
     )  # fmt: skip
 
 
+async def stop_worker(proc: asyncio.subprocess.Process) -> str:
+    """SIGTERM the worker if it still runs; its log (stderr) as text."""
+    err = b""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    return err.decode()
+
+
 def scripted() -> list[tuple[bytes, bytes]]:
     """A: seconds 0-59 with a gap at 20-29, then a late event; B: 0-14 with 7 sent after 9.
 
@@ -148,14 +157,11 @@ async def test_worker_windows_dead_letters_and_status(kafka_bootstrap: str, topi
             for v in await collect(kafka_bootstrap, topics.status, 4)
         ]
     except TimeoutError:
-        proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-        pytest.fail(f"the worker did not emit what was expected; its log:\n{err.decode()[-4000:]}")
+        log = await stop_worker(proc)
+        pytest.fail(f"the worker did not emit what was expected; its log:\n{log[-4000:]}")
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 0, err.decode()[-3000:]
+        log = await stop_worker(proc)
+    assert proc.returncode == 0, log[-3000:]
 
     a5 = sorted((f for f in fives if f.server_id == A), key=lambda f: f.window_start)
     assert [int((f.window_start - T0).total_seconds()) for f in a5] == [
@@ -229,13 +235,10 @@ async def test_kill_9_and_restart_loses_no_five_second_window(
     try:
         values = await collect(kafka_bootstrap, topics.a5, 36, timeout=120)
     except TimeoutError:
-        second.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(second.communicate(), timeout=60)
-        pytest.fail(f"windows missing after the restart; worker log:\n{err.decode()[-5000:]}")
+        log = await stop_worker(second)
+        pytest.fail(f"windows missing after the restart; worker log:\n{log[-5000:]}")
     finally:
-        if second.returncode is None:
-            second.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(second.communicate(), timeout=60)
+        await stop_worker(second)
     windows: dict[tuple[str, datetime], dict[str, object]] = {}
     for v in values:
         agg = WindowAggregate.model_validate_json(v)
