@@ -17,11 +17,15 @@ import asyncpg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# FLEETPULSE_TEST_STACK=N (1-9) gives a second checkout or a parallel run a stack of its own:
+# home .fleetpulse/test-N, every port moved up by N*100.
+_STACK_N = int(os.environ.get("FLEETPULSE_TEST_STACK", "0") or 0)
+_HOME = "test" if _STACK_N == 0 else f"test-{_STACK_N}"
 TEST_ENV = {
-    "FLEETPULSE_HOME": str(ROOT / ".fleetpulse" / "test"),
-    "FLEETPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:29092",
-    "FLEETPULSE_KAFKA_CONTROLLER_PORT": "29093",
-    "FLEETPULSE_PG_PORT": "55442",
+    "FLEETPULSE_HOME": str(ROOT / ".fleetpulse" / _HOME),
+    "FLEETPULSE_KAFKA_BOOTSTRAP": f"127.0.0.1:{29092 + _STACK_N * 100}",
+    "FLEETPULSE_KAFKA_CONTROLLER_PORT": str(29093 + _STACK_N * 100),
+    "FLEETPULSE_PG_PORT": str(55442 + _STACK_N * 100),
     "FLEETPULSE_PG_STORAGE": "auto",
     "FLEETPULSE_PG_SSLMODE": "verify-full",
 }
