@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from infra.db import MigrationError, migrate
-from infra.db.migrate import SQL_DIR, detect_mode
+from infra.db.migrate import SQL_DIR, detect_mode, load_migrations
 from infra.settings import StackSettings
 from infra.stack import PostgresCluster
 
@@ -21,6 +21,8 @@ pytestmark = pytest.mark.integration
 
 SEED_TABLES = {"users", "servers", "metrics_snapshots", "metrics_hourly", "metrics_daily"}
 SERVER = "6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"
+#: Every migration in infra/db/sql (the same versions in both storage modes).
+VERSIONS = [m.version for m in load_migrations("postgres")]
 
 
 async def _tables(conn: asyncpg.Connection) -> set[str]:
@@ -38,11 +40,11 @@ async def test_migrations_apply_twice_over_tls(
         assert await app_conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
     first = await migrate(app_conn)
     assert first.mode == await detect_mode(app_conn)
-    assert [m.version for m in first.applied] == [1, 2, 3]
+    assert [m.version for m in first.applied] == VERSIONS
     second = await migrate(app_conn)
-    assert second.applied == [] and second.already == 3
+    assert second.applied == [] and second.already == len(VERSIONS)
     assert await _tables(app_conn) >= SEED_TABLES
-    assert await app_conn.fetchval("SELECT count(*) FROM schema_migrations") == 3
+    assert await app_conn.fetchval("SELECT count(*) FROM schema_migrations") == len(VERSIONS)
 
 
 async def test_migrations_from_two_processes_at_once(
@@ -57,7 +59,7 @@ async def test_migrations_from_two_processes_at_once(
     finally:
         for c in conns:
             await c.close()
-    assert sorted(len(r.applied) for r in reports) == [0, 0, 3]
+    assert sorted(len(r.applied) for r in reports) == [0, 0, len(VERSIONS)]
 
 
 async def test_seed_schema(app_conn: asyncpg.Connection) -> None:

@@ -15,7 +15,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from infra.db import migrate
+from infra.db import load_migrations, migrate
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -79,7 +79,9 @@ async def ts_conn(standin: int) -> AsyncIterator[asyncpg.Connection]:
 async def test_timescaledb_migrations(ts_conn: asyncpg.Connection) -> None:
     report = await migrate(ts_conn, storage="auto")
     assert report.mode == "timescaledb"
-    assert [m.version for m in report.applied] == [1, 2, 3]
+    assert [m.version for m in report.applied] == [
+        m.version for m in load_migrations("timescaledb")
+    ]
     again = await migrate(ts_conn)
     assert again.applied == [] and again.mode == "timescaledb"
 
