@@ -9,10 +9,14 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from infra.errors import FleetPulseError
 from infra.settings import StackSettings
+
+if TYPE_CHECKING:
+    from registry.settings import RegistrySettings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -169,6 +173,64 @@ def _sink(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_settings() -> RegistrySettings:
+    from registry.settings import RegistrySettings
+
+    return RegistrySettings()
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from registry.errors import RegistryError
+    from registry.service import serve
+
+    settings = _registry_settings()
+    try:
+        serve(settings)
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    import getpass
+
+    if args.password_file:
+        path: Path = args.password_file
+        return path.read_text().splitlines()[0] if path.read_text() else ""
+    if not sys.stdin.isatty():
+        raise CommandError("no terminal to ask for the password: use --password-file")
+    password = getpass.getpass("password for the new admin: ")
+    if getpass.getpass("again: ") != password:
+        raise CommandError("the two passwords differ")
+    return password
+
+
+def _registry_create_admin(args: argparse.Namespace) -> int:
+    from registry.errors import RegistryError
+    from registry.service import create_admin
+
+    settings = _registry_settings()
+    password = _read_password(args)
+    try:
+        user_id = asyncio.run(create_admin(settings, args.email, args.name or args.email, password))
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"admin {args.email} created (id {user_id})")
+    return 0
+
+
+def _registry_rotate_key(args: argparse.Namespace) -> int:
+    from registry.errors import RegistryError
+    from registry.service import rotate_key
+
+    try:
+        version, rows = asyncio.run(rotate_key(_registry_settings()))
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"key version {version} active; {rows} server passwords re-encrypted")
+    return 0
+
+
 def _db_maintain(args: argparse.Namespace) -> int:
     from infra.db import connect
     from sinks.maintenance import maintain
@@ -288,6 +350,30 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics_snapshots, metrics_hourly and metrics_daily, commits offsets after the "
         "transaction, dead-letters what the database rejects. Stops cleanly on SIGTERM/SIGINT.",
     ).set_defaults(func=_sink)
+
+    registry = sub.add_parser(
+        "registry",
+        help="run the registry API (users, servers, RBAC, metrics reads) and its admin commands",
+        description="Without an action: serve the HTTP API (FLEETPULSE_REGISTRY_HOST/PORT, "
+        "default 127.0.0.1:8080, OpenAPI at /docs) and keep servers.is_online from "
+        "metrics.status.v1. Stops cleanly on SIGTERM/SIGINT.",
+    )
+    registry.set_defaults(func=_registry)
+    registry_sub = registry.add_subparsers(dest="action", metavar="ACTION")
+    admin = registry_sub.add_parser(
+        "create-admin",
+        help="create an admin user (the password is asked for, or read from --password-file)",
+    )
+    admin.add_argument("--email", required=True, help="the admin's e-mail (login name)")
+    admin.add_argument("--name", help="display name (default: the e-mail)")
+    admin.add_argument(
+        "--password-file", type=Path, help="file whose first line is the password (else asked)"
+    )
+    admin.set_defaults(func=_registry_create_admin)
+    registry_sub.add_parser(
+        "rotate-key",
+        help="activate a new encryption key version and re-encrypt every server password",
+    ).set_defaults(func=_registry_rotate_key)
 
     sub.add_parser(
         "demo", help="bring the stack up and run what the pipeline has so far"

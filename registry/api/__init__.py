@@ -1,0 +1,1 @@
+"""The registry's HTTP API (FastAPI): routes per resource, dependencies in `deps`."""

@@ -1,0 +1,143 @@
+"""The registry's FastAPI application: routes, error answers, lifespan (pool, status consumer).
+
+Error answers are 4xx and never echo what was sent: validation errors name the field and say
+what is wrong without the input (a password must not come back in an error), constraint
+violations become 409/422, an unreachable database 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from fastapi import APIRouter, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
+
+from registry.api.deps import Registry, RegistryDep
+from registry.api.routes import login, metrics, servers, users
+from registry.crypto import Keyring
+from registry.security import Passwords
+from registry.settings import RegistrySettings
+from registry.status import StatusConsumer
+
+log = logging.getLogger(__name__)
+
+#: What a unique constraint's violation means, by constraint name.
+_DUPLICATES = {
+    "users_email_key": "email: a user with this e-mail exists",
+    "servers_hostname_key": "hostname: a server with this hostname exists",
+    "servers_pkey": "id: a server with this id exists",
+    "users_pkey": "id: a user with this id exists",
+}
+STOP_TIMEOUT = 10.0
+
+
+def _error(code: int, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=code)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    detail = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in errors
+    )
+    return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, detail, errors=errors)
+
+
+async def _unique_violation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, asyncpg.UniqueViolationError)
+    detail = _DUPLICATES.get(exc.constraint_name or "", "already exists")
+    return _error(status.HTTP_409_CONFLICT, detail)
+
+
+async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, asyncpg.IntegrityConstraintViolationError)
+    return _error(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        f"refused by the database constraint {exc.constraint_name or exc.sqlstate}",
+    )
+
+
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, asyncpg.DataError)
+    # PostgreSQL's message names the type, not the value sent.
+    return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, f"invalid value: {exc.sqlstate}")
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return _error(status.HTTP_503_SERVICE_UNAVAILABLE, "database unavailable; try again")
+
+
+def create_app(
+    settings: RegistrySettings,
+    keyring: Keyring,
+    passwords: Passwords | None = None,
+) -> FastAPI:
+    """The application; its lifespan opens the pool and runs the status consumer."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(
+            **settings.connect_kwargs(), min_size=1, max_size=settings.registry_pool_size
+        )
+        registry = Registry(settings, pool, keyring, passwords or Passwords())
+        app.state.registry = registry
+        consumer: StatusConsumer | None = None
+        task: asyncio.Task[None] | None = None
+        if settings.registry_consume_status:
+            consumer = StatusConsumer(settings, pool)
+            task = asyncio.create_task(consumer.run(), name="status-consumer")
+        try:
+            yield
+        finally:
+            if consumer is not None and task is not None:
+                consumer.stop()
+                try:
+                    await asyncio.wait_for(task, STOP_TIMEOUT)
+                except TimeoutError:
+                    log.warning("status consumer did not stop within %.0f s", STOP_TIMEOUT)
+            await asyncio.wait_for(pool.close(), STOP_TIMEOUT)
+
+    app = FastAPI(
+        title="FleetPulse registry",
+        summary="Users, the server inventory and metric reads.",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(asyncpg.UniqueViolationError, _unique_violation)
+    app.add_exception_handler(asyncpg.IntegrityConstraintViolationError, _integrity_error)
+    app.add_exception_handler(asyncpg.DataError, _data_error)
+    for unavailable in (
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.TooManyConnectionsError,
+        OSError,
+    ):
+        app.add_exception_handler(unavailable, _unavailable)
+
+    health = APIRouter(tags=["health"])
+
+    @health.get("/health")
+    async def read_health(registry: RegistryDep) -> dict[str, str]:
+        """Public: 200 when the database answers."""
+        await registry.pool.fetchval("SELECT 1")
+        return {"status": "ok"}
+
+    app.include_router(health)
+    for module in (login, users, servers, metrics):
+        app.include_router(module.router)
+    app.mount("/metrics", make_asgi_app())
+    return app

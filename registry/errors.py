@@ -1,0 +1,13 @@
+"""The registry's expected failures (the command line prints them as one line)."""
+
+
+class RegistryError(RuntimeError):
+    """Base of the registry's expected failures; the message never holds a secret."""
+
+
+class KeyringError(RegistryError):
+    """The encryption keys are missing or malformed (the message names no key material)."""
+
+
+class DecryptionError(RegistryError):
+    """A stored password cannot be decrypted: wrong key, wrong row, or tampered ciphertext."""

@@ -1,0 +1,233 @@
+"""What the API takes and returns: `XCreate` (POST bodies), `XUpdate` (PATCH bodies, every field
+optional), `XPublic` (responses). Passwords appear only in Create/Update models, as `SecretStr`,
+and never in a response. String limits are the columns' VARCHAR sizes, so the database never
+sees a value it would refuse.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv6Address
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+
+from registry.permissions import Role
+
+
+def _storable(value: str) -> str:
+    # PostgreSQL text holds neither NUL nor lone surrogates (JSON can carry both).
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+def _storable_secret(value: SecretStr) -> SecretStr:
+    _storable(value.get_secret_value())
+    return value
+
+
+def _lower(value: str) -> str:
+    return value.lower()
+
+
+Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_storable)]
+Email = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=255,
+        pattern=r"^[^@\s]+@[^@\s]+$",
+        description="E-mail address (compared case-insensitively, stored lower-case).",
+        examples=["ada@example.com"],
+    ),
+    AfterValidator(_storable),
+    AfterValidator(_lower),
+]
+Password = Annotated[
+    SecretStr,
+    Field(min_length=8, max_length=1024, description="Write-only; never returned."),
+    AfterValidator(_storable_secret),
+]
+Hostname = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$",
+        description="DNS name or address the server is reached at; unique.",
+        examples=["web-01.example.com"],
+    ),
+]
+Port = Annotated[int, Field(ge=1, le=65535, description="SSH port.")]
+
+
+def _no_scope(ip: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
+    # The column holds 45 characters; a zone index (fe80::1%eth0) has no bound.
+    if isinstance(ip, IPv6Address) and ip.scope_id is not None:
+        raise ValueError("an IPv6 zone index (%…) is not accepted")
+    return ip
+
+
+IpAddress = Annotated[
+    IPv4Address | IPv6Address,
+    AfterValidator(_no_scope),
+    Field(description="IPv4 or IPv6 address (no zone index)."),
+]
+
+
+class ServerType(StrEnum):
+    LINUX = "linux"
+    WINDOWS = "windows"
+    MACOS = "macos"
+    OTHER = "other"
+
+
+class ServerCategory(StrEnum):
+    PHYSICAL = "physical"
+    VIRTUAL = "virtual"
+    CONTAINER = "container"
+    CLOUD = "cloud"
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- auth -----------------------------------------------------------------------------------------
+class LoginRequest(_In):
+    email: Annotated[str, Field(max_length=255, description="The account's e-mail address.")]
+    password: Annotated[SecretStr, Field(max_length=1024), AfterValidator(_storable_secret)]
+    provider: Literal["email"] = Field(
+        default="email",
+        description="Only `email` (password) logins exist; other providers are not built yet.",
+    )
+
+
+class Token(BaseModel):
+    access_token: str = Field(description="Send as `Authorization: Bearer <token>`.")
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the scheme's name, not a secret
+    expires_at: datetime
+
+
+# -- users ----------------------------------------------------------------------------------------
+class UserCreate(_In):
+    email: Email
+    name: Name
+    password: Password
+    role: Role = Role.USER
+    active: bool = True
+    provider: Literal["email"] = Field(
+        default="email", description="Only `email` exists until another provider is built."
+    )
+
+
+class UserUpdate(_In):
+    email: Email | None = None
+    name: Name | None = None
+    password: Password | None = None
+    role: Role | None = None
+    active: bool | None = Field(
+        default=None, description="`false` deactivates the user and ends their sessions."
+    )
+
+
+class UserPublic(BaseModel):
+    id: str
+    email: str
+    name: str
+    role: Role
+    active: bool
+    provider: Literal["email"]
+    last_login_at: datetime | None
+    created_at: datetime
+
+
+class UsersPublic(BaseModel):
+    data: list[UserPublic]
+    count: int
+
+
+# -- servers --------------------------------------------------------------------------------------
+class ServerCreate(_In):
+    id: UUID | None = Field(
+        default=None,
+        description="The id the host's agent sends as server_id; a new UUID when omitted.",
+    )
+    name: Name
+    hostname: Hostname
+    ip_address: IpAddress | None = None
+    port: Port = 22
+    username: Name
+    password: Password
+    server_type: ServerType = ServerType.LINUX
+    server_category: ServerCategory = ServerCategory.PHYSICAL
+
+
+class ServerUpdate(_In):
+    name: Name | None = None
+    hostname: Hostname | None = None
+    ip_address: IpAddress | None = None
+    port: Port | None = None
+    username: Name | None = None
+    password: Password | None = None
+    server_type: ServerType | None = None
+    server_category: ServerCategory | None = None
+
+
+class ServerPublic(BaseModel):
+    id: str
+    name: str
+    hostname: str
+    ip_address: str | None
+    port: int
+    username: str
+    server_type: ServerType
+    server_category: ServerCategory
+    is_online: bool
+    last_seen_at: datetime | None
+    created_at: datetime
+
+
+class ServersPublic(BaseModel):
+    data: list[ServerPublic]
+    count: int
+
+
+# -- metrics --------------------------------------------------------------------------------------
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+class MetricPoint(BaseModel):
+    bucket: datetime
+    samples: int
+    cpu_usage_avg: float | None
+    cpu_usage_min: float | None
+    cpu_usage_max: float | None
+    memory_usage_avg: float | None
+    memory_usage_min: float | None
+    memory_usage_max: float | None
+    disk_usage_avg: float | None
+    disk_usage_min: float | None
+    disk_usage_max: float | None
+    network_rx: int | None
+    network_tx: int | None
+
+
+class MetricSeries(BaseModel):
+    server_id: str
+    step: str
+    start: datetime = Field(serialization_alias="from")
+    end: datetime = Field(serialization_alias="to")
+    points: list[MetricPoint]
+
+
+class Message(BaseModel):
+    detail: str

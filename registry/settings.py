@@ -1,0 +1,88 @@
+"""Settings of the registry service (`fleetpulse registry`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+
+from schemas.settings import KafkaSettings, PostgresSettings
+from schemas.topics import STATUS
+
+
+class RegistrySettings(KafkaSettings, PostgresSettings):
+    """The HTTP API for users, the server inventory and metric reads, and the status consumer."""
+
+    registry_host: str = Field(default="127.0.0.1", description="Address the HTTP API binds to.")
+    registry_port: int = Field(
+        default=8080, ge=0, le=65535, description="Port of the HTTP API (0: any free port)."
+    )
+    registry_tls_cert: Path | None = Field(
+        default=None,
+        description="Certificate (PEM) to serve HTTPS with; needs `registry_tls_key`.",
+    )
+    registry_tls_key: Path | None = Field(
+        default=None, description="Private key (PEM) of `registry_tls_cert`."
+    )
+    registry_keys: SecretStr | None = Field(
+        default=None,
+        description=(
+            "AES-256 keys for server passwords: `version:base64key` pairs, comma-separated "
+            "(e.g. `1:…,2:…`); the highest version encrypts. If unset, read from "
+            "`registry_key_file`."
+        ),
+    )
+    registry_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "File of `version:base64key` lines; default `<home>/secrets/registry_keys`, "
+            "generated (mode 0600) when missing."
+        ),
+    )
+    registry_pool_size: int = Field(
+        default=10, ge=1, le=100, description="Most database connections of one registry process."
+    )
+    session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 90, description="Hours a login session stays valid."
+    )
+    login_max_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Failed logins for one e-mail within `login_window` that lock it.",
+    )
+    login_window: float = Field(
+        default=900.0, gt=0, description="Seconds over which failed logins are counted."
+    )
+    login_lockout: float = Field(
+        default=900.0, gt=0, description="Seconds an e-mail stays locked after too many failures."
+    )
+    max_points: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="Most points one metrics request returns."
+    )
+    registry_consume_status: bool = Field(
+        default=True,
+        description="Consume `metrics.status.v1` in this process to keep `servers.is_online`.",
+    )
+    registry_group: str = Field(
+        default="fleetpulse-registry",
+        description="Kafka consumer group of the registry's status consumer.",
+    )
+    status_topic: str = Field(default=STATUS.name, description="Topic of server status changes.")
+    retry_min: float = Field(
+        default=0.5, gt=0, description="First retry delay after a Kafka or database error, s."
+    )
+    retry_max: float = Field(default=30.0, gt=0, description="Longest retry delay, s.")
+
+    @model_validator(mode="after")
+    def _tls_needs_both(self) -> RegistrySettings:
+        if (self.registry_tls_cert is None) != (self.registry_tls_key is None):
+            raise ValueError("registry_tls_cert and registry_tls_key go together")
+        return self
+
+    @property
+    def key_path(self) -> Path:
+        return self.registry_key_file or self.home_dir / "secrets" / "registry_keys"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.registry_tls_cert else "http"
