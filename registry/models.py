@@ -65,7 +65,7 @@ Hostname = Annotated[
         examples=["web-01.example.com"],
     ),
 ]
-Port = Annotated[int, Field(ge=1, le=65535, description="SSH port.")]
+Port = Annotated[int, Field(ge=1, le=65535, strict=True, description="SSH port.")]
 
 
 def _no_scope(ip: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:

@@ -47,6 +47,8 @@ Responses = dict[int | str, dict[str, Any]]
 BAD_REQUEST: Responses = {400: {"model": Message}}
 NOT_FOUND: Responses = {404: {"model": Message}}
 CONFLICT: Responses = {409: {"model": Message}}
+#: Every route behind a login: no or a bad token (401), a role without the permission (403).
+AUTHENTICATED: Responses = {401: {"model": Message}, 403: {"model": Message}}
 
 _bearer = HTTPBearer(auto_error=False, description="The token from `POST /login`.")
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Response, status
 
 from registry import store
-from registry.api.deps import RegistryDep, SessionDep, require, unauthorized
+from registry.api.deps import AUTHENTICATED, RegistryDep, SessionDep, require, unauthorized
 from registry.models import LoginRequest, Message, Token
 from registry.permissions import Permission
 from registry.security import new_token, token_hash
@@ -58,7 +58,7 @@ async def login(body: LoginRequest, registry: RegistryDep) -> Token:
     return Token(access_token=token, expires_at=expires)
 
 
-@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses={401: {"model": Message}})
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=AUTHENTICATED)
 async def logout(
     registry: RegistryDep,
     session: SessionDep,

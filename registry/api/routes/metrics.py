@@ -10,14 +10,14 @@ import asyncpg
 from fastapi import APIRouter, HTTPException, Query, status
 
 from registry import store
-from registry.api.deps import BAD_REQUEST, NOT_FOUND, RegistryDep, require
+from registry.api.deps import AUTHENTICATED, BAD_REQUEST, NOT_FOUND, RegistryDep, require
 from registry.api.routes.servers import not_found
 from registry.models import EARLIEST, LATEST, MetricPoint, MetricSeries
 from registry.permissions import Permission
 from registry.store import CurrentUser
 from sinks.read import ReadError, read_series
 
-router = APIRouter(prefix="/servers", tags=["metrics"])
+router = APIRouter(prefix="/servers", tags=["metrics"], responses=AUTHENTICATED)
 
 
 def _check_time(name: str, value: datetime) -> None:

@@ -11,12 +11,12 @@ import asyncpg
 from fastapi import APIRouter, HTTPException, Response, status
 
 from registry import store
-from registry.api.deps import CONFLICT, NOT_FOUND, Limit, RegistryDep, Skip, require
+from registry.api.deps import AUTHENTICATED, CONFLICT, NOT_FOUND, Limit, RegistryDep, Skip, require
 from registry.models import ServerCreate, ServerPublic, ServersPublic, ServerUpdate
 from registry.permissions import Permission
 from registry.store import CurrentUser
 
-router = APIRouter(prefix="/servers", tags=["servers"])
+router = APIRouter(prefix="/servers", tags=["servers"], responses=AUTHENTICATED)
 
 _NOT_NULL = ("name", "hostname", "port", "username", "server_type", "server_category")
 

@@ -9,12 +9,12 @@ import asyncpg
 from fastapi import APIRouter, HTTPException, Response, status
 
 from registry import store
-from registry.api.deps import CONFLICT, NOT_FOUND, Limit, RegistryDep, Skip, require
+from registry.api.deps import AUTHENTICATED, CONFLICT, NOT_FOUND, Limit, RegistryDep, Skip, require
 from registry.models import UserCreate, UserPublic, UsersPublic, UserUpdate
 from registry.permissions import Permission, Role
 from registry.store import CurrentUser
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], responses=AUTHENTICATED)
 
 
 def _public(row: asyncpg.Record) -> UserPublic:
