@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from fastapi import APIRouter, FastAPI, Request, status
+from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 
-from registry.api.deps import Registry, RegistryDep
-from registry.api.routes import login, metrics, servers, users
+from registry.api.deps import Registry
+from registry.api.main import ROUTERS
 from registry.crypto import Keyring
 from registry.security import Passwords
 from registry.settings import RegistrySettings
@@ -128,16 +128,7 @@ def create_app(
     ):
         app.add_exception_handler(unavailable, _unavailable)
 
-    health = APIRouter(tags=["health"])
-
-    @health.get("/health")
-    async def read_health(registry: RegistryDep) -> dict[str, str]:
-        """Public: 200 when the database answers."""
-        await registry.pool.fetchval("SELECT 1")
-        return {"status": "ok"}
-
-    app.include_router(health)
-    for module in (login, users, servers, metrics):
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.mount("/metrics", make_asgi_app())
     return app
