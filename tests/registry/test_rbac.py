@@ -44,7 +44,7 @@ def route_table() -> dict[tuple[str, str], Permission | None]:
         for route in router.routes:
             assert isinstance(route, APIRoute)
             perms = _permissions(route.dependant)
-            for method in route.methods:
+            for method in route.methods or ():
                 key = (method, route.path)
                 assert len(perms) <= 1, f"{key} declares {perms}"
                 table[key] = perms[0] if perms else None
@@ -83,7 +83,7 @@ def test_the_matrix_of_roles_and_routes(api: Api, admin_token: str) -> None:
         permission = table[(method, path)]
         assert permission is not None
         for who, token in callers.items():
-            body = {"json": {}} if method in ("POST", "PATCH") else {}
+            body: dict[str, Any] = {"json": {}} if method in ("POST", "PATCH") else {}
             r = api.request(method, url, token, **body)
             if who == "anonymous":
                 expected = "401"
