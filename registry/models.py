@@ -12,7 +12,15 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+)
 
 from registry.permissions import Role
 
@@ -75,8 +83,16 @@ def _no_scope(ip: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
     return ip
 
 
+def _text_only(value: object) -> object:
+    # Pydantic would take 167772167 for 10.0.0.7; JSON input names addresses as strings.
+    if not isinstance(value, str | IPv4Address | IPv6Address):
+        raise ValueError("must be an IP address as a string")
+    return value
+
+
 IpAddress = Annotated[
     IPv4Address | IPv6Address,
+    BeforeValidator(_text_only),
     AfterValidator(_no_scope),
     Field(description="IPv4 or IPv6 address (no zone index)."),
 ]
@@ -122,7 +138,7 @@ class UserCreate(_In):
     name: Name
     password: Password
     role: Role = Role.USER
-    active: bool = True
+    active: StrictBool = True
     provider: Literal["email"] = Field(
         default="email", description="Only `email` exists until another provider is built."
     )
@@ -133,7 +149,7 @@ class UserUpdate(_In):
     name: Name | None = None
     password: Password | None = None
     role: Role | None = None
-    active: bool | None = Field(
+    active: StrictBool | None = Field(
         default=None, description="`false` deactivates the user and ends their sessions."
     )
 
@@ -231,3 +247,16 @@ class MetricSeries(BaseModel):
 
 class Message(BaseModel):
     detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="Where: `body`, `query`, `path` and the field.")
+    msg: str
+    type: str
+
+
+class ValidationProblem(BaseModel):
+    """A 422: `detail` names every bad field; the values sent are never echoed."""
+
+    detail: str = Field(examples=["hostname: String should have at most 255 characters"])
+    errors: list[FieldError] = Field(default_factory=list)

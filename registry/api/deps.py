@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from registry import store
 from registry.crypto import Keyring
-from registry.models import Message
+from registry.models import Message, ValidationProblem
 from registry.permissions import Permission, allowed
 from registry.security import Passwords, token_hash
 from registry.settings import RegistrySettings
@@ -47,8 +47,14 @@ Responses = dict[int | str, dict[str, Any]]
 BAD_REQUEST: Responses = {400: {"model": Message}}
 NOT_FOUND: Responses = {404: {"model": Message}}
 CONFLICT: Responses = {409: {"model": Message}}
-#: Every route behind a login: no or a bad token (401), a role without the permission (403).
-AUTHENTICATED: Responses = {401: {"model": Message}, 403: {"model": Message}}
+#: Every route behind a login: no or a bad token (401), a role without the permission (403),
+#: bad input (400, 422).
+AUTHENTICATED: Responses = {
+    400: {"model": Message},  # a body that is not UTF-8 JSON
+    401: {"model": Message},
+    403: {"model": Message},
+    422: {"model": ValidationProblem},
+}
 
 _bearer = HTTPBearer(auto_error=False, description="The token from `POST /login`.")
 

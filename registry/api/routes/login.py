@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Response, status
 
 from registry import store
 from registry.api.deps import AUTHENTICATED, RegistryDep, SessionDep, require, unauthorized
-from registry.models import LoginRequest, Message, Token
+from registry.models import LoginRequest, Message, Token, ValidationProblem
 from registry.permissions import Permission
 from registry.security import new_token, token_hash
 from registry.store import CurrentUser
@@ -20,7 +20,12 @@ router = APIRouter(tags=["login"])
 @router.post(
     "/login",
     response_model=Token,
-    responses={401: {"model": Message}, 429: {"model": Message}},
+    responses={
+        400: {"model": Message},
+        401: {"model": Message},
+        422: {"model": ValidationProblem},
+        429: {"model": Message},
+    },
 )
 async def login(body: LoginRequest, registry: RegistryDep) -> Token:
     """Log in with e-mail and password; returns a bearer token (public route)."""
