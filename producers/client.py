@@ -27,13 +27,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from producers.settings import ProducerSettings
 from schemas import RAW, RawMetricEvent
 from schemas.messages import describe_validation_error
+from schemas.topics import KeyPartitioner
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ BUFFERED = Gauge(
     "fleetpulse_producer_buffered", "Events waiting to be acknowledged.", ["client_id"]
 )
 
-_PARTITIONER = DefaultPartitioner()
 _BACKOFF_START = 0.2
 _BACKOFF_MAX = 5.0
 
@@ -94,8 +93,7 @@ class MetricProducer:
         self._producer: AIOKafkaProducer | None = None
         self._accepted = self._sent = self._dropped = self._errors = 0
         self._last_drop_log = 0.0
-        self._partition_cache: dict[bytes, int] = {}
-        self._partition_count = 0
+        self._partition_of = KeyPartitioner()
         labels = {"client_id": self.settings.kafka_client_id}
         self._m_sent = EVENTS_SENT.labels(**labels)
         self._m_dropped = EVENTS_DROPPED.labels(**labels)
@@ -265,16 +263,6 @@ class MetricProducer:
             else:
                 backoff = _BACKOFF_START
 
-    def _partition_of(self, key: bytes, partitions: list[int]) -> int:
-        """Kafka's default (murmur2) partition of a key, cached per key."""
-        if len(partitions) != self._partition_count:
-            self._partition_cache.clear()
-            self._partition_count = len(partitions)
-        p = self._partition_cache.get(key)
-        if p is None:
-            p = self._partition_cache[key] = _PARTITIONER(key, partitions, partitions)
-        return p
-
     async def _deliver(self, client: AIOKafkaProducer, chunk: list[_Record]) -> list[_Record]:
         """Send a chunk and wait for every acknowledgement; return the records that failed.
 
@@ -288,7 +276,8 @@ class MetricProducer:
             return chunk
         by_partition: dict[int, list[_Record]] = {}
         for rec in chunk:
-            by_partition.setdefault(self._partition_of(rec.key, partitions), []).append(rec)
+            partition = self._partition_of(rec.key, partitions, partitions)
+            by_partition.setdefault(partition, []).append(rec)
         sends: list[tuple[list[_Record], asyncio.Future[Any]]] = []
         for partition, records in by_partition.items():
             batch = client.create_batch()

@@ -1,4 +1,5 @@
-"""`fleetpulse topics create`: makes the topics named in `schemas/topics.py`."""
+"""Creating topics as their specs say: the contract's topics (`fleetpulse topics create`) and a
+stream group's changelog."""
 
 from __future__ import annotations
 

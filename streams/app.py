@@ -1,17 +1,21 @@
 """`fleetpulse stream`: the Faust worker around `StreamProcessor`.
 
-Faust is the runtime: worker lifecycle and signals, the producer, timers, the web server. The
-raw topic is read in batches by an aiokafka consumer in the same consumer group protocol
+Faust is the runtime: worker lifecycle and signals, timers, the web server. The raw topic is
+read in batches by an aiokafka consumer in the same consumer group protocol
 (`FLEETPULSE_STREAM_GROUP`), because Faust's per-message stream costs more than the whole
 windowing (about 2,500 events/s through a Faust agent on the development machine, against
-about 13,000 in batches). The windowing is ours (`streams/windows.py`): Faust's windowed
+about 15,000 in batches). The windowing is ours (`streams/windows.py`): Faust's windowed
 tables lose data (a last-closed window shared by all partitions, closing by wall clock during
 catch-up, late events dropped silently).
 
-Each batch is processed, its outputs are sent and flushed, and only then are offsets
-committed — up to the oldest record a still-open 5 s window needs. After a crash the worker
-replays from there: open 5 s windows are rebuilt, never lost (a window closed just before the
-crash may be emitted twice).
+Outputs of each batch are sent as they are made. Every `FLEETPULSE_STREAM_CHECKPOINT_INTERVAL`
+a checkpoint runs in three steps, each waiting for the previous one to be acknowledged: every
+output sent so far; the changed hourly/daily state and a progress record (watermark, next
+offset) per partition, to the group's compacted changelog topic; the offsets, up to the oldest
+record a still-open 5 s window needs. A worker that takes a partition over (after a crash or a
+rebalance) loads the partition's changelog, then replays from the committed offset: open 5 s
+windows are rebuilt, rollups continue from their checkpoint, nothing is lost (a window closed
+after the last checkpoint is emitted again, with the same content).
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import time
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaTimeoutError
 
 from schemas import Resolution
+from schemas.admin import create_topics
+from schemas.topics import KeyPartitioner, TopicSpec
 from streams.processor import Outputs, StreamProcessor
 from streams.settings import StreamSettings
 from streams.windows import Grace
@@ -38,11 +44,16 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Windows of a partition that leaves are rebuilt by its new owner from the commit.
+        # The next owner (maybe this worker again) restores the partition's last checkpoint
+        # and replays from its commit.
+        self.worker.generation += 1
         for tp in revoked:
+            self.worker.assigned.discard(tp.partition)
             self.worker.processor.revoke(tp.partition)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        # The fetcher may already be reading them; the batch loop waits for this restore.
+        await self.worker.restore_missing([tp.partition for tp in assigned])
         log.info("assigned raw partitions %s", sorted(tp.partition for tp in assigned))
 
 
@@ -79,6 +90,12 @@ class StreamWorker:
         }
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.changelog_reader: AIOKafkaConsumer | None = None
+        self.assigned: set[int] = set()  # partitions owned and restored
+        self.generation = 0  # rebalances so far
+        self._restore_lock = asyncio.Lock()
+        self.pending: list[asyncio.Future[object]] = []  # outputs not yet acknowledged
+        self.last_checkpoint = time.monotonic()
         self.last_record: dict[int, float] = {}
         self.events_in = 0
         self._reported = 0
@@ -100,9 +117,8 @@ class StreamWorker:
             heartbeat_interval_ms=1_000,
             fetch_max_bytes=16 * 1024 * 1024,
         )
-        consumer.subscribe([s.raw_topic], listener=_Rebalance(self))
-        # Outputs go through a plain idempotent producer: Faust's per-message send costs
-        # several times more, and every output is awaited before the commit anyway.
+        # Outputs and state go through a plain idempotent producer: Faust's per-message send
+        # costs several times more, and every output is awaited before the commit anyway.
         producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap,
             client_id=f"{s.kafka_client_id}-stream-out",
@@ -111,33 +127,125 @@ class StreamWorker:
             compression_type="lz4",
             linger_ms=5,
             max_batch_size=256 * 1024,
+            partitioner=KeyPartitioner(),
+        )
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap,
+            client_id=f"{s.kafka_client_id}-stream-changelog",
+            enable_auto_commit=False,
+            fetch_max_bytes=16 * 1024 * 1024,
         )
         await producer.start()
-        await consumer.start()
-        self.consumer, self.producer = consumer, producer
+        await reader.start()
+        self.producer, self.changelog_reader = producer, reader
         try:
-            while True:
-                batch = await consumer.getmany(
-                    timeout_ms=int(s.stream_batch_within * 1000), max_records=s.stream_batch
-                )
-                if not batch:
-                    continue
+            await self._ensure_changelog(producer)
+            consumer.subscribe([s.raw_topic], listener=_Rebalance(self))
+            await consumer.start()
+            self.consumer = consumer
+            try:
+                await self._batches(consumer)
+            finally:
+                # A clean stop saves what it holds, so the next owner replays little.
                 async with self._lock:
-                    now = time.time()
-                    out = Outputs()
-                    for tp, records in batch.items():
-                        for r in records:
-                            out.extend(
-                                self.processor.record(tp.partition, r.offset, r.key, r.value, now)
-                            )
-                        self.events_in += len(records)
-                        self.last_record[tp.partition] = now
-                    out.extend(self.processor.close_due(now))
-                    await self._publish(out)
+                    await asyncio.wait_for(self._checkpoint(), timeout=10)
         finally:
-            self.consumer = self.producer = None
+            self.consumer = self.producer = self.changelog_reader = None
             await consumer.stop()
+            await reader.stop()
             await producer.stop()
+
+    async def _batches(self, consumer: AIOKafkaConsumer) -> None:
+        s = self.settings
+        while True:
+            batch = await consumer.getmany(
+                timeout_ms=int(s.stream_batch_within * 1000), max_records=s.stream_batch
+            )
+            generation = self.generation
+            # The fetcher starts on new partitions while their changelog is still loading.
+            await self.restore_missing([tp.partition for tp in batch])
+            async with self._lock:
+                if generation != self.generation:
+                    # A rebalance since the fetch reset positions to the committed offsets:
+                    # these records come again, into restored state.
+                    continue
+                now = time.time()
+                out = Outputs()
+                record = self.processor.record
+                for tp, records in batch.items():
+                    p = tp.partition
+                    for r in records:
+                        record(p, r.offset, r.key, r.value, now, out)
+                    self.events_in += len(records)
+                    self.last_record[p] = now
+                out.extend(self.processor.close_due(now))
+                await self._publish(out)
+
+    async def _ensure_changelog(self, producer: AIOKafkaProducer) -> None:
+        """Create the group's changelog, one partition per raw partition, if it is missing."""
+        s = self.settings
+        try:
+            partitions = await producer.partitions_for(s.raw_topic)
+        except KafkaTimeoutError:
+            raise RuntimeError(
+                f"raw topic {s.raw_topic!r} not found: create it with `fleetpulse topics create`"
+            ) from None
+        spec = TopicSpec(
+            s.changelog_topic,
+            partitions=len(partitions),
+            retention_ms=-1,
+            cleanup_policy="compact",
+            description="hourly/daily state of the stream group, per raw partition",
+            # Small segments keep the uncompacted tail, and so a takeover's read, short.
+            extra_config={"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"},
+        )
+        await create_topics(s.kafka_bootstrap, [spec], client_id=s.kafka_client_id)
+
+    async def restore_missing(self, partitions: list[int]) -> None:
+        """Restore the given partitions this worker owns but has not loaded yet (once each)."""
+        consumer = self.consumer
+        async with self._restore_lock:
+            todo = sorted(
+                p
+                for p in set(partitions) - self.assigned
+                if consumer is None
+                or TopicPartition(self.settings.raw_topic, p) in consumer.assignment()
+            )
+            if todo:
+                await self._restore(todo)
+
+    async def _restore(self, partitions: list[int]) -> None:
+        """Load the changelog of partitions this worker takes over, then own them."""
+        reader = self.changelog_reader
+        if reader is None or not partitions:
+            return
+        started = time.monotonic()
+        tps = [TopicPartition(self.settings.changelog_topic, p) for p in partitions]
+        reader.assign(tps)
+        await reader.seek_to_beginning(*tps)
+        ends = await reader.end_offsets(tps)
+        latest: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
+        waiting = {tp for tp in tps if ends[tp] > 0}
+        while waiting:
+            for tp, records in (await reader.getmany(*waiting, timeout_ms=1000)).items():
+                state = latest[tp.partition]
+                for r in records:
+                    if r.key is None:
+                        continue
+                    if r.value is None:
+                        state.pop(r.key, None)
+                    else:
+                        state[r.key] = r.value
+            waiting = {tp for tp in waiting if await reader.position(tp) < ends[tp]}
+        for p in partitions:
+            self.processor.restore(p, latest[p])
+            self.assigned.add(p)
+        log.info(
+            "restored partitions %s from %d changelog records in %.2f s",
+            partitions,
+            sum(ends.values()),
+            time.monotonic() - started,
+        )
 
     async def _tick(self) -> None:
         consumer = self.consumer
@@ -147,9 +255,10 @@ class StreamWorker:
             now = time.time()
             out = self.processor.tick(now)
             for tp in consumer.assignment():
-                nxt = self.processor.next_offsets.get(tp.partition)
+                if tp.partition not in self.assigned:
+                    continue
                 high = consumer.highwater(tp)
-                caught_up = nxt is not None and high is not None and nxt >= high
+                caught_up = high is not None and await consumer.position(tp) >= high
                 quiet = now - self.last_record.get(tp.partition, 0.0) >= 1.0
                 if caught_up and quiet:
                     out.extend(self.processor.idle(tp.partition, now))
@@ -163,34 +272,53 @@ class StreamWorker:
         log.info("%.0f events/s in, %d open 5 s windows, %d late so far", rate, open_windows, late)
 
     async def _publish(self, out: Outputs) -> None:
-        """Send the outputs, wait until Kafka has them all, then commit what is done."""
+        """Send the outputs; checkpoint when the interval has passed."""
         producer = self.producer
         if producer is None:
             return
         s = self.settings
-        sends: list[tuple[str, bytes | None, bytes]] = [
-            (self.agg_topics[a.resolution], a.server_id.encode(), a.to_json_bytes())
-            for a in out.aggregates
-        ]
-        sends += [(s.status_topic, c.server_id.encode(), c.to_json_bytes()) for c in out.statuses]
-        sends += [
-            (s.dlq_topic, d.key.encode() if d.key is not None else None, d.to_json_bytes())
-            for d in out.dead_letters
-        ]
-        futures = [await producer.send(topic, value, key=key) for topic, key, value in sends]
-        if futures:
-            await asyncio.gather(*futures)  # a failed send raises: nothing is committed
-        await self._commit()
+        send = producer.send
+        pending = self.pending
+        for a in out.aggregates:
+            topic = self.agg_topics[a.resolution]
+            pending.append(await send(topic, a.to_json_bytes(), key=a.server_id.encode()))
+        for c in out.statuses:
+            pending.append(await send(s.status_topic, c.to_json_bytes(), key=c.server_id.encode()))
+        for d in out.dead_letters:
+            key = d.key.encode() if d.key is not None else None
+            pending.append(await send(s.dlq_topic, d.to_json_bytes(), key=key))
+        if time.monotonic() - self.last_checkpoint >= s.stream_checkpoint_interval:
+            await self._checkpoint()
 
-    async def _commit(self) -> None:
-        consumer = self.consumer
-        if consumer is None:
+    async def _checkpoint(self) -> None:
+        """Outputs acknowledged → state acknowledged → offsets committed (see the module doc)."""
+        producer, consumer = self.producer, self.consumer
+        if producer is None or consumer is None:
             return
-        offsets = {}
+        self.last_checkpoint = time.monotonic()
+        pending, self.pending = self.pending, []
+        if pending:
+            await asyncio.gather(*pending)  # a failed send raises: nothing is committed
+        topic = self.settings.changelog_topic
+        sends: list[asyncio.Future[object]] = []
+        saved: dict[int, float] = {}
+        offsets: dict[TopicPartition, int] = {}
         for tp in consumer.assignment():
-            upto = self.processor.committable(tp.partition)
+            p = tp.partition
+            if p not in self.assigned:
+                continue
+            records, watermark = self.processor.checkpoint(p)
+            for key, value in records:
+                sends.append(await producer.send(topic, value, key=key, partition=p))
+            if watermark is not None:
+                saved[p] = watermark
+            upto = self.processor.committable(p)
             if upto is not None:
                 offsets[tp] = upto
+        if sends:
+            await asyncio.gather(*sends)
+        for p, watermark in saved.items():
+            self.processor.stored(p, watermark)
         if not offsets:
             return
         try:

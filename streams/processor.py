@@ -3,14 +3,20 @@
 `StreamProcessor` turns raw records into outputs — closed windows for the aggregate topics,
 dead letters for `metrics.dlq.v1`, status changes for `metrics.status.v1` — and says up to
 which offset each partition may be committed (the oldest record still needed by an open 5 s
-window: a restart replays from there). The Kafka wiring (`fleetpulse stream`) only moves
-records in and outputs out, so everything here is tested without a broker.
+window: a restart replays from there). Hourly and daily rollups are checkpointed instead
+(`checkpoint()` / `restore()`); a record replayed from before the checkpoint whose 5 s window
+the checkpoint had already closed is skipped, not dead-lettered again. The Kafka wiring
+(`fleetpulse stream`) only moves records in and outputs out, so everything here is tested
+without a broker.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Final
 
 from schemas import (
     DeadLetter,
@@ -22,9 +28,11 @@ from schemas import (
     WindowAggregate,
     decode_raw_event,
 )
-from streams.windows import Grace, PartitionWindows
+from streams.windows import Grace, PartitionWindows, ServerRollups
 
 COMPONENT = "stream"
+#: Changelog key of a partition's progress record (server keys are UUIDs, never this).
+PROGRESS_KEY: Final = b"progress"
 
 
 @dataclass
@@ -95,24 +103,41 @@ class StreamProcessor:
         self.grace = grace or Grace()
         self.partitions: dict[int, PartitionWindows] = {}
         self.next_offsets: dict[int, int] = {}
+        #: Per partition: records below this offset were processed before the restored
+        #: checkpoint (replayed only to rebuild open 5 s windows).
+        self.replay_until: dict[int, int] = {}
+        #: Per partition: the watermark of the last checkpoint known to be stored.
+        self.stored_watermark: dict[int, float] = {}
         self.status = StatusTracker(offline_after)
 
     def record(
-        self, partition: int, offset: int, key: bytes | None, value: bytes, wall: float
+        self,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        wall: float,
+        out: Outputs | None = None,
     ) -> Outputs:
-        """Take one raw record; return its dead letter or status change, if any. Windows it
-        completes are closed by the next `close_due()`."""
-        out = Outputs()
+        """Take one raw record; add its dead letter or status change, if any, to `out` (a new
+        `Outputs` if none) and return it. Windows it completes close at the next `close_due()`.
+        """
+        if out is None:
+            out = Outputs()
         self.next_offsets[partition] = offset + 1
-        windows = self.partitions.setdefault(partition, PartitionWindows(self.grace))
+        windows = self.partitions.get(partition)
+        if windows is None:
+            windows = self.partitions[partition] = PartitionWindows(self.grace)
+        replayed = offset < self.replay_until.get(partition, 0)
         try:
             event = decode_raw_event(value)
         except InvalidMessage as exc:
-            out.dead_letters.append(
-                self._letter(exc.reason, exc.detail, partition, offset, key, value)
-            )
+            if not replayed:  # its dead letter went out before the checkpoint
+                out.dead_letters.append(
+                    self._letter(exc.reason, exc.detail, partition, offset, key, value)
+                )
             return out
-        if not windows.add(event, offset):
+        if not windows.add(event, offset, count_late=not replayed) and not replayed:
             detail = (
                 f"event at {event.timestamp.isoformat()} is behind the partition's event time "
                 f"({datetime.fromtimestamp(windows.watermark, UTC).isoformat()}) by more than "
@@ -156,9 +181,52 @@ class StreamProcessor:
         return nxt if windows is None else windows.committable_offset(nxt)
 
     def revoke(self, partition: int) -> None:
-        """The partition went to another worker, which rebuilds its windows by replaying."""
+        """The partition went to another worker, which restores its checkpoint and replays."""
         self.partitions.pop(partition, None)
         self.next_offsets.pop(partition, None)
+        self.replay_until.pop(partition, None)
+        self.stored_watermark.pop(partition, None)
+
+    def checkpoint(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], float | None]:
+        """Changelog records for `partition` — each changed server's rollups (None: nothing left,
+        a tombstone), then the progress record — and the watermark they save. Call `stored()`
+        once Kafka has them all, and commit `committable()` as read with them."""
+        windows = self.partitions.get(partition)
+        nxt = self.next_offsets.get(partition)
+        if windows is None or nxt is None or windows.watermark == -math.inf:
+            return [], None
+        records: list[tuple[bytes, bytes | None]] = []
+        settled = self.stored_watermark.get(partition, -math.inf)
+        for server_id, state in windows.checkpoint(settled):
+            empty = not state.rollups and not state.emitted
+            value = None if empty else json.dumps(state.to_json()).encode()
+            records.append((server_id.encode(), value))
+        progress = {"watermark": windows.watermark, "next_offset": nxt}
+        records.append((PROGRESS_KEY, json.dumps(progress).encode()))
+        return records, windows.watermark
+
+    def stored(self, partition: int, watermark: float) -> None:
+        """The checkpoint that saved `watermark` is in Kafka."""
+        if partition in self.partitions:
+            self.stored_watermark[partition] = watermark
+
+    def restore(self, partition: int, records: dict[bytes, bytes]) -> None:
+        """Take over `partition` from its changelog (latest value per key, tombstones removed).
+        Without a progress record the partition starts empty."""
+        self.revoke(partition)
+        windows = self.partitions[partition] = PartitionWindows(self.grace)
+        raw_progress = records.get(PROGRESS_KEY)
+        if raw_progress is None:
+            return
+        progress = json.loads(raw_progress)
+        servers = {
+            key.decode(): ServerRollups.from_json(key.decode(), json.loads(value))
+            for key, value in records.items()
+            if key != PROGRESS_KEY
+        }
+        windows.restore(float(progress["watermark"]), servers)
+        self.replay_until[partition] = int(progress["next_offset"])
+        self.stored_watermark[partition] = float(progress["watermark"])
 
     def _letter(
         self,

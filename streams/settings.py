@@ -27,6 +27,13 @@ class StreamSettings(KafkaSettings):
     stream_batch_within: float = Field(
         default=0.2, gt=0, description="Longest wait to fill a batch, s."
     )
+    stream_checkpoint_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between checkpoints: outputs acknowledged, hourly/daily state "
+        "saved to the changelog, offsets committed. Longer: less overhead, more replay after "
+        "a crash.",
+    )
     stream_web_port: int = Field(
         default=0, ge=0, le=65535, description="Faust web server port (/metrics); 0 = off."
     )
@@ -37,6 +44,12 @@ class StreamSettings(KafkaSettings):
     agg_1d_topic: str = Field(default=AGG_1D.name, description="Output topic of daily windows.")
     status_topic: str = Field(default=STATUS.name, description="Output topic of status changes.")
     dlq_topic: str = Field(default=DLQ.name, description="Dead-letter topic.")
+
+    @property
+    def changelog_topic(self) -> str:
+        """The group's compacted changelog of hourly/daily state, partitioned like the raw
+        topic (created by the worker)."""
+        return f"{self.stream_group}-rollups-changelog"
 
     @model_validator(mode="after")
     def _rollup_grace_covers_5s(self) -> StreamSettings:

@@ -8,6 +8,13 @@ from closed 5 s windows: count-weighted, so they equal aggregating the raw event
 (sums of counts, sums, min of mins, max of maxes, byte sums). Each hourly/daily accumulator
 remembers the last 5 s window it absorbed, so replaying 5 s windows after a restart never
 counts one twice.
+
+Hourly and daily accumulators outlive the offsets a restart replays, so they are checkpointed
+(`checkpoint()` / `restore()`, stored by the worker in a compacted changelog topic): one record
+per server holding its open rollups and markers of the rollups it has emitted. A checkpoint
+written only in part is safe: `merged_upto` keeps a replayed 5 s window from being counted
+twice in a rollup saved after it, and a marker keeps an emitted rollup from being rebuilt from
+the replay and emitted again with only part of its data.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ class MetricAcc:
         if is_latest:
             self.last = v
 
+    def as_row(self) -> tuple[float, float, float, float]:
+        return self.total, self.lo, self.hi, self.last
+
     def merge(self, other: MetricAcc, other_is_latest: bool) -> None:
         self.total += other.total
         self.lo = min(self.lo, other.lo)
@@ -49,7 +59,8 @@ class MetricAcc:
     def stats(self, count: int, with_last: bool) -> MetricStats:
         # Clamp: a mean of values in 0..100 can leave the range by a rounding error.
         avg = min(100.0, max(0.0, self.total / count))
-        return MetricStats(avg=avg, min=self.lo, max=self.hi, last=self.last if with_last else None)
+        last = self.last if with_last else None
+        return MetricStats.model_construct(avg=avg, min=self.lo, max=self.hi, last=last)
 
 
 @dataclass(slots=True)
@@ -141,8 +152,10 @@ class WindowAcc:
         return acc
 
     def to_aggregate(self, resolution: Resolution, emitted_at: datetime) -> WindowAggregate:
+        """The closed window as a message. Built without re-validation: every field comes
+        from validated events (the property tests check the result against the model)."""
         five = resolution is Resolution.FIVE_SECONDS
-        return WindowAggregate(
+        return WindowAggregate.model_construct(
             server_id=self.server_id,
             resolution=resolution,
             window_start=datetime.fromtimestamp(self.start, UTC),
@@ -157,6 +170,41 @@ class WindowAcc:
             last_event_at=datetime.fromtimestamp(self.last_ts, UTC),
             emitted_at=emitted_at,
         )
+
+    def to_state(self) -> list[float]:
+        """A rollup as a checkpoint row (see `from_state`)."""
+        return [
+            self.start,
+            self.size,
+            self.count,
+            *self.cpu.as_row(),
+            *self.mem.as_row(),
+            *self.disk.as_row(),
+            self.rx,
+            self.tx,
+            self.last_ts,
+            self.merged_upto,
+        ]
+
+    @classmethod
+    def from_state(cls, server_id: str, row: list[float]) -> WindowAcc:
+        start, size, count = int(row[0]), int(row[1]), int(row[2])
+        cpu, mem, disk = (MetricAcc(*row[i : i + 4]) for i in (3, 7, 11))
+        acc = cls(
+            server_id=server_id,
+            start=start,
+            size=size,
+            count=count,
+            cpu=cpu,
+            mem=mem,
+            disk=disk,
+            rx=int(row[15]),
+            tx=int(row[16]),
+            last_ts=row[17],
+            processes=None,
+        )
+        acc.merged_upto = int(row[18])
+        return acc
 
 
 @dataclass(frozen=True)
@@ -173,6 +221,35 @@ class Grace:
             raise ValueError("hourly and daily grace must be at least the 5 s grace")
 
 
+#: A rollup window: (resolution, start).
+RollupKey = tuple[Resolution, int]
+
+
+@dataclass
+class ServerRollups:
+    """A server's checkpointed rollups in one partition: open accumulators and markers of the
+    ones already emitted (with the event time after which no replay can rebuild them)."""
+
+    rollups: dict[RollupKey, WindowAcc] = field(default_factory=dict)
+    emitted: dict[RollupKey, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "rollups": [[r.value, *acc.to_state()] for (r, _), acc in self.rollups.items()],
+            "emitted": [[r.value, start, until] for (r, start), until in self.emitted.items()],
+        }
+
+    @classmethod
+    def from_json(cls, server_id: str, data: dict[str, list[list[float | str]]]) -> ServerRollups:
+        state = cls()
+        for res, *row in data.get("rollups", []):
+            acc = WindowAcc.from_state(server_id, [float(x) for x in row])
+            state.rollups[(Resolution(str(res)), acc.start)] = acc
+        for res, start, until in data.get("emitted", []):
+            state.emitted[(Resolution(str(res)), int(start))] = float(until)
+        return state
+
+
 @dataclass
 class PartitionWindows:
     """The open windows of one input partition, closed by its event time."""
@@ -184,13 +261,18 @@ class PartitionWindows:
     _rollups: dict[Resolution, dict[int, dict[str, WindowAcc]]] = field(
         default_factory=lambda: {Resolution.ONE_HOUR: {}, Resolution.ONE_DAY: {}}
     )
+    #: Rollups already emitted, per server: (resolution, start) → end + grace.
+    _emitted: dict[str, dict[RollupKey, float]] = field(default_factory=dict)
+    #: Servers whose rollups changed since the last checkpoint.
+    _dirty: set[str] = field(default_factory=set)
 
-    def add(self, e: RawMetricEvent, offset: int | None = None) -> bool:
+    def add(self, e: RawMetricEvent, offset: int | None = None, *, count_late: bool = True) -> bool:
         """Put an event in its 5 s window. False (and counted) if the window already closed."""
         ts = e.timestamp.timestamp()
         start = int(ts // 5) * 5
         if start + 5 + self.grace.five_seconds <= self.watermark:
-            self.late += 1
+            if count_late:
+                self.late += 1
             return False
         bucket = self._five.setdefault(start, {})
         acc = bucket.get(e.server_id)
@@ -222,21 +304,65 @@ class PartitionWindows:
             size = resolution.seconds
             windows = self._rollups[resolution]
             for start in sorted(s for s in windows if s + size + grace <= wm):
-                out.extend(
-                    a.to_aggregate(resolution, emitted_at) for a in windows.pop(start).values()
-                )
+                for server_id, acc in windows.pop(start).items():
+                    out.append(acc.to_aggregate(resolution, emitted_at))
+                    self._emitted.setdefault(server_id, {})[(resolution, start)] = (
+                        start + size + grace
+                    )
+                    self._dirty.add(server_id)
         return out
 
     def _cascade(self, w: WindowAcc) -> None:
+        emitted = self._emitted.get(w.server_id)
         for resolution in (Resolution.ONE_HOUR, Resolution.ONE_DAY):
             size = resolution.seconds
             start = w.start // size * size
+            if emitted is not None and (resolution, start) in emitted:
+                continue  # a replayed 5 s window of a rollup emitted before the restart
             bucket = self._rollups[resolution].setdefault(start, {})
             acc = bucket.get(w.server_id)
             if acc is None:
                 bucket[w.server_id] = WindowAcc.seeded_by(w, start, size)
             else:
                 acc.absorb(w)
+        self._dirty.add(w.server_id)
+
+    def checkpoint(self, settled_upto: float) -> list[tuple[str, ServerRollups]]:
+        """The state of every server changed since the last checkpoint.
+
+        `settled_upto` is the watermark of the last checkpoint known to be stored: markers of
+        rollups that ended (plus grace) before it are dropped, as any restore from then on
+        has a watermark that makes their 5 s windows late.
+        """
+        for server_id, emitted in list(self._emitted.items()):
+            settled = [k for k, until in emitted.items() if until <= settled_upto]
+            for k in settled:
+                del emitted[k]
+            if settled:
+                self._dirty.add(server_id)
+            if not emitted:
+                del self._emitted[server_id]
+        out = [(server_id, self.server_state(server_id)) for server_id in self._dirty]
+        self._dirty.clear()
+        return out
+
+    def server_state(self, server_id: str) -> ServerRollups:
+        state = ServerRollups(emitted=dict(self._emitted.get(server_id, {})))
+        for resolution, windows in self._rollups.items():
+            for start, bucket in windows.items():
+                acc = bucket.get(server_id)
+                if acc is not None:
+                    state.rollups[(resolution, start)] = acc
+        return state
+
+    def restore(self, watermark: float, servers: dict[str, ServerRollups]) -> None:
+        """Start from a checkpoint: its watermark and every server's rollups and markers."""
+        self.watermark = watermark
+        for server_id, state in servers.items():
+            for (resolution, start), acc in state.rollups.items():
+                self._rollups[resolution].setdefault(start, {})[server_id] = acc
+            if state.emitted:
+                self._emitted[server_id] = dict(state.emitted)
 
     def committable_offset(self, next_offset: int) -> int:
         """The offset from which a restart must replay to rebuild the open 5 s windows."""

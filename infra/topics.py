@@ -1,0 +1,7 @@
+"""`fleetpulse topics create`: makes the topics named in `schemas/topics.py`."""
+
+from __future__ import annotations
+
+from schemas.admin import TopicResult, create_topics
+
+__all__ = ["TopicResult", "create_topics"]
