@@ -1,0 +1,152 @@
+"""Integration: the status consumer between the real broker and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from infra.db import migrate
+from infra.settings import StackSettings
+from registry.status import StatusConsumer, apply_status
+from schemas.messages import ServerState, ServerStatusChange
+from schemas.topics import TopicSpec
+from tests.registry.conftest import registry_settings
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+
+def change(server_id: str, state: ServerState, at: datetime) -> ServerStatusChange:
+    return ServerStatusChange(
+        server_id=server_id, status=state, last_event_at=at - timedelta(seconds=1), changed_at=at
+    )
+
+
+async def add_server(conn: asyncpg.Connection) -> str:
+    server_id = str(uuid.uuid4())
+    await conn.execute(
+        "INSERT INTO servers (id, name, hostname, port, username, encrypted_password) "
+        "VALUES ($1, 'n', $2, 22, 'u', 'v1:x')",
+        server_id,
+        f"h-{server_id}",
+    )
+    return server_id
+
+
+@pytest.fixture
+async def pool(stack_settings: StackSettings, fresh_database: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(
+        **stack_settings.connect_kwargs(database=fresh_database), min_size=1, max_size=4
+    )
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    yield pool
+    await pool.close()
+
+
+async def test_only_newer_changes_of_known_servers_apply(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        sid = await add_server(conn)
+        assert await apply_status(conn, change(sid, ServerState.ONLINE, T0))
+        # Replayed or older: ignored.
+        assert not await apply_status(conn, change(sid, ServerState.ONLINE, T0))
+        assert not await apply_status(
+            conn, change(sid, ServerState.OFFLINE, T0 - timedelta(minutes=1))
+        )
+        assert not await apply_status(conn, change(str(uuid.uuid4()), ServerState.ONLINE, T0))
+        row = await conn.fetchrow("SELECT is_online, last_seen_at FROM servers WHERE id = $1", sid)
+        assert row["is_online"] is True and row["last_seen_at"] == T0 - timedelta(seconds=1)
+        assert await apply_status(conn, change(sid, ServerState.OFFLINE, T0 + timedelta(minutes=1)))
+        row = await conn.fetchrow("SELECT is_online, last_seen_at FROM servers WHERE id = $1", sid)
+        assert row["is_online"] is False
+        assert row["last_seen_at"] == T0 + timedelta(minutes=1) - timedelta(seconds=1)
+
+
+async def test_consumer_keeps_is_online_current_from_the_real_broker(
+    stack_settings: StackSettings, fresh_database: str, pool: asyncpg.Pool, new_topic: TopicSpec
+) -> None:
+    settings = registry_settings(
+        stack_settings,
+        fresh_database,
+        status_topic=new_topic.name,
+        registry_group=f"test-registry-{uuid.uuid4().hex[:8]}",
+        registry_consume_status=True,
+    )
+    async with pool.acquire() as conn:
+        online, offline = await add_server(conn), await add_server(conn)
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        sends = [
+            (online, change(online, ServerState.ONLINE, T0).to_json_bytes()),
+            (online, b"{not json"),
+            (online, b'{"server_id": "x", "status": "sideways"}'),
+            (str(uuid.uuid4()), change(str(uuid.uuid4()), ServerState.ONLINE, T0).to_json_bytes()),
+            (offline, change(offline, ServerState.ONLINE, T0).to_json_bytes()),
+            (
+                offline,
+                change(offline, ServerState.OFFLINE, T0 + timedelta(seconds=30)).to_json_bytes(),
+            ),
+            # Out of order: older than what was applied; ignored.
+            (
+                offline,
+                change(offline, ServerState.ONLINE, T0 + timedelta(seconds=10)).to_json_bytes(),
+            ),
+        ]
+        for key, value in sends:
+            await producer.send_and_wait(new_topic.name, value, key=key.encode())
+    finally:
+        await producer.stop()
+
+    consumer = StatusConsumer(settings, pool)
+    task = asyncio.create_task(consumer.run())
+    try:
+        for _ in range(300):
+            if consumer.applied + consumer.skipped >= len(sends):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 15)
+    assert (consumer.applied, consumer.skipped) == (3, 4)
+    rows = {r["id"]: r for r in await pool.fetch("SELECT id, is_online, last_seen_at FROM servers")}
+    assert rows[online]["is_online"] is True
+    assert rows[offline]["is_online"] is False
+    assert rows[offline]["last_seen_at"] == T0 + timedelta(seconds=29)
+
+    # Offsets were committed after the database writes: a restart reads nothing again.
+    check = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.registry_group
+    )
+    await check.start()
+    try:
+        committed = 0
+        for p in range(new_topic.partitions):
+            with contextlib.suppress(TypeError):
+                committed += await check.committed(TopicPartition(new_topic.name, p)) or 0
+        assert committed == len(sends)
+    finally:
+        await check.stop()
+
+
+async def test_consumer_waits_for_an_unreachable_broker_and_stops_on_request(
+    stack_settings: StackSettings, fresh_database: str, pool: asyncpg.Pool
+) -> None:
+    settings = registry_settings(
+        stack_settings, fresh_database, kafka_bootstrap="127.0.0.1:1", retry_max=0.5
+    )
+    consumer = StatusConsumer(settings, pool)
+    task = asyncio.create_task(consumer.run())
+    await asyncio.sleep(2)
+    assert not task.done()
+    consumer.stop()
+    await asyncio.wait_for(task, 15)
