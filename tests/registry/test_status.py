@@ -42,36 +42,48 @@ async def add_server(conn: asyncpg.Connection) -> str:
 
 
 @pytest.fixture
-async def pool(stack_settings: StackSettings, fresh_database: str) -> AsyncIterator[asyncpg.Pool]:
+async def conn(app_conn: asyncpg.Connection) -> asyncpg.Connection:
+    await migrate(app_conn)
+    return app_conn
+
+
+@pytest.fixture
+async def pool(
+    stack_settings: StackSettings, fresh_database: str, conn: asyncpg.Connection
+) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(
         **stack_settings.connect_kwargs(database=fresh_database), min_size=1, max_size=4
     )
-    async with pool.acquire() as conn:
-        await migrate(conn)
     yield pool
     await pool.close()
 
 
-async def test_only_newer_changes_of_known_servers_apply(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
-        sid = await add_server(conn)
-        assert await apply_status(conn, change(sid, ServerState.ONLINE, T0))
-        # Replayed or older: ignored.
-        assert not await apply_status(conn, change(sid, ServerState.ONLINE, T0))
-        assert not await apply_status(
-            conn, change(sid, ServerState.OFFLINE, T0 - timedelta(minutes=1))
-        )
-        assert not await apply_status(conn, change(str(uuid.uuid4()), ServerState.ONLINE, T0))
-        row = await conn.fetchrow("SELECT is_online, last_seen_at FROM servers WHERE id = $1", sid)
-        assert row["is_online"] is True and row["last_seen_at"] == T0 - timedelta(seconds=1)
-        assert await apply_status(conn, change(sid, ServerState.OFFLINE, T0 + timedelta(minutes=1)))
-        row = await conn.fetchrow("SELECT is_online, last_seen_at FROM servers WHERE id = $1", sid)
-        assert row["is_online"] is False
-        assert row["last_seen_at"] == T0 + timedelta(minutes=1) - timedelta(seconds=1)
+async def _state(conn: asyncpg.Connection, server_id: str) -> tuple[bool, datetime]:
+    row = await conn.fetchrow(
+        "SELECT is_online, last_seen_at FROM servers WHERE id = $1", server_id
+    )
+    assert row is not None
+    return row["is_online"], row["last_seen_at"]
+
+
+async def test_only_newer_changes_of_known_servers_apply(conn: asyncpg.Connection) -> None:
+    sid = await add_server(conn)
+    assert await apply_status(conn, change(sid, ServerState.ONLINE, T0))
+    # Replayed or older: ignored.
+    assert not await apply_status(conn, change(sid, ServerState.ONLINE, T0))
+    assert not await apply_status(conn, change(sid, ServerState.OFFLINE, T0 - timedelta(minutes=1)))
+    assert not await apply_status(conn, change(str(uuid.uuid4()), ServerState.ONLINE, T0))
+    assert await _state(conn, sid) == (True, T0 - timedelta(seconds=1))
+    assert await apply_status(conn, change(sid, ServerState.OFFLINE, T0 + timedelta(minutes=1)))
+    assert await _state(conn, sid) == (False, T0 + timedelta(seconds=59))
 
 
 async def test_consumer_keeps_is_online_current_from_the_real_broker(
-    stack_settings: StackSettings, fresh_database: str, pool: asyncpg.Pool, new_topic: TopicSpec
+    stack_settings: StackSettings,
+    fresh_database: str,
+    conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    new_topic: TopicSpec,
 ) -> None:
     settings = registry_settings(
         stack_settings,
@@ -80,8 +92,7 @@ async def test_consumer_keeps_is_online_current_from_the_real_broker(
         registry_group=f"test-registry-{uuid.uuid4().hex[:8]}",
         registry_consume_status=True,
     )
-    async with pool.acquire() as conn:
-        online, offline = await add_server(conn), await add_server(conn)
+    online, offline = await add_server(conn), await add_server(conn)
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
