@@ -181,8 +181,18 @@ class Api:
         token: str = r.json()["access_token"]
         return token
 
-    def db(self) -> dict[str, Any]:
-        return self.settings.connect_kwargs()
+    def sql(self, query: str, *args: object) -> list[asyncpg.Record]:
+        """Run one statement on the registry's database (a connection of its own)."""
+
+        async def go() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(**self.settings.connect_kwargs())
+            try:
+                rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+                return rows
+            finally:
+                await conn.close()
+
+        return _run(go())  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")

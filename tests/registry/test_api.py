@@ -3,12 +3,10 @@ with curl."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 from argon2 import PasswordHasher
 
@@ -24,18 +22,6 @@ from tests.registry.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _sql(api: Api, query: str, *args: object) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(**api.db())
-        try:
-            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
-            return rows
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def test_the_curl_walkthrough(api: Api, admin_token: str) -> None:
@@ -71,8 +57,7 @@ def test_wrong_missing_and_expired_tokens_get_401(api: Api, admin_token: str) ->
         assert r.headers["www-authenticate"] == "Bearer"
     _, _, token = new_user(api, admin_token)
     assert api.request("GET", "/servers", token).status_code == 200
-    _sql(
-        api,
+    api.sql(
         "UPDATE sessions SET expires_at = now() - interval '1 second' WHERE token_hash = $1",
         token_hash(token),
     )
@@ -82,14 +67,13 @@ def test_wrong_missing_and_expired_tokens_get_401(api: Api, admin_token: str) ->
 
 def test_sessions_are_stored_as_hashes_and_expire(api: Api, admin_token: str) -> None:
     user, _, token = new_user(api, admin_token)
-    rows = _sql(
-        api,
+    rows = api.sql(
         "SELECT token_hash, expires_at - created_at AS ttl FROM sessions WHERE user_id = $1",
         user["id"],
     )
     assert [bytes(r["token_hash"]) for r in rows] == [token_hash(token)]
     assert rows[0]["ttl"] == timedelta(hours=api.settings.session_hours)
-    assert not _sql(api, "SELECT 1 FROM sessions WHERE token_hash = $1", token.encode())
+    assert not api.sql("SELECT 1 FROM sessions WHERE token_hash = $1", token.encode())
 
 
 def test_logout_ends_the_session(api: Api, admin_token: str) -> None:
@@ -104,7 +88,7 @@ def test_deactivating_a_user_ends_their_sessions(api: Api, admin_token: str) -> 
     r = api.request("PATCH", f"/users/{user['id']}", admin_token, json={"active": False})
     assert r.status_code == 200 and r.json()["active"] is False
     assert api.request("GET", "/servers", token).status_code == 401
-    assert not _sql(api, "SELECT 1 FROM sessions WHERE user_id = $1", user["id"])
+    assert not api.sql("SELECT 1 FROM sessions WHERE user_id = $1", user["id"])
     r = api.request("POST", "/login", json={"email": user["email"], "password": password})
     assert r.status_code == 401
     r = api.request("PATCH", f"/users/{user['id']}", admin_token, json={"active": True})
@@ -145,12 +129,12 @@ def test_passwords_are_argon2id_and_rehashed_when_parameters_change(
     api: Api, admin_token: str
 ) -> None:
     user, password, _ = new_user(api, admin_token)
-    (row,) = _sql(api, "SELECT password_hash FROM users WHERE id = $1", user["id"])
+    (row,) = api.sql("SELECT password_hash FROM users WHERE id = $1", user["id"])
     assert row["password_hash"].startswith("$argon2id$v=19$m=65536,t=3,p=4$")
     weak = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(password)
-    _sql(api, "UPDATE users SET password_hash = $2 WHERE id = $1", user["id"], weak)
+    api.sql("UPDATE users SET password_hash = $2 WHERE id = $1", user["id"], weak)
     api.login(user["email"], password)
-    (row,) = _sql(api, "SELECT password_hash, last_login_at FROM users WHERE id = $1", user["id"])
+    (row,) = api.sql("SELECT password_hash, last_login_at FROM users WHERE id = $1", user["id"])
     assert row["password_hash"] != weak
     assert not DEFAULT_HASHER.check_needs_rehash(row["password_hash"])
     assert DEFAULT_HASHER.verify(row["password_hash"], password)
@@ -174,14 +158,13 @@ def test_repeated_failures_lock_the_email_for_a_while(api: Api, admin_token: str
     ]
     assert codes == [401] * limit + [429]
     # When the lock has run out, the right password works and clears the count.
-    _sql(
-        api,
+    api.sql(
         "UPDATE login_failures SET locked_until = now(), first_failed_at = now() - "
         "interval '1 day' WHERE email = $1",
         user["email"],
     )
     assert api.login(user["email"], password)
-    assert not _sql(api, "SELECT 1 FROM login_failures WHERE email = $1", user["email"])
+    assert not api.sql("SELECT 1 FROM login_failures WHERE email = $1", user["email"])
 
 
 def test_only_email_logins_exist(api: Api) -> None:
@@ -203,7 +186,7 @@ def test_server_crud_duplicates_and_stored_ciphertext(api: Api, admin_token: str
     assert r.status_code == 409 and r.json()["detail"].startswith("id:")
 
     keyring = Keyring({1: KEY_1})
-    (row,) = _sql(api, "SELECT encrypted_password FROM servers WHERE id = $1", server["id"])
+    (row,) = api.sql("SELECT encrypted_password FROM servers WHERE id = $1", server["id"])
     assert row["encrypted_password"].startswith("v1:")
     assert body["password"] not in row["encrypted_password"]
     assert keyring.decrypt(row["encrypted_password"], server["id"]) == body["password"]
@@ -215,7 +198,7 @@ def test_server_crud_duplicates_and_stored_ciphertext(api: Api, admin_token: str
         json={"port": 2222, "password": "new-pw-1"},
     )
     assert r.status_code == 200 and r.json()["port"] == 2222 and "password" not in r.json()
-    (row,) = _sql(api, "SELECT encrypted_password FROM servers WHERE id = $1", server["id"])
+    (row,) = api.sql("SELECT encrypted_password FROM servers WHERE id = $1", server["id"])
     assert keyring.decrypt(row["encrypted_password"], server["id"]) == "new-pw-1"
     r = api.request("PATCH", f"/servers/{server['id']}", admin_token, json={"hostname": None})
     assert r.status_code == 422 and "hostname" in r.json()["detail"]
@@ -294,7 +277,7 @@ def test_odd_requests_never_get_a_500(api: Api, admin_token: str) -> None:
 
 def test_the_database_connection_is_tls_verified(api: Api) -> None:
     assert api.settings.pg_sslmode == "verify-full"
-    (row,) = _sql(api, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    (row,) = api.sql("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
     assert row["ssl"] is True
     r = api.request("GET", "/health")
     assert r.status_code == 200 and r.json() == {"status": "ok"}

@@ -1,0 +1,82 @@
+"""Integration: GET /servers/{id}/metrics serves the sinks' read path, bounded in points."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.registry.conftest import Api, new_user, server_body
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_series_with_gaps_filled(api: Api, admin_token: str) -> None:
+    server = api.request("POST", "/servers", admin_token, json=server_body()).json()
+    # Two 5 s rows in one minute, a gap, one row two minutes later (inside today's partitions).
+    minute = datetime.fromtimestamp(math.floor(time.time() / 60) * 60 - 600, UTC)
+    for offset, cpu in ((0, 10.0), (5, 30.0), (120, 50.0)):
+        api.sql(
+            'INSERT INTO metrics_snapshots (server_id, "timestamp", cpu_usage, memory_usage, '
+            "disk_usage, cpu_usage_min, cpu_usage_max, memory_usage_min, memory_usage_max, "
+            "disk_usage_min, disk_usage_max, sample_count, network_rx, network_tx, processes) "
+            "VALUES ($1, $2, $3, 40, 70, $3, $3, 40, 40, 70, 70, 5, 100, 50, '[]')",
+            server["id"],
+            minute + timedelta(seconds=offset),
+            cpu,
+        )
+    _, _, user_token = new_user(api, admin_token)
+    params = {
+        "from": minute.isoformat(),
+        "to": (minute + timedelta(minutes=3)).isoformat(),
+        "step": "1m",
+    }
+    r = api.request("GET", f"/servers/{server['id']}/metrics", user_token, params=params)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["server_id"] == server["id"] and body["step"] == "1m"
+    points = body["points"]
+    assert [p["samples"] for p in points] == [10, 0, 5]
+    assert points[0]["cpu_usage_avg"] == 20.0 and points[0]["cpu_usage_max"] == 30.0
+    assert points[0]["network_rx"] == 200
+    assert points[1]["cpu_usage_avg"] is None
+    assert points[2]["cpu_usage_avg"] == 50.0
+
+
+def test_too_many_points_is_a_400_that_says_the_limit(api: Api, admin_token: str) -> None:
+    server = api.request("POST", "/servers", admin_token, json=server_body()).json()
+    params = {"from": "2026-01-01T00:00:00Z", "to": "2026-11-01T00:00:00Z", "step": "1m"}
+    r = api.request("GET", f"/servers/{server['id']}/metrics", admin_token, params=params)
+    assert r.status_code == 400
+    assert f"at most {api.settings.max_points}" in r.json()["detail"]
+    params["step"] = "1d"
+    r = api.request("GET", f"/servers/{server['id']}/metrics", admin_token, params=params)
+    assert r.status_code == 200 and len(r.json()["points"]) == 304
+
+
+@pytest.mark.parametrize(
+    ("params", "code", "word"),
+    [
+        ({"step": "7m"}, 422, "step"),
+        ({"from": "yesterday"}, 422, "from"),
+        ({"from": "2026-11-25T10:00:00"}, 422, "from"),
+        ({"to": "9999-12-31T23:59:59Z"}, 422, "to"),
+        ({"from": "0001-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, 422, "from"),
+        ({"from": "2026-11-25T11:00:00Z", "to": "2026-11-25T10:00:00Z"}, 400, "to must be after"),
+    ],
+)
+def test_bad_ranges_are_refused_with_a_message(
+    api: Api, admin_token: str, params: dict[str, str], code: int, word: str
+) -> None:
+    server = api.request("POST", "/servers", admin_token, json=server_body()).json()
+    r = api.request("GET", f"/servers/{server['id']}/metrics", admin_token, params=params)
+    assert r.status_code == code, r.text
+    assert word in r.json()["detail"]
+
+
+def test_unknown_server_is_404(api: Api, admin_token: str) -> None:
+    r = api.request("GET", f"/servers/{uuid.uuid4()}/metrics", admin_token)
+    assert r.status_code == 404
