@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 
 import asyncpg
 
@@ -31,6 +32,10 @@ def serve(settings: RegistrySettings) -> None:
 
     keyring = load_keyring(settings, create=True)
     app = create_app(settings, keyring)
+    # uvicorn handles SIGTERM/SIGINT (drain, lifespan shutdown) and then raises the signal again
+    # under the handler found at start; this one lets a clean shutdown end with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _after_shutdown)
     log.info(
         "registry on %s://%s:%d (OpenAPI at /docs), database %s",
         settings.scheme,
@@ -48,6 +53,10 @@ def serve(settings: RegistrySettings) -> None:
         timeout_graceful_shutdown=10,
         server_header=False,
     )
+
+
+def _after_shutdown(signum: int, frame: object) -> None:
+    log.info("registry stopped (%s)", signal.Signals(signum).name)
 
 
 async def _connect(settings: RegistrySettings) -> asyncpg.Connection:
