@@ -76,10 +76,19 @@ def test_verify_full_needs_the_ca(clean_env: pytest.MonkeyPatch, tmp_path: Path)
 
 def test_every_setting_is_documented_in_the_readme() -> None:
     from producers.settings import AgentSettings, SimulatorSettings
+    from registry.settings import RegistrySettings
     from sinks.settings import SinkSettings
     from streams.settings import StreamSettings
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    for model in (StackSettings, AgentSettings, SimulatorSettings, SinkSettings, StreamSettings):
+    models = (
+        StackSettings,
+        AgentSettings,
+        SimulatorSettings,
+        SinkSettings,
+        StreamSettings,
+        RegistrySettings,
+    )
+    for model in models:
         for name in model.model_fields:
             assert f"`FLEETPULSE_{name.upper()}`" in readme, name
