@@ -41,6 +41,16 @@ def _storable_secret(value: SecretStr) -> SecretStr:
     return value
 
 
+PASSWORD_MIN, PASSWORD_MAX = 8, 1024
+
+
+def _password_length(value: SecretStr) -> SecretStr:
+    # Pydantic's own length message for SecretStr speaks of "items".
+    if not PASSWORD_MIN <= len(value.get_secret_value()) <= PASSWORD_MAX:
+        raise ValueError(f"must be {PASSWORD_MIN} to {PASSWORD_MAX} characters long")
+    return value
+
+
 def _lower(value: str) -> str:
     return value.lower()
 
@@ -58,9 +68,21 @@ Email = Annotated[
     AfterValidator(_storable),
     AfterValidator(_lower),
 ]
+
+
+def _at_most_max(value: SecretStr) -> SecretStr:
+    if len(value.get_secret_value()) > PASSWORD_MAX:
+        raise ValueError(f"must be at most {PASSWORD_MAX} characters long")
+    return value
+
+
 Password = Annotated[
     SecretStr,
-    Field(min_length=8, max_length=1024, description="Write-only; never returned."),
+    Field(
+        description="Write-only; never returned.",
+        json_schema_extra={"minLength": PASSWORD_MIN, "maxLength": PASSWORD_MAX},
+    ),
+    AfterValidator(_password_length),
     AfterValidator(_storable_secret),
 ]
 Hostname = Annotated[
@@ -119,7 +141,12 @@ class _In(BaseModel):
 # -- auth -----------------------------------------------------------------------------------------
 class LoginRequest(_In):
     email: Annotated[str, Field(max_length=255, description="The account's e-mail address.")]
-    password: Annotated[SecretStr, Field(max_length=1024), AfterValidator(_storable_secret)]
+    password: Annotated[
+        SecretStr,
+        Field(json_schema_extra={"maxLength": PASSWORD_MAX}),
+        AfterValidator(_at_most_max),
+        AfterValidator(_storable_secret),
+    ]
     provider: Literal["email"] = Field(
         default="email",
         description="Only `email` (password) logins exist; other providers are not built yet.",
