@@ -6,6 +6,7 @@ sees a value it would refuse.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from registry.permissions import Role
+from sinks.read import SeriesPoint
 
 
 def _storable(value: str) -> str:
@@ -44,11 +46,14 @@ def _storable_secret(value: SecretStr) -> SecretStr:
 PASSWORD_MIN, PASSWORD_MAX = 8, 1024
 
 
-def _password_length(value: SecretStr) -> SecretStr:
+def _secret_length(shortest: int) -> Callable[[SecretStr], SecretStr]:
     # Pydantic's own length message for SecretStr speaks of "items".
-    if not PASSWORD_MIN <= len(value.get_secret_value()) <= PASSWORD_MAX:
-        raise ValueError(f"must be {PASSWORD_MIN} to {PASSWORD_MAX} characters long")
-    return value
+    def check(value: SecretStr) -> SecretStr:
+        if not shortest <= len(value.get_secret_value()) <= PASSWORD_MAX:
+            raise ValueError(f"must be {shortest} to {PASSWORD_MAX} characters long")
+        return value
+
+    return check
 
 
 def _lower(value: str) -> str:
@@ -70,19 +75,13 @@ Email = Annotated[
 ]
 
 
-def _at_most_max(value: SecretStr) -> SecretStr:
-    if len(value.get_secret_value()) > PASSWORD_MAX:
-        raise ValueError(f"must be at most {PASSWORD_MAX} characters long")
-    return value
-
-
 Password = Annotated[
     SecretStr,
     Field(
         description="Write-only; never returned.",
         json_schema_extra={"minLength": PASSWORD_MIN, "maxLength": PASSWORD_MAX},
     ),
-    AfterValidator(_password_length),
+    AfterValidator(_secret_length(PASSWORD_MIN)),
     AfterValidator(_storable_secret),
 ]
 Hostname = Annotated[
@@ -144,7 +143,7 @@ class LoginRequest(_In):
     password: Annotated[
         SecretStr,
         Field(json_schema_extra={"maxLength": PASSWORD_MAX}),
-        AfterValidator(_at_most_max),
+        AfterValidator(_secret_length(0)),
         AfterValidator(_storable_secret),
     ]
     provider: Literal["email"] = Field(
@@ -248,28 +247,14 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
-class MetricPoint(BaseModel):
-    bucket: datetime
-    samples: int
-    cpu_usage_avg: float | None
-    cpu_usage_min: float | None
-    cpu_usage_max: float | None
-    memory_usage_avg: float | None
-    memory_usage_min: float | None
-    memory_usage_max: float | None
-    disk_usage_avg: float | None
-    disk_usage_min: float | None
-    disk_usage_max: float | None
-    network_rx: int | None
-    network_tx: int | None
-
-
 class MetricSeries(BaseModel):
     server_id: str
     step: str
     start: datetime = Field(serialization_alias="from")
     end: datetime = Field(serialization_alias="to")
-    points: list[MetricPoint]
+    points: list[SeriesPoint] = Field(
+        description="One per step, oldest first; an empty bucket has 0 samples and null values."
+    )
 
 
 class Message(BaseModel):

@@ -29,6 +29,64 @@ SERVER_COLUMNS = (
 )
 
 
+#: Enum columns take their text parameter with a cast.
+_CASTS = {
+    "role": "::user_role",
+    "server_type": "::server_type",
+    "server_category": "::server_category",
+}
+
+
+def _param(column: str, n: int) -> str:
+    return f"${n}{_CASTS.get(column, '')}"
+
+
+# Table and column names below come from this module and the API models (which forbid unknown
+# fields), never from a request; values are always parameters.
+async def _get(conn: Conn, table: str, columns: str, row_id: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {columns} FROM {table} WHERE id = $1", row_id
+    )
+    return row
+
+
+async def _list(
+    conn: Conn, table: str, columns: str, order: str, skip: int, limit: int
+) -> tuple[list[asyncpg.Record], int]:
+    rows = await conn.fetch(
+        f"SELECT {columns} FROM {table} ORDER BY {order} OFFSET $1 LIMIT $2", skip, limit
+    )
+    count: int = await conn.fetchval(f"SELECT count(*) FROM {table}")
+    return rows, count
+
+
+async def _insert(conn: Conn, table: str, columns: str, values: dict[str, Any]) -> asyncpg.Record:
+    params = ", ".join(_param(c, n) for n, c in enumerate(values, 1))
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"INSERT INTO {table} ({', '.join(values)}) VALUES ({params}) RETURNING {columns}",
+        *values.values(),
+    )
+    assert row is not None  # INSERT … RETURNING
+    return row
+
+
+async def _update(
+    conn: Conn, table: str, columns: str, row_id: str, changes: dict[str, Any]
+) -> asyncpg.Record | None:
+    if not changes:
+        return await _get(conn, table, columns, row_id)
+    sets = ", ".join(f"{c} = {_param(c, n)}" for n, c in enumerate(changes, 2))
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"UPDATE {table} SET {sets} WHERE id = $1 RETURNING {columns}", row_id, *changes.values()
+    )
+    return row
+
+
+async def _delete(conn: Conn, table: str, row_id: str) -> bool:
+    status: str = await conn.execute(f"DELETE FROM {table} WHERE id = $1", row_id)
+    return status != "DELETE 0"
+
+
 @dataclass(frozen=True)
 class CurrentUser:
     id: str
@@ -40,68 +98,38 @@ class CurrentUser:
 async def create_user(
     conn: Conn, *, email: str, name: str, password_hash: str, role: Role, active: bool = True
 ) -> asyncpg.Record:
-    row: asyncpg.Record | None = await conn.fetchrow(
-        f"INSERT INTO users (id, email, password_hash, name, role, active) "
-        f"VALUES ($1, $2, $3, $4, $5::user_role, $6) RETURNING {USER_COLUMNS}",
-        str(uuid.uuid4()),
-        email,
-        password_hash,
-        name,
-        role.value,
-        active,
-    )
-    assert row is not None  # INSERT … RETURNING
-    return row
+    values = {
+        "id": str(uuid.uuid4()),
+        "email": email,
+        "password_hash": password_hash,
+        "name": name,
+        "role": role.value,
+        "active": active,
+    }
+    return await _insert(conn, "users", USER_COLUMNS, values)
 
 
 async def get_user(conn: Conn, user_id: str) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await conn.fetchrow(
-        f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id
-    )
-    return row
+    return await _get(conn, "users", USER_COLUMNS, user_id)
 
 
 async def list_users(conn: Conn, skip: int, limit: int) -> tuple[list[asyncpg.Record], int]:
-    rows = await conn.fetch(
-        f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id OFFSET $1 LIMIT $2",
-        skip,
-        limit,
-    )
-    count: int = await conn.fetchval("SELECT count(*) FROM users")
-    return rows, count
+    return await _list(conn, "users", USER_COLUMNS, "created_at, id", skip, limit)
 
 
 async def update_user(
     conn: Connection, user_id: str, changes: dict[str, Any]
 ) -> asyncpg.Record | None:
-    """Apply `changes` (column → value); deactivating ends the user's sessions."""
+    """Apply `changes` (column → value); deactivating or a new password ends the sessions."""
     async with conn.transaction():
-        row: asyncpg.Record | None
-        if changes:
-            casts = {"role": "::user_role"}
-            sets = ", ".join(
-                f"{col} = ${i}{casts.get(col, '')}" for i, col in enumerate(changes, 2)
-            )
-            row = await conn.fetchrow(
-                f"UPDATE users SET {sets} WHERE id = $1 RETURNING {USER_COLUMNS}",
-                user_id,
-                *changes.values(),
-            )
-        else:
-            row = await get_user(conn, user_id)
+        row = await _update(conn, "users", USER_COLUMNS, user_id, changes)
         if row is not None and (changes.get("active") is False or "password_hash" in changes):
             await conn.execute("DELETE FROM sessions WHERE user_id = $1", user_id)
         return row
 
 
 async def delete_user(conn: Conn, user_id: str) -> bool:
-    status: str = await conn.execute("DELETE FROM users WHERE id = $1", user_id)
-    return status != "DELETE 0"
-
-
-async def count_admins(conn: Conn) -> int:
-    n: int = await conn.fetchval("SELECT count(*) FROM users WHERE role = 'admin' AND active")
-    return n
+    return await _delete(conn, "users", user_id)
 
 
 # -- login and sessions ---------------------------------------------------------------------------
@@ -191,52 +219,25 @@ async def end_session(conn: Conn, token_hash: bytes) -> None:
 
 # -- servers --------------------------------------------------------------------------------------
 async def create_server(conn: Conn, values: dict[str, Any]) -> asyncpg.Record:
-    cols = list(values)
-    casts = {"server_type": "::server_type", "server_category": "::server_category"}
-    params = ", ".join(f"${i}{casts.get(c, '')}" for i, c in enumerate(cols, 1))
-    row: asyncpg.Record | None = await conn.fetchrow(
-        f"INSERT INTO servers ({', '.join(cols)}) VALUES ({params}) RETURNING {SERVER_COLUMNS}",
-        *values.values(),
-    )
-    assert row is not None  # INSERT … RETURNING
-    return row
+    return await _insert(conn, "servers", SERVER_COLUMNS, values)
 
 
 async def get_server(conn: Conn, server_id: str) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await conn.fetchrow(
-        f"SELECT {SERVER_COLUMNS} FROM servers WHERE id = $1", server_id
-    )
-    return row
+    return await _get(conn, "servers", SERVER_COLUMNS, server_id)
 
 
 async def list_servers(conn: Conn, skip: int, limit: int) -> tuple[list[asyncpg.Record], int]:
-    rows = await conn.fetch(
-        f"SELECT {SERVER_COLUMNS} FROM servers ORDER BY hostname OFFSET $1 LIMIT $2",
-        skip,
-        limit,
-    )
-    count: int = await conn.fetchval("SELECT count(*) FROM servers")
-    return rows, count
+    return await _list(conn, "servers", SERVER_COLUMNS, "hostname", skip, limit)
 
 
 async def update_server(
     conn: Conn, server_id: str, changes: dict[str, Any]
 ) -> asyncpg.Record | None:
-    if not changes:
-        return await get_server(conn, server_id)
-    casts = {"server_type": "::server_type", "server_category": "::server_category"}
-    sets = ", ".join(f"{col} = ${i}{casts.get(col, '')}" for i, col in enumerate(changes, 2))
-    row: asyncpg.Record | None = await conn.fetchrow(
-        f"UPDATE servers SET {sets} WHERE id = $1 RETURNING {SERVER_COLUMNS}",
-        server_id,
-        *changes.values(),
-    )
-    return row
+    return await _update(conn, "servers", SERVER_COLUMNS, server_id, changes)
 
 
 async def delete_server(conn: Conn, server_id: str) -> bool:
-    status: str = await conn.execute("DELETE FROM servers WHERE id = $1", server_id)
-    return status != "DELETE 0"
+    return await _delete(conn, "servers", server_id)
 
 
 async def server_exists(conn: Conn, server_id: str) -> bool:

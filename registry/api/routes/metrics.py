@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from registry import store
 from registry.api.deps import AUTHENTICATED, BAD_REQUEST, NOT_FOUND, RegistryDep, require
 from registry.api.routes.servers import not_found
-from registry.models import EARLIEST, LATEST, MetricPoint, MetricSeries
+from registry.models import EARLIEST, LATEST, MetricSeries
 from registry.permissions import Permission
 from registry.store import CurrentUser
 from sinks.read import ReadError, read_series
@@ -82,5 +82,5 @@ async def read_metrics(
         step=step,
         start=start,
         end=end,
-        points=[MetricPoint.model_validate(p, from_attributes=True) for p in points],
+        points=points,
     )
