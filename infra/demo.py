@@ -2,8 +2,8 @@
 
 It brings the local stack up, creates the topics, applies the migrations, then makes one
 round trip: a real sample of this host goes to `metrics.raw.v1` and is read back and
-validated. The stream worker, the sink and the registry are separate issues; until they land
-the demo says so instead of pretending.
+validated. The stream worker and the sink are separate issues; until they land the demo says
+so instead of pretending. The registry runs on its own (`fleetpulse registry`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from infra.settings import StackSettings
 from infra.topics import create_topics
 from schemas import RAW, RawMetricEvent, decode_raw_event
 
-NOT_YET = ("stream worker (fleetpulse stream)", "registry (fleetpulse registry)")
+NOT_YET = ("stream worker (fleetpulse stream)",)
 
 
 def _sample_this_host(server_id: str) -> RawMetricEvent:
@@ -118,7 +118,8 @@ def run_demo(settings: StackSettings) -> int:
         + "; ".join(NOT_YET)
         + ". The demo will run them once they exist. Built and runnable on their own: "
         "`fleetpulse agent`, `fleetpulse simulate`, `fleetpulse sink` (which has nothing to "
-        "write until the stream worker exists)."
+        "write until the stream worker exists), `fleetpulse registry` (after "
+        "`fleetpulse registry create-admin`; README: The registry)."
     )
     console.print(
         f"Database: {settings.describe()} (password in {settings.password_path}, "
