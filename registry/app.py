@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api.deps import Registry
 from registry.api.main import ROUTERS
@@ -36,6 +37,39 @@ _DUPLICATES = {
     "users_pkey": "id: a user with this id exists",
 }
 STOP_TIMEOUT = 10.0
+#: Largest request body read; the biggest valid one is a few kilobytes.
+MAX_BODY_BYTES = 1 << 20
+
+
+class BodyLimit:
+    """Refuses request bodies over `limit` bytes with 413 before they are held in memory."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            response = _error(
+                status.HTTP_413_CONTENT_TOO_LARGE, f"request body over {self.limit} bytes"
+            )
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # a chunked body that did not declare its length
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "request body too large")
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def _error(code: int, detail: str, **extra: Any) -> JSONResponse:
@@ -115,6 +149,7 @@ def create_app(
         version="1.0.0",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimit)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(asyncpg.UniqueViolationError, _unique_violation)
     app.add_exception_handler(asyncpg.IntegrityConstraintViolationError, _integrity_error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -273,6 +274,22 @@ def test_odd_requests_never_get_a_500(api: Api, admin_token: str) -> None:
     r = api.request("POST", "/login", json={"email": "' OR 1=1 --", "password": "' OR 1=1 --"})
     assert r.status_code == 401
     assert api.request("GET", "/servers", "x" * 4000).status_code == 401
+
+
+def test_a_huge_body_is_refused_before_it_is_read(api: Api, admin_token: str) -> None:
+    huge = b'{"name": "' + b"x" * (2 << 20) + b'"}'
+    headers = {"Content-Type": "application/json"}
+    r = api.request("POST", "/servers", admin_token, content=huge, headers=headers)
+    assert r.status_code == 413 and "over 1048576 bytes" in r.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: sent chunked
+        yield b'{"name": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    r = api.request("POST", "/servers", admin_token, content=chunks(), headers=headers)
+    assert r.status_code == 413, r.text
 
 
 def test_the_database_connection_is_tls_verified(api: Api) -> None:
