@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 
@@ -30,6 +31,7 @@ def serve(settings: RegistrySettings) -> None:
 
     from registry.app import create_app
 
+    asyncio.run(_preflight(settings))
     keyring = load_keyring(settings, create=True)
     app = create_app(settings, keyring)
     # uvicorn handles SIGTERM/SIGINT (drain, lifespan shutdown) and then raises the signal again
@@ -65,6 +67,19 @@ async def _connect(settings: RegistrySettings) -> asyncpg.Connection:
     except (OSError, asyncpg.PostgresError) as exc:
         raise RegistryError(f"cannot connect to {settings.describe()}: {exc}") from None
     return conn
+
+
+async def _preflight(settings: RegistrySettings) -> None:
+    """Fail with one line, before uvicorn starts, when the database is not ready."""
+    conn = await _connect(settings)
+    try:
+        ready = await conn.fetchval("SELECT to_regclass('sessions') IS NOT NULL")
+    finally:
+        await conn.close()
+    if not ready:
+        raise RegistryError(
+            f"{settings.describe()} lacks the registry's tables: run `fleetpulse db migrate`"
+        )
 
 
 async def create_admin(settings: RegistrySettings, email: str, name: str, password: str) -> str:

@@ -176,6 +176,29 @@ def _stored(settings: RegistrySettings, server_id: str) -> str:
     return value
 
 
+def test_serve_without_a_database_is_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "FLEETPULSE_PG_PORT": str(_free_port()),
+        "FLEETPULSE_REGISTRY_KEY_FILE": str(tmp_path / "keys"),
+    }
+    done = _cli(env)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("fleetpulse: error: cannot connect to postgresql://")
+    assert not (tmp_path / "keys").exists()
+
+
+def test_serve_an_unmigrated_database_is_one_line(
+    stack_settings: StackSettings, tmp_path: Path
+) -> None:
+    env = {**os.environ, "FLEETPULSE_PG_DATABASE": "postgres"}
+    env["FLEETPULSE_REGISTRY_KEY_FILE"] = str(tmp_path / "keys")
+    done = _cli(env)
+    assert done.returncode == 1
+    assert "lacks the registry's tables: run `fleetpulse db migrate`" in done.stderr
+
+
 def test_create_admin_needs_a_password_source(database: str, tmp_path: Path) -> None:
     env = {**os.environ, "FLEETPULSE_PG_DATABASE": database}
     done = subprocess.run(
