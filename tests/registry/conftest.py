@@ -48,17 +48,23 @@ class Recorder(logging.Handler):
         self.lines.append(self.format(record))
 
 
+#: Every logger the registry process writes through, recorded at DEBUG. (Not the root logger:
+#: the session goes on with other packages' tests, which should not pay for DEBUG logging.)
+SERVER_LOGGERS = ("registry", "uvicorn", "fastapi", "starlette", "asyncpg", "sinks", "schemas")
+
+
 @pytest.fixture(scope="session")
 def log_recorder() -> Iterator[Recorder]:
     recorder = Recorder()
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(recorder)
-    root.setLevel(logging.DEBUG)
-    logging.getLogger("httpcore").setLevel(logging.INFO)  # the client's own socket chatter
+    loggers = [logging.getLogger(name) for name in SERVER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(recorder)
+        lg.setLevel(logging.DEBUG)
     yield recorder
-    root.removeHandler(recorder)
-    root.setLevel(old)
+    for lg, level in zip(loggers, levels, strict=True):
+        lg.removeHandler(recorder)
+        lg.setLevel(level)
 
 
 def registry_settings(stack: StackSettings, database: str, **overrides: Any) -> RegistrySettings:
