@@ -14,9 +14,9 @@ import contextlib
 import logging
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from registry.settings import RegistrySettings
@@ -31,6 +31,7 @@ DROPPED = Counter(
     "fleetpulse_registry_dropped", "Status messages skipped.", ["reason"]
 )  # invalid, unknown_or_stale
 ERRORS = Counter("fleetpulse_registry_errors", "Kafka or database errors (retried).")
+LAG = Gauge("fleetpulse_registry_lag", "Status messages behind the end of the assigned partitions.")
 
 _APPLY = """
     UPDATE servers SET
@@ -60,6 +61,7 @@ class StatusConsumer:
         self.applied = 0
         self.skipped = 0
         self._consumer: AIOKafkaConsumer | None = None
+        self._positions: dict[TopicPartition, int] = {}  # next offset to read, for the lag
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -111,14 +113,20 @@ class StatusConsumer:
     async def _poll(self) -> None:
         assert self._consumer is not None
         batch = await self._consumer.getmany(timeout_ms=500, max_records=500)
-        if not batch:
-            return
-        async with self.pool.acquire() as conn:
-            for records in batch.values():
-                for record in records:
-                    await self._take(conn, record)
-        # Only after the database has every change of the batch.
-        await self._consumer.commit()
+        if batch:
+            async with self.pool.acquire() as conn:
+                for tp, records in batch.items():
+                    for record in records:
+                        await self._take(conn, record)
+                    self._positions[tp] = records[-1].offset + 1
+            # Only after the database has every change of the batch.
+            await self._consumer.commit()
+        lag = 0
+        for tp in self._consumer.assignment():
+            high, position = self._consumer.highwater(tp), self._positions.get(tp)
+            if high is not None and position is not None:
+                lag += max(0, high - position)
+        LAG.set(lag)
 
     async def _take(self, conn: Connection, record: ConsumerRecord) -> None:
         RECEIVED.inc()

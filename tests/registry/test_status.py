@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import REGISTRY
 
 from infra.db import migrate
 from infra.settings import StackSettings
@@ -129,6 +130,7 @@ async def test_consumer_keeps_is_online_current_from_the_real_broker(
         consumer.stop()
         await asyncio.wait_for(task, 15)
     assert (consumer.applied, consumer.skipped) == (3, 4)
+    assert REGISTRY.get_sample_value("fleetpulse_registry_lag") == 0
     rows = {r["id"]: r for r in await pool.fetch("SELECT id, is_online, last_seen_at FROM servers")}
     assert rows[online]["is_online"] is True
     assert rows[offline]["is_online"] is False
