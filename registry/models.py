@@ -139,7 +139,11 @@ class _In(BaseModel):
 
 # -- auth -----------------------------------------------------------------------------------------
 class LoginRequest(_In):
-    email: Annotated[str, Field(max_length=255, description="The account's e-mail address.")]
+    email: Annotated[
+        str,
+        Field(max_length=255, description="The account's e-mail address."),
+        AfterValidator(_storable),
+    ]
     password: Annotated[
         SecretStr,
         Field(json_schema_extra={"maxLength": PASSWORD_MAX}),

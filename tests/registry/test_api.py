@@ -273,6 +273,14 @@ def test_odd_requests_never_get_a_500(api: Api, admin_token: str) -> None:
         assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text[:200])
     r = api.request("POST", "/login", json={"email": "' OR 1=1 --", "password": "' OR 1=1 --"})
     assert r.status_code == 401
+    for email in ("nul\\u0000@x.y", "\\ud800@x.y"):
+        r = api.request(
+            "POST",
+            "/login",
+            content=f'{{"email": "{email}", "password": "{email}"}}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 422 and "email" in r.json()["detail"], r.text
     assert api.request("GET", "/servers", "x" * 4000).status_code == 401
 
 
