@@ -184,6 +184,16 @@ class UserUpdate(_In):
     )
 
 
+class UpdatePassword(_In):
+    current_password: Annotated[
+        SecretStr,
+        Field(json_schema_extra={"maxLength": PASSWORD_MAX}),
+        AfterValidator(_secret_length(0)),
+        AfterValidator(_storable_secret),
+    ]
+    new_password: Password
+
+
 class UserPublic(BaseModel):
     id: str
     email: str

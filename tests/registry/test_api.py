@@ -96,6 +96,23 @@ def test_deactivating_a_user_ends_their_sessions(api: Api, admin_token: str) -> 
     assert api.login(user["email"], password)
 
 
+def test_users_change_their_own_password(api: Api, admin_token: str) -> None:
+    user, password, token = new_user(api, admin_token)
+    url = "/users/me/password"
+    r = api.request("PATCH", url, token, json={"current_password": "nope", "new_password": "x" * 8})
+    assert r.status_code == 400 and r.json()["detail"].startswith("current_password")
+    r = api.request("PATCH", url, token, json={"current_password": password, "new_password": "1"})
+    assert r.status_code == 422 and "new_password" in r.json()["detail"]
+    r = api.request(
+        "PATCH", url, token, json={"current_password": password, "new_password": "brand-new-pw"}
+    )
+    assert r.status_code == 200
+    assert api.request("GET", "/users/me", token).status_code == 401
+    assert api.login(user["email"], "brand-new-pw")
+    r = api.request("POST", "/login", json={"email": user["email"], "password": password})
+    assert r.status_code == 401
+
+
 def test_admin_cannot_lock_themselves_out(api: Api, admin_token: str) -> None:
     me = api.request("GET", "/users/me", admin_token).json()
     for body in ({"active": False}, {"role": "user"}):

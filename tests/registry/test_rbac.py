@@ -21,6 +21,7 @@ PUBLIC = {("POST", "/login"), ("GET", "/health")}
 #: What the issue asks for, spelled out: users read servers and metrics and see themselves.
 USER_MAY = {
     ("GET", "/users/me"),
+    ("PATCH", "/users/me/password"),
     ("POST", "/logout"),
     ("GET", "/servers"),
     ("GET", "/servers/{server_id}"),

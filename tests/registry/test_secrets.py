@@ -48,6 +48,18 @@ def test_no_secret_in_any_response_or_log_line(
         admin_token,
         json={"email": user["email"], "name": "dup", "password": user_password},
     )
+    api.request(
+        "PATCH",
+        "/users/me/password",
+        user_token,
+        json={"current_password": user_password, "new_password": [user_password]},
+    )
+    api.request(
+        "PATCH",
+        "/users/me/password",
+        user_token,
+        json={"current_password": user_password + "x", "new_password": user_password},
+    )
     api.request("GET", "/users/me", user_token + "x")
     api.request("GET", f"/servers/{sid}", user_token)
     api.request("GET", "/servers", user_token)

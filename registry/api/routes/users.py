@@ -9,8 +9,24 @@ import asyncpg
 from fastapi import APIRouter, HTTPException, Response, status
 
 from registry import store
-from registry.api.deps import AUTHENTICATED, CONFLICT, NOT_FOUND, Limit, RegistryDep, Skip, require
-from registry.models import UserCreate, UserPublic, UsersPublic, UserUpdate
+from registry.api.deps import (
+    AUTHENTICATED,
+    BAD_REQUEST,
+    CONFLICT,
+    NOT_FOUND,
+    Limit,
+    RegistryDep,
+    Skip,
+    require,
+)
+from registry.models import (
+    Message,
+    UpdatePassword,
+    UserCreate,
+    UserPublic,
+    UsersPublic,
+    UserUpdate,
+)
 from registry.permissions import Permission, Role
 from registry.store import CurrentUser
 
@@ -34,6 +50,25 @@ async def read_me(
     if row is None:
         raise _not_found()
     return _public(row)
+
+
+@router.patch("/me/password", response_model=Message, responses=BAD_REQUEST)
+async def update_my_password(
+    body: UpdatePassword,
+    registry: RegistryDep,
+    user: Annotated[CurrentUser, require(Permission.SELF)],
+) -> Message:
+    """Change one's own password; every session of the account ends (log in again)."""
+    record = await store.login_record(registry.pool, user.email)
+    current = body.current_password.get_secret_value()
+    if record is None or not await registry.passwords.verify(record["password_hash"], current):
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, detail="current_password: not the current password"
+        )
+    new_hash = await registry.passwords.hash(body.new_password.get_secret_value())
+    async with registry.pool.acquire() as conn:
+        await store.update_user(conn, user.id, {"password_hash": new_hash})
+    return Message(detail="password changed; every session ended, log in again")
 
 
 @router.get("", response_model=UsersPublic)
