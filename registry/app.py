@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from registry import store
 from registry.api.deps import Registry
 from registry.api.main import ROUTERS
 from registry.crypto import Keyring
@@ -37,6 +38,8 @@ _DUPLICATES = {
     "users_pkey": "id: a user with this id exists",
 }
 STOP_TIMEOUT = 10.0
+#: Seconds between purges of expired sessions and stale failed-login counts.
+HOUSEKEEPING_EVERY = 600.0
 #: Largest request body read; the biggest valid one is a few kilobytes.
 MAX_BODY_BYTES = 1 << 20
 
@@ -113,6 +116,19 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _error(status.HTTP_503_SERVICE_UNAVAILABLE, "database unavailable; try again")
 
 
+async def _housekeeping(registry: Registry) -> None:
+    while True:
+        try:
+            sessions, failures = await store.purge_expired(
+                registry.pool, registry.settings.login_window
+            )
+            if sessions or failures:
+                log.info("purged %d expired sessions, %d stale login counts", sessions, failures)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("housekeeping failed (%s); next try later", type(exc).__name__)
+        await asyncio.sleep(HOUSEKEEPING_EVERY)
+
+
 def create_app(
     settings: RegistrySettings,
     keyring: Keyring,
@@ -132,9 +148,13 @@ def create_app(
         if settings.registry_consume_status:
             consumer = StatusConsumer(settings, pool)
             task = asyncio.create_task(consumer.run(), name="status-consumer")
+        housekeeping = asyncio.create_task(_housekeeping(registry), name="housekeeping")
         try:
             yield
         finally:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
             if consumer is not None and task is not None:
                 consumer.stop()
                 try:

@@ -203,6 +203,17 @@ async def clear_failures(conn: Conn, email: str) -> None:
     await conn.execute("DELETE FROM login_failures WHERE email = $1", email)
 
 
+async def purge_expired(conn: Conn, window: float) -> tuple[int, int]:
+    """Delete expired sessions and failure counts that no longer matter; returns both counts."""
+    sessions: str = await conn.execute("DELETE FROM sessions WHERE expires_at <= now()")
+    failures: str = await conn.execute(
+        "DELETE FROM login_failures WHERE (locked_until IS NULL OR locked_until <= now()) "
+        "AND first_failed_at < now() - $1::interval",
+        timedelta(seconds=window),
+    )
+    return int(sessions.split()[-1]), int(failures.split()[-1])
+
+
 async def session_user(conn: Conn, token_hash: bytes) -> CurrentUser | None:
     row = await conn.fetchrow(
         "SELECT u.id, u.email, u.role::text AS role FROM sessions s "

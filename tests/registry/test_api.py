@@ -3,14 +3,17 @@ with curl."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 from argon2 import PasswordHasher
 
+from registry import store
 from registry.crypto import Keyring
 from registry.security import DEFAULT_HASHER, token_hash
 from tests.registry.conftest import (
@@ -75,6 +78,32 @@ def test_sessions_are_stored_as_hashes_and_expire(api: Api, admin_token: str) ->
     assert [bytes(r["token_hash"]) for r in rows] == [token_hash(token)]
     assert rows[0]["ttl"] == timedelta(hours=api.settings.session_hours)
     assert not api.sql("SELECT 1 FROM sessions WHERE token_hash = $1", token.encode())
+
+
+def test_expired_sessions_and_stale_counts_are_purged(api: Api, admin_token: str) -> None:
+    # The server purged at start; whatever expires later goes at the next round.
+    user, _, token = new_user(api, admin_token)
+    api.sql("UPDATE sessions SET expires_at = now() WHERE token_hash = $1", token_hash(token))
+    stale, fresh = f"{unique('stale')}@x.y", f"{unique('fresh')}@x.y"
+    api.sql(
+        "INSERT INTO login_failures (email, failures, first_failed_at) VALUES "
+        "($1, 3, now() - interval '1 day'), ($2, 3, now())",
+        stale,
+        fresh,
+    )
+
+    async def purge() -> tuple[int, int]:
+        conn = await asyncpg.connect(**api.settings.connect_kwargs())
+        try:
+            return await store.purge_expired(conn, api.settings.login_window)
+        finally:
+            await conn.close()
+
+    sessions, failures = asyncio.run(purge())
+    assert sessions >= 1 and failures >= 1
+    assert not api.sql("SELECT 1 FROM sessions WHERE user_id = $1", user["id"])
+    left = {r["email"] for r in api.sql("SELECT email FROM login_failures")}
+    assert fresh in left and stale not in left
 
 
 def test_logout_ends_the_session(api: Api, admin_token: str) -> None:
