@@ -84,6 +84,13 @@ Password = Annotated[
     AfterValidator(_secret_length(PASSWORD_MIN)),
     AfterValidator(_storable_secret),
 ]
+#: A password as typed at login: checked, never stored, so no minimum.
+GivenPassword = Annotated[
+    SecretStr,
+    Field(json_schema_extra={"maxLength": PASSWORD_MAX}),
+    AfterValidator(_secret_length(0)),
+    AfterValidator(_storable_secret),
+]
 Hostname = Annotated[
     str,
     Field(
@@ -144,12 +151,7 @@ class LoginRequest(_In):
         Field(max_length=255, description="The account's e-mail address."),
         AfterValidator(_storable),
     ]
-    password: Annotated[
-        SecretStr,
-        Field(json_schema_extra={"maxLength": PASSWORD_MAX}),
-        AfterValidator(_secret_length(0)),
-        AfterValidator(_storable_secret),
-    ]
+    password: GivenPassword
     provider: Literal["email"] = Field(
         default="email",
         description="Only `email` (password) logins exist; other providers are not built yet.",
@@ -185,12 +187,7 @@ class UserUpdate(_In):
 
 
 class UpdatePassword(_In):
-    current_password: Annotated[
-        SecretStr,
-        Field(json_schema_extra={"maxLength": PASSWORD_MAX}),
-        AfterValidator(_secret_length(0)),
-        AfterValidator(_storable_secret),
-    ]
+    current_password: GivenPassword
     new_password: Password
 
 

@@ -15,6 +15,7 @@ from registry.api.deps import (
     CONFLICT,
     NOT_FOUND,
     Limit,
+    Registry,
     RegistryDep,
     Skip,
     require,
@@ -41,15 +42,19 @@ def _not_found() -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, detail="user not found")
 
 
+async def _read(registry: Registry, user_id: str) -> UserPublic:
+    row = await store.get_user(registry.pool, user_id)
+    if row is None:
+        raise _not_found()
+    return _public(row)
+
+
 @router.get("/me", response_model=UserPublic)
 async def read_me(
     registry: RegistryDep, user: Annotated[CurrentUser, require(Permission.SELF)]
 ) -> UserPublic:
     """The caller's own account."""
-    row = await store.get_user(registry.pool, user.id)
-    if row is None:
-        raise _not_found()
-    return _public(row)
+    return await _read(registry, user.id)
 
 
 @router.patch("/me/password", response_model=Message, responses=BAD_REQUEST)
@@ -112,10 +117,7 @@ async def read_user(
     registry: RegistryDep,
     _user: Annotated[CurrentUser, require(Permission.USERS_MANAGE)],
 ) -> UserPublic:
-    row = await store.get_user(registry.pool, str(user_id))
-    if row is None:
-        raise _not_found()
-    return _public(row)
+    return await _read(registry, str(user_id))
 
 
 @router.patch("/{user_id}", response_model=UserPublic, responses={**NOT_FOUND, **CONFLICT})
