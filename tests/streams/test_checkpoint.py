@@ -87,7 +87,8 @@ def run(records: list[tuple[bytes, bytes]], data: st.DataObject | None) -> Kafka
     while True:
         proc = StreamProcessor(source_topic="raw", grace=Grace(5, 10, 15))
         proc.restore(0, kafka.state())
-        pos, pending, crashed = kafka.committed, [], False
+        pos, crashed = kafka.committed, False
+        pending: list[WindowAggregate | DeadLetter] = []
         while pos < len(records) and not crashed:
             size = data.draw(st.integers(1, 40)) if data else 17
             out = Outputs()
@@ -98,7 +99,7 @@ def run(records: list[tuple[bytes, bytes]], data: st.DataObject | None) -> Kafka
             pending += [*out.aggregates, *out.dead_letters]
             pos += size
             crash_now = data is not None and crashes < 4 and data.draw(st.integers(0, 3)) == 0
-            if crash_now:  # only some of the unacknowledged outputs made it
+            if crash_now and data is not None:  # only some unacknowledged outputs made it
                 kafka.outputs += pending[: data.draw(st.integers(0, len(pending)))]
                 crashes, crashed = crashes + 1, True
             elif data is None or data.draw(st.booleans()):
@@ -116,7 +117,7 @@ def run(records: list[tuple[bytes, bytes]], data: st.DataObject | None) -> Kafka
                 if upto is not None:
                     kafka.committed = upto
         if not crashed:
-            kafka.outputs += pending + proc.idle(0, FAR).aggregates
+            kafka.outputs += [*pending, *proc.idle(0, FAR).aggregates]
             return kafka
 
 
