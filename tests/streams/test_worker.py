@@ -74,13 +74,16 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
         await producer.stop()
 
 
-async def collect(bootstrap: str, topic: str, expect: int, timeout: float = 90) -> list[bytes]:
+async def collect(
+    bootstrap: str, topic: str, expect: int, timeout: float = 90, *, distinct: bool = False
+) -> list[bytes]:
+    """Read `topic` from the start until `expect` records (windows, if `distinct`) are in."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     got: list[bytes] = []
     try:
         async with asyncio.timeout(timeout):
-            while len(got) < expect:
+            while (len(by_window(got)) if distinct else len(got)) < expect:
                 batch = await consumer.getmany(timeout_ms=500)
                 got += [r.value for rs in batch.values() for r in rs]
         batch = await consumer.getmany(timeout_ms=1500)  # anything beyond expected shows
@@ -204,53 +207,175 @@ async def test_worker_windows_dead_letters_and_status(kafka_bootstrap: str, topi
     assert off_a.last_event_at == T0 + timedelta(seconds=59)
 
 
-async def test_kill_9_and_restart_loses_no_five_second_window(
+def fleet_events(
+    servers: list[str], t0: datetime, seconds: range | list[int]
+) -> list[tuple[bytes, bytes]]:
+    """Each server's event for each second (cpu = (second + server index) % 100), in the
+    order the hosts send them."""
+    out = []
+    for i in seconds:
+        for n, sid in enumerate(servers):
+            ts = (t0 + timedelta(seconds=i)).isoformat()
+            value = event_dict(server_id=sid, timestamp=ts, cpu_usage=float((i + n) % 100))
+            out.append((sid.encode(), json.dumps(value).encode()))
+    return out
+
+
+def expected_windows(
+    servers: list[str], t0: datetime, seconds: list[int], size: int
+) -> dict[tuple[str, datetime], tuple[int, float, float, float, int]]:
+    """Reference aggregation of `fleet_events`: (server, start) → (count, cpu avg, min, max,
+    rx sum), computed directly from the events."""
+    cpus: dict[tuple[str, datetime], list[float]] = {}
+    for i in seconds:
+        at = t0 + timedelta(seconds=i)
+        start = datetime.fromtimestamp(int(at.timestamp()) // size * size, UTC)
+        for n, sid in enumerate(servers):
+            cpus.setdefault((sid, start), []).append(float((i + n) % 100))
+    rx = event_dict()["network_rx"]
+    return {k: (len(v), sum(v) / len(v), min(v), max(v), rx * len(v)) for k, v in cpus.items()}
+
+
+def by_window(values: list[bytes]) -> dict[tuple[str, datetime], WindowAggregate]:
+    """Windows by (server, start), asserting that a window emitted twice is identical."""
+    windows: dict[tuple[str, datetime], WindowAggregate] = {}
+    for v in values:
+        agg = WindowAggregate.model_validate_json(v)
+        key = (agg.server_id, agg.window_start)
+        seen = windows.setdefault(key, agg)
+        assert seen.model_dump(exclude={"emitted_at"}) == agg.model_dump(exclude={"emitted_at"})
+    return windows
+
+
+def summary(
+    windows: dict[tuple[str, datetime], WindowAggregate],
+) -> dict[tuple[str, datetime], tuple[object, ...]]:
+    return {
+        k: (
+            w.count,
+            pytest.approx(w.cpu_usage.avg),
+            w.cpu_usage.min,
+            w.cpu_usage.max,
+            w.network_rx,
+        )
+        for k, w in windows.items()
+    }
+
+
+async def test_kill_9_and_restart_gives_the_uninterrupted_aggregates(
     kafka_bootstrap: str, topics: Topics
 ) -> None:
-    """5 s windows survive a crash (replay from the oldest open window). Hourly and daily
-    windows are not crash-safe yet and are not asserted here."""
-    t0 = datetime.fromtimestamp((int(time.time()) // 60 + 2) * 60, UTC)  # ahead of the clock
+    """Kill -9 in the middle of 5 s, hourly and daily windows: after a restart every window
+    is there with the numbers of an uninterrupted run (hourly/daily from the changelog)."""
+    # 30 s before the next midnight: the events span an hour and a day boundary. Event time
+    # runs ahead of the clock, which changes nothing: closing follows event time.
+    midnight = datetime.fromtimestamp((int(time.time()) // 86400 + 1) * 86400, UTC)
+    t0 = midnight - timedelta(seconds=30)
     servers = [str(uuid.uuid4()) for _ in range(3)]
-
-    def batch(seconds: range) -> list[tuple[bytes, bytes]]:
-        out = []
-        for i in seconds:
-            for n, sid in enumerate(servers):
-                ts = (t0 + timedelta(seconds=i)).isoformat()
-                value = event_dict(server_id=sid, timestamp=ts, cpu_usage=float((i + n) % 100))
-                out.append((sid.encode(), json.dumps(value).encode()))
-        return out
-
     group = f"test-crash-{uuid.uuid4().hex[:8]}"
-    await produce(kafka_bootstrap, topics.raw, batch(range(30)))
+    await produce(kafka_bootstrap, topics.raw, fleet_events(servers, t0, range(30)))
     first = await start_worker(kafka_bootstrap, topics, group)
     try:
         await collect(kafka_bootstrap, topics.a5, 8, timeout=60)  # some windows are out
+        await asyncio.sleep(2.5)  # and a checkpoint of the open hour and day is written
     finally:
         first.kill()  # SIGKILL: no flush, no commit, no goodbye to the group
         await first.wait()
-    # The rest arrives while the worker is down; a late marker pushes event time past 60 s.
-    await produce(kafka_bootstrap, topics.raw, batch(range(30, 60)) + batch(range(200, 201)))
+    # The rest arrives while the worker is down; one event at 200 s closes what precedes.
+    rest = fleet_events(servers, t0, range(30, 60)) + fleet_events(servers, t0, [200])
+    await produce(kafka_bootstrap, topics.raw, rest)
     second = await start_worker(kafka_bootstrap, topics, group)
     try:
-        values = await collect(kafka_bootstrap, topics.a5, 36, timeout=120)
+        fives = by_window(await collect(kafka_bootstrap, topics.a5, 36, timeout=120, distinct=True))
+        hours = by_window(await collect(kafka_bootstrap, topics.a1h, 3, timeout=30))
+        days = by_window(await collect(kafka_bootstrap, topics.a1d, 3, timeout=30))
     except TimeoutError:
         log = await stop_worker(second)
         pytest.fail(f"windows missing after the restart; worker log:\n{log[-5000:]}")
     finally:
         await stop_worker(second)
-    windows: dict[tuple[str, datetime], dict[str, object]] = {}
-    for v in values:
-        agg = WindowAggregate.model_validate_json(v)
-        content = agg.model_dump(exclude={"emitted_at"})
-        key = (agg.server_id, agg.window_start)
-        assert windows.setdefault(key, content) == content  # a repeat is identical
-    assert set(windows) == {
-        (sid, t0 + timedelta(seconds=5 * w)) for sid in servers for w in range(12)
-    }
-    for (sid, start), content in windows.items():
-        n = servers.index(sid)
-        first_second = int((start - t0).total_seconds())
-        assert content["count"] == 5
-        cpu = content["cpu_usage"]
-        assert isinstance(cpu, dict) and cpu["avg"] == first_second + 2 + n
+    seconds = list(range(60))
+    assert summary(fives) == expected_windows(servers, t0, seconds, 5)
+    before_midnight = list(range(30))
+    assert summary(hours) == expected_windows(servers, t0, before_midnight, 3600)
+    assert summary(days) == expected_windows(servers, t0, before_midnight, 86400)
+
+
+async def test_second_worker_joining_and_leaving_loses_nothing(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """Live events at 1 Hz; a second worker joins, later the first leaves (SIGTERM) and the
+    second is killed -9 while a third takes over: every window is exact, repeats identical."""
+    servers = [str(uuid.uuid4()) for _ in range(12)]
+    t0 = datetime.fromtimestamp(int(time.time()) + 1, UTC)
+    group = f"test-scale-{uuid.uuid4().hex[:8]}"
+    duration = 36
+
+    async def hosts() -> None:
+        for i in range(duration):
+            await produce(kafka_bootstrap, topics.raw, fleet_events(servers, t0, [i]))
+            await asyncio.sleep(max(0.0, (t0 + timedelta(seconds=i + 1)).timestamp() - time.time()))
+
+    sending = asyncio.create_task(hosts())
+    workers = [await start_worker(kafka_bootstrap, topics, group)]
+    try:
+        await asyncio.sleep(8)
+        workers.append(await start_worker(kafka_bootstrap, topics, group))  # joins
+        await asyncio.sleep(10)
+        await stop_worker(workers[0])  # leaves cleanly
+        await asyncio.sleep(4)
+        workers.append(await start_worker(kafka_bootstrap, topics, group))  # joins
+        await asyncio.sleep(6)
+        workers[1].kill()  # leaves abruptly
+        await sending
+        # All 5 s windows, closed by event time or, at the end, by the idle clock.
+        fives = by_window(
+            await collect(kafka_bootstrap, topics.a5, 12 * (duration + 4) // 5, 120, distinct=True)
+        )
+    except TimeoutError:
+        log = await stop_worker(workers[-1])
+        pytest.fail(f"windows missing; last worker's log:\n{log[-5000:]}")
+    finally:
+        sending.cancel()
+        for w in workers:
+            if w.returncode is None:
+                await stop_worker(w)
+    assert summary(fives) == expected_windows(servers, t0, list(range(duration)), 5)
+
+
+async def test_ten_minute_backlog_after_downtime_equals_live(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """Live for a few seconds, the worker stops, ten minutes of events pile up, the worker
+    restarts: the windows are exactly those of processing every event live."""
+    servers = [str(uuid.uuid4()) for _ in range(3)]
+    t0 = datetime.fromtimestamp(int(time.time()) // 5 * 5 + 5, UTC)
+    group = f"test-backlog-{uuid.uuid4().hex[:8]}"
+    live = 8
+    worker = await start_worker(kafka_bootstrap, topics, group)
+    try:
+        for i in range(live):
+            await produce(kafka_bootstrap, topics.raw, fleet_events(servers, t0, [i]))
+            await asyncio.sleep(max(0.0, (t0 + timedelta(seconds=i + 1)).timestamp() - time.time()))
+    finally:
+        log = await stop_worker(worker)
+    assert worker.returncode == 0, log[-3000:]
+    # The next ten minutes of the hosts, written while the worker is down (time compressed:
+    # the backlog runs ahead of the clock, which closing by event time does not look at).
+    backlog = list(range(live, live + 600))
+    await produce(kafka_bootstrap, topics.raw, fleet_events(servers, t0, backlog))
+    worker = await start_worker(kafka_bootstrap, topics, group)
+    seconds = list(range(live + 600))
+    # Windows the backlog's event time closes: all but the last two per server.
+    expected = expected_windows(servers, t0, seconds, 5)
+    last = max(start for _, start in expected)
+    closed = {k: v for k, v in expected.items() if k[1] < last - timedelta(seconds=5)}
+    try:
+        values = await collect(kafka_bootstrap, topics.a5, len(closed), 120, distinct=True)
+        fives = by_window(values)
+    except TimeoutError:
+        log = await stop_worker(worker)
+        pytest.fail(f"windows missing after the backlog; worker log:\n{log[-5000:]}")
+    finally:
+        await stop_worker(worker)
+    assert summary(fives) == closed
