@@ -237,8 +237,10 @@ class StreamWorker:
                     else:
                         state[r.key] = r.value
             waiting = {tp for tp in waiting if await reader.position(tp) < ends[tp]}
+        now = time.time()
         for p in partitions:
             self.processor.restore(p, latest[p])
+            self.last_record[p] = now  # idle only after a quiet second of its own
             self.assigned.add(p)
         log.info(
             "restored partitions %s from %d changelog records in %.2f s",

@@ -25,10 +25,9 @@ from schemas import (
     RawMetricEvent,
     ServerState,
     ServerStatusChange,
-    WindowAggregate,
     decode_raw_event,
 )
-from streams.windows import Grace, PartitionWindows, ServerRollups
+from streams.windows import ClosedWindow, Grace, PartitionWindows, ServerRollups
 
 COMPONENT = "stream"
 #: Changelog key of a partition's progress record (server keys are UUIDs, never this).
@@ -37,7 +36,7 @@ PROGRESS_KEY: Final = b"progress"
 
 @dataclass
 class Outputs:
-    aggregates: list[WindowAggregate] = field(default_factory=list)
+    aggregates: list[ClosedWindow] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     statuses: list[ServerStatusChange] = field(default_factory=list)
 
@@ -201,7 +200,9 @@ class StreamProcessor:
             empty = not state.rollups and not state.emitted
             value = None if empty else json.dumps(state.to_json()).encode()
             records.append((server_id.encode(), value))
-        progress = {"watermark": windows.watermark, "next_offset": nxt}
+        # Replaying after a restart does not take back what the restored checkpoint covered.
+        covered = max(nxt, self.replay_until.get(partition, 0))
+        progress = {"watermark": windows.watermark, "next_offset": covered}
         records.append((PROGRESS_KEY, json.dumps(progress).encode()))
         return records, windows.watermark
 

@@ -19,11 +19,23 @@ the replay and emitted again with only part of its data.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, Final
 
 from schemas import MetricStats, ProcessInfo, RawMetricEvent, Resolution, WindowAggregate
+
+#: Compact JSON, refusing NaN and infinities as the message models do.
+_encode: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+#: The rollups fed by closed 5 s windows, with their sizes in seconds.
+_ROLLUPS: Final = ((Resolution.ONE_HOUR, 3600), (Resolution.ONE_DAY, 86400))
+
+
+def _iso(ts: float) -> str:
+    """A UTC timestamp as the message models write it ("...Z")."""
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
@@ -46,6 +58,12 @@ class MetricAcc:
         if is_latest:
             self.last = v
 
+    def stats_json(self, count: int, with_last: bool) -> dict[str, float | None]:
+        """`stats()` as the JSON object, without building the model."""
+        avg = min(100.0, max(0.0, self.total / count))
+        last = self.last if with_last else None
+        return {"avg": avg, "min": self.lo, "max": self.hi, "last": last}
+
     def as_row(self) -> tuple[float, float, float, float]:
         return self.total, self.lo, self.hi, self.last
 
@@ -60,7 +78,7 @@ class MetricAcc:
         # Clamp: a mean of values in 0..100 can leave the range by a rounding error.
         avg = min(100.0, max(0.0, self.total / count))
         last = self.last if with_last else None
-        return MetricStats.model_construct(avg=avg, min=self.lo, max=self.hi, last=last)
+        return MetricStats(avg=avg, min=self.lo, max=self.hi, last=last)
 
 
 @dataclass(slots=True)
@@ -152,10 +170,10 @@ class WindowAcc:
         return acc
 
     def to_aggregate(self, resolution: Resolution, emitted_at: datetime) -> WindowAggregate:
-        """The closed window as a message. Built without re-validation: every field comes
-        from validated events (the property tests check the result against the model)."""
+        """The closed window as a validated message (the reference `to_json_bytes` is
+        tested against)."""
         five = resolution is Resolution.FIVE_SECONDS
-        return WindowAggregate.model_construct(
+        return WindowAggregate(
             server_id=self.server_id,
             resolution=resolution,
             window_start=datetime.fromtimestamp(self.start, UTC),
@@ -170,6 +188,39 @@ class WindowAcc:
             last_event_at=datetime.fromtimestamp(self.last_ts, UTC),
             emitted_at=emitted_at,
         )
+
+    def to_json_bytes(self, resolution: Resolution, emitted_at: str) -> bytes:
+        """The closed window as `WindowAggregate` JSON, written directly: building the
+        pydantic model costs more than the whole windowing of its events."""
+        five = resolution is Resolution.FIVE_SECONDS
+        n = self.count
+        processes: list[dict[str, Any]] | None = None
+        if five and self.processes is not None:
+            processes = [
+                {
+                    "pid": p.pid,
+                    "name": p.name,
+                    "cpu_usage": p.cpu_usage,
+                    "memory_usage": p.memory_usage,
+                }
+                for p in self.processes
+            ]
+        doc = {
+            "server_id": self.server_id,
+            "resolution": resolution,
+            "window_start": _iso(self.start),
+            "window_end": _iso(self.start + self.size),
+            "count": n,
+            "cpu_usage": self.cpu.stats_json(n, five),
+            "memory_usage": self.mem.stats_json(n, five),
+            "disk_usage": self.disk.stats_json(n, five),
+            "network_rx": self.rx,
+            "network_tx": self.tx,
+            "processes": processes,
+            "last_event_at": _iso(self.last_ts),
+            "emitted_at": emitted_at,
+        }
+        return _encode(doc).encode()
 
     def to_state(self) -> list[float]:
         """A rollup as a checkpoint row (see `from_state`)."""
@@ -219,6 +270,26 @@ class Grace:
         # An hourly/daily window must outlive its last 5 s window, which feeds it on closing.
         if self.one_hour < self.five_seconds or self.one_day < self.five_seconds:
             raise ValueError("hourly and daily grace must be at least the 5 s grace")
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """A window that just closed, on its way to its aggregate topic."""
+
+    acc: WindowAcc
+    resolution: Resolution
+    emitted_at: str  # ISO 8601, UTC
+
+    @property
+    def server_id(self) -> str:
+        return self.acc.server_id
+
+    def to_json_bytes(self) -> bytes:
+        return self.acc.to_json_bytes(self.resolution, self.emitted_at)
+
+    def message(self) -> WindowAggregate:
+        """The aggregate as a validated message (what a consumer of the topic reads)."""
+        return WindowAggregate.model_validate_json(self.to_json_bytes())
 
 
 #: A rollup window: (resolution, start).
@@ -289,23 +360,23 @@ class PartitionWindows:
         if t > self.watermark:
             self.watermark = t
 
-    def close(self, emitted_at: datetime) -> list[WindowAggregate]:
+    def close(self, emitted_at: datetime) -> list[ClosedWindow]:
         """Close every window the watermark has passed (plus grace); oldest first."""
-        out: list[WindowAggregate] = []
+        out: list[ClosedWindow] = []
         wm = self.watermark
+        stamp = _iso(emitted_at.timestamp())
+        five = Resolution.FIVE_SECONDS
         for start in sorted(s for s in self._five if s + 5 + self.grace.five_seconds <= wm):
             for acc in self._five.pop(start).values():
-                out.append(acc.to_aggregate(Resolution.FIVE_SECONDS, emitted_at))
+                out.append(ClosedWindow(acc, five, stamp))
                 self._cascade(acc)
-        for resolution, grace in (
-            (Resolution.ONE_HOUR, self.grace.one_hour),
-            (Resolution.ONE_DAY, self.grace.one_day),
+        for (resolution, size), grace in zip(
+            _ROLLUPS, (self.grace.one_hour, self.grace.one_day), strict=True
         ):
-            size = resolution.seconds
             windows = self._rollups[resolution]
             for start in sorted(s for s in windows if s + size + grace <= wm):
                 for server_id, acc in windows.pop(start).items():
-                    out.append(acc.to_aggregate(resolution, emitted_at))
+                    out.append(ClosedWindow(acc, resolution, stamp))
                     self._emitted.setdefault(server_id, {})[(resolution, start)] = (
                         start + size + grace
                     )
@@ -314,8 +385,7 @@ class PartitionWindows:
 
     def _cascade(self, w: WindowAcc) -> None:
         emitted = self._emitted.get(w.server_id)
-        for resolution in (Resolution.ONE_HOUR, Resolution.ONE_DAY):
-            size = resolution.seconds
+        for resolution, size in _ROLLUPS:
             start = w.start // size * size
             if emitted is not None and (resolution, start) in emitted:
                 continue  # a replayed 5 s window of a rollup emitted before the restart

@@ -96,7 +96,7 @@ def run(records: list[tuple[bytes, bytes]], data: st.DataObject | None) -> Kafka
                 key, value = records[offset]
                 proc.record(0, offset, key, value, WALL, out)
             out.extend(proc.close_due(WALL))
-            pending += [*out.aggregates, *out.dead_letters]
+            pending += [*(a.message() for a in out.aggregates), *out.dead_letters]
             pos += size
             crash_now = data is not None and crashes < 4 and data.draw(st.integers(0, 3)) == 0
             if crash_now and data is not None:  # only some unacknowledged outputs made it
@@ -117,7 +117,7 @@ def run(records: list[tuple[bytes, bytes]], data: st.DataObject | None) -> Kafka
                 if upto is not None:
                     kafka.committed = upto
         if not crashed:
-            kafka.outputs += [*pending, *proc.idle(0, FAR).aggregates]
+            kafka.outputs += [*pending, *(a.message() for a in proc.idle(0, FAR).aggregates)]
             return kafka
 
 

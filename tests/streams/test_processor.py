@@ -70,7 +70,7 @@ def test_idle_partition_closes_by_wall_clock_and_commits_forward() -> None:
     p.record(3, 10, None, raw(0, 1), BASE)
     assert p.committable(3) == 10  # the open window needs offset 10 on a replay
     out = p.idle(3, BASE + 11)
-    assert [a.window_start for a in out.aggregates] == [T0]
+    assert [a.message().window_start for a in out.aggregates] == [T0]
     assert p.committable(3) == 11
     assert p.committable(4) is None
     p.revoke(3)

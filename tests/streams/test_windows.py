@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import RawMetricEvent, Resolution
+from schemas import RawMetricEvent, Resolution, WindowAggregate
 from streams.windows import Grace, PartitionWindows, WindowAcc
 
 T0 = datetime(2026, 11, 25, 22, 0, tzinfo=UTC)  # two hours before a day boundary
@@ -63,17 +63,28 @@ events_strategy = st.lists(
 ).map(lambda xs: sorted(xs, key=lambda x: x[1]))
 
 
+def closed(w: PartitionWindows) -> list[WindowAggregate]:
+    """What `close()` emits, as a consumer of the aggregate topics reads it. The JSON written
+    directly must equal the validated model built field by field."""
+    out = []
+    for c in w.close(NOW):
+        message = c.message()
+        assert message == c.acc.to_aggregate(c.resolution, NOW)
+        out.append(message)
+    return out
+
+
 @settings(max_examples=60, deadline=None)
 @given(events_strategy)
 def test_cascade_equals_direct_aggregation(raw: list[tuple[int, float, float, int]]) -> None:
     events = [ev(s, t, cpu, rx) for s, t, cpu, rx in raw]
     w = PartitionWindows()
-    emitted = []
+    emitted: list[WindowAggregate] = []
     for e in events:
         assert w.add(e)
-        emitted += w.close(NOW)
+        emitted += closed(w)
     w.advance_to(math.inf)
-    emitted += w.close(NOW)
+    emitted += closed(w)
     for resolution in Resolution:
         expected = aggregate_directly(events, resolution)
         got = {
@@ -96,9 +107,9 @@ def test_out_of_order_within_grace_is_kept_and_last_is_by_event_time() -> None:
     assert w.add(ev(0, 1.0, cpu=10))
     assert w.add(ev(0, 8.0, cpu=30))  # watermark 8: window [0,5) closes at 10
     assert w.add(ev(0, 4.0, cpu=20))  # older, but its window is still open
-    assert w.close(NOW) == []
+    assert closed(w) == []
     w.add(ev(0, 10.5))
-    [five] = w.close(NOW)
+    [five] = closed(w)
     assert five.count == 2 and five.cpu_usage.avg == 15.0
     assert five.cpu_usage.last == 20  # the event with the latest timestamp, not the last to arrive
     assert five.window_start == T0 and five.window_end == T0 + timedelta(seconds=5)
@@ -108,8 +119,8 @@ def test_late_events_are_refused_and_counted() -> None:
     w = PartitionWindows(Grace(five_seconds=2.0))
     w.add(ev(0, 0.5))
     w.add(ev(0, 7.0))  # watermark 7 = end 5 + grace 2: window [0,5) closes
-    closed = w.close(NOW)
-    assert [a.window_start for a in closed] == [T0]
+    emitted = closed(w)
+    assert [a.window_start for a in emitted] == [T0]
     assert not w.add(ev(0, 3.0))
     assert not w.add(ev(1, 4.9))  # any server: the partition's event time decides
     assert w.add(ev(0, 5.0))
@@ -119,18 +130,18 @@ def test_late_events_are_refused_and_counted() -> None:
 def test_wall_clock_closes_an_idle_partition() -> None:
     w = PartitionWindows()
     w.add(ev(0, 1.0))
-    assert w.close(NOW) == []
+    assert closed(w) == []
     w.advance_to((T0 + timedelta(seconds=10)).timestamp())
-    assert [a.resolution for a in w.close(NOW)] == [Resolution.FIVE_SECONDS]
+    assert [a.resolution for a in closed(w)] == [Resolution.FIVE_SECONDS]
     w.advance_to((T0 + timedelta(hours=1, seconds=5)).timestamp())
-    assert [a.resolution for a in w.close(NOW)] == [Resolution.ONE_HOUR]
+    assert [a.resolution for a in closed(w)] == [Resolution.ONE_HOUR]
 
 
 def test_replayed_five_second_window_is_absorbed_once() -> None:
     w = PartitionWindows()
     w.add(ev(0, 1.0, cpu=40))
     w.add(ev(0, 11.0))
-    [five] = [a for a in w.close(NOW) if a.resolution is Resolution.FIVE_SECONDS]
+    [five] = [a for a in closed(w) if a.resolution is Resolution.FIVE_SECONDS]
     hour = next(iter(w._rollups[Resolution.ONE_HOUR].values()))[SERVERS[0]]
     acc = WindowAcc.from_event(ev(0, 1.0, cpu=40), int(T0.timestamp()), 5, None)
     before = hour.count
@@ -145,10 +156,10 @@ def test_committable_offset_is_the_oldest_open_window() -> None:
     w.add(ev(0, 6.0), offset=102)
     assert w.committable_offset(103) == 100
     w.add(ev(0, 11.0), offset=103)
-    w.close(NOW)  # [0,5) closes (watermark 11 > 10)
+    closed(w)  # [0,5) closes (watermark 11 > 10)
     assert w.committable_offset(104) == 102
     w.advance_to(math.inf)
-    w.close(NOW)
+    closed(w)
     assert w.committable_offset(104) == 104
 
 
