@@ -253,9 +253,13 @@ def _db_maintain(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from infra.demo import run_demo
+    from infra.demo import DemoOptions, run_demo
+    from producers.settings import SimulatorSettings
 
-    return run_demo(StackSettings())
+    sim = SimulatorSettings(**_given(hosts=args.hosts, seed=args.seed))
+    return run_demo(
+        StackSettings(), DemoOptions(hosts=sim.hosts, seed=sim.seed, seconds=args.seconds)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,9 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="activate a new encryption key version and re-encrypt every server password",
     ).set_defaults(func=_registry_rotate_key)
 
-    sub.add_parser(
-        "demo", help="bring the stack up and run what the pipeline has so far"
-    ).set_defaults(func=_demo)
+    demo = sub.add_parser(
+        "demo",
+        help="the whole pipeline on the local stack, with live numbers (what `make demo` runs)",
+        description="Brings the stack up, registers this machine and the simulated hosts, "
+        "creates a demo admin, runs the agent, simulator, stream worker, sink and registry as "
+        "child processes (logs under <home>/logs) and shows live numbers read from Kafka and "
+        "PostgreSQL. Ctrl-C stops every child; a re-run reuses the stack and its data.",
+    )
+    demo.add_argument("--hosts", type=int, help="simulated hosts (default FLEETPULSE_HOSTS, 200)")
+    demo.add_argument("--seed", type=int, help="seed of the simulated fleet (default 42)")
+    demo.add_argument(
+        "--seconds", type=float, help="stop everything after this many seconds (default: Ctrl-C)"
+    )
+    demo.set_defaults(func=_demo)
     return parser
 
 

@@ -1,94 +1,480 @@
-"""`fleetpulse demo`: the main job, as far as the pipeline exists today.
+"""`fleetpulse demo`: the whole pipeline on the local stack, with live numbers.
 
-It brings the local stack up, creates the topics, applies the migrations, then makes one
-round trip: a real sample of this host goes to `metrics.raw.v1` and is read back and
-validated. The stream worker and the sink are separate issues; until they land the demo says
-so instead of pretending. The registry runs on its own (`fleetpulse registry`).
+It brings the stack up, creates the topics, applies the migrations, registers this machine
+and the simulated hosts in the registry's `servers` table, creates a demo admin (first run
+only; the password is kept in a 0600 file so a re-run prints it again), then runs the agent,
+the simulator, the stream worker, the sink and the registry as child processes. The numbers
+on screen come from Kafka (end offsets, consumer groups' committed offsets) and PostgreSQL
+(row counts), never from the children's logs. Ctrl-C (or `--seconds`) stops every child:
+SIGTERM, then SIGKILL after a timeout. A re-run reuses the stack, the ids and the data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
+import os
+import secrets
+import signal
 import socket
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Final
 
 import asyncpg
-import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from rich.console import Console
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
 
 from infra import stack
 from infra.db import migrate
 from infra.settings import StackSettings
 from infra.topics import create_topics
-from schemas import RAW, RawMetricEvent, decode_raw_event
+from producers.simulator import simulated_server_id
+from registry import store
+from registry.crypto import load_keyring
+from registry.errors import RegistryError
+from registry.service import create_admin
+from registry.settings import RegistrySettings
+from schemas import AGG_1D, AGG_1H, AGG_5S, DLQ, RAW
+from sinks.settings import SinkSettings
+from streams.settings import StreamSettings
 
-NOT_YET = ("stream worker (fleetpulse stream)",)
+ADMIN_EMAIL: Final = "admin@fleetpulse.demo"
+#: Seconds a child gets between SIGTERM and SIGKILL.
+STOP_TIMEOUT: Final = 20.0
+#: Seconds between two samples of the live numbers.
+POLL_EVERY: Final = 1.5
+#: The order children start in; they are stopped producers first.
+ROLES: Final = ("registry", "sink", "stream", "agent", "simulate")
 
 
-def _sample_this_host(server_id: str) -> RawMetricEvent:
-    psutil.cpu_percent(interval=None)
-    cpu = psutil.cpu_percent(interval=0.5)
-    return RawMetricEvent(
-        server_id=server_id,
-        timestamp=datetime.now(UTC),
-        cpu_usage=cpu,
-        memory_usage=psutil.virtual_memory().percent,
-        disk_usage=psutil.disk_usage("/").percent,
-        network_rx=0,
-        network_tx=0,
-    )
+@dataclass(frozen=True)
+class DemoOptions:
+    hosts: int = 200
+    seed: int = 42
+    seconds: float | None = None
 
 
-async def _round_trip(
-    settings: StackSettings, event: RawMetricEvent
-) -> tuple[RawMetricEvent, int, int]:
-    """Send one event and read it back from its partition; returns it, partition, offset."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id=f"{settings.kafka_client_id}-demo",
-        acks="all",
-        enable_idempotence=True,
-    )
-    await producer.start()
-    try:
-        meta = await producer.send_and_wait(
-            RAW.name, event.to_json_bytes(), key=event.server_id.encode()
+@dataclass
+class Child:
+    """One service the demo runs, with its output going to `log_path`."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def state(self) -> str:
+        if self.proc is None:
+            return "not started"
+        code = self.proc.poll()
+        return "running" if code is None else f"exited ({code})"
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    home: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def server_id(self) -> Path:
+        return self.home / "demo" / "server_id"
+
+    @property
+    def children(self) -> Path:
+        return self.home / "demo" / "children.json"
+
+    @property
+    def admin_password(self) -> Path:
+        return self.home / "secrets" / "demo_admin_password"
+
+
+# -- ids, servers, admin ------------------------------------------------------------------------
+def this_server_id(paths: DemoPaths) -> str:
+    """This machine's server id: made once, kept under the home folder, reused by re-runs."""
+    if paths.server_id.exists():
+        return str(uuid.UUID(paths.server_id.read_text().strip()))
+    paths.server_id.parent.mkdir(parents=True, exist_ok=True)
+    server_id = str(uuid.uuid4())
+    paths.server_id.write_text(server_id + "\n")
+    return server_id
+
+
+def _simulated_address(index: int) -> str:
+    return str(ipaddress.IPv4Address("10.128.0.0") + index + 1)
+
+
+async def register_servers(
+    settings: RegistrySettings, own_id: str, hosts: int, seed: int
+) -> tuple[int, int]:
+    """This machine and the simulated hosts in `servers`; returns (added, already there).
+
+    The rows are made like `POST /servers` makes them (the SSH password encrypted with the
+    registry's key, bound to the row's id); demo hosts get a random password nobody needs.
+    """
+    keyring = load_keyring(settings, create=True)
+    wanted = [(own_id, socket.getfqdn(), "this machine", "127.0.0.1", "physical")]
+    wanted += [
+        (
+            simulated_server_id(seed, i),
+            f"sim-{i:04d}-{simulated_server_id(seed, i)[:8]}.fleetpulse.demo",
+            f"simulated {i}",
+            _simulated_address(i),
+            "virtual",
         )
-    finally:
-        await producer.stop()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tp = TopicPartition(RAW.name, meta.partition)
-        consumer.assign([tp])
-        consumer.seek(tp, meta.offset)
-        record = await asyncio.wait_for(consumer.getone(), timeout=10)
-        return decode_raw_event(record.value), record.partition, record.offset
-    finally:
-        await consumer.stop()
-
-
-async def _tables(settings: StackSettings) -> tuple[str, list[str]]:
+        for i in range(hosts)
+    ]
     conn = await asyncpg.connect(**settings.connect_kwargs())
     try:
-        report = await migrate(conn, storage=settings.pg_storage)
-        rows = await conn.fetch(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
-            "ORDER BY 1"
+        known = {r["id"] for r in await conn.fetch("SELECT id FROM servers")}
+        hostnames = {r["hostname"] for r in await conn.fetch("SELECT hostname FROM servers")}
+        added = 0
+        for server_id, hostname, name, address, category in wanted:
+            if server_id in known:
+                continue
+            if hostname in hostnames:  # another id took this name: keep both apart
+                hostname = f"{hostname}-{server_id[:8]}"
+            values = {
+                "id": server_id,
+                "name": name,
+                "hostname": hostname,
+                "ip_address": address,
+                "port": 22,
+                "username": "fleetpulse",
+                "encrypted_password": keyring.encrypt(secrets.token_urlsafe(24), server_id),
+                "server_category": category,
+            }
+            await store.create_server(conn, values)
+            added += 1
+    finally:
+        await conn.close()
+    return added, len(wanted) - added
+
+
+async def ensure_admin(settings: RegistrySettings, paths: DemoPaths) -> str | None:
+    """The demo admin's password: created on the first run, read back from its file after.
+
+    Returns None when an admin with the demo e-mail exists but its password file is gone.
+    """
+    path = paths.admin_password
+    if path.exists():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(18)
+    try:
+        await create_admin(settings, ADMIN_EMAIL, "Demo admin", password)
+    except RegistryError:
+        return None  # created by an earlier run whose password file was removed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password
+
+
+# -- children ------------------------------------------------------------------------------------
+def plan_children(paths: DemoPaths, options: DemoOptions, own_id: str) -> list[Child]:
+    args = {
+        "registry": ["registry"],
+        "sink": ["sink"],
+        "stream": ["stream"],
+        "agent": ["agent", "--server-id", own_id],
+        "simulate": ["simulate", "--hosts", str(options.hosts), "--seed", str(options.seed)],
+    }
+    return [Child(name, args[name], paths.logs / f"{name}.log") for name in ROLES]
+
+
+def start_children(children: list[Child], paths: DemoPaths) -> None:
+    """Start each child in a session of its own, so a Ctrl-C reaches only the demo, which
+    then stops them in order."""
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    for child in children:
+        log: IO[bytes]
+        with child.log_path.open("ab") as log:
+            log.write(f"\n--- {datetime.now(UTC).isoformat()} fleetpulse demo starts it\n".encode())
+            log.flush()
+            child.proc = subprocess.Popen(
+                [sys.executable, "-m", "infra.cli", *child.args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+    paths.children.write_text(
+        json.dumps({c.name: c.proc.pid for c in children if c.proc is not None}) + "\n"
+    )
+
+
+def stop_children(children: list[Child], timeout: float = STOP_TIMEOUT) -> dict[str, int]:
+    """SIGTERM every running child (producers first), SIGKILL what is left after `timeout`.
+
+    Returns each child's exit status."""
+    running = [c.proc for c in reversed(children) if c.proc is not None and c.proc.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in running:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return {c.name: c.proc.returncode for c in children if c.proc is not None}
+
+
+def stop_leftovers(paths: DemoPaths) -> list[int]:
+    """Stop children an earlier demo left behind (it was killed without a chance to stop
+    them): those whose recorded pid still runs `infra.cli`. Returns their pids."""
+    if not paths.children.exists():
+        return []
+    stopped = []
+    for pid in json.loads(paths.children.read_text()).values():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"infra.cli" in cmdline:
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for pid in stopped:
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+    paths.children.unlink()
+    return stopped
+
+
+# -- the live numbers ----------------------------------------------------------------------------
+@dataclass
+class Sample:
+    at: float
+    ends: dict[str, int]  # topic → sum of end offsets
+    stream_lag: int | None
+    sink_lag: int | None
+    rows: dict[str, int]  # table → rows
+    online: int
+    servers: int
+
+
+TOPICS: Final = (RAW.name, AGG_5S.name, AGG_1H.name, AGG_1D.name, DLQ.name)
+TABLES: Final = ("metrics_snapshots", "metrics_hourly", "metrics_daily")
+
+
+@dataclass
+class Probe:
+    """Reads the pipeline's numbers from Kafka and PostgreSQL."""
+
+    bootstrap: str
+    stream_group: str
+    sink_group: str
+    db: StackSettings
+    _consumer: AIOKafkaConsumer | None = None
+    _admin: AIOKafkaAdminClient | None = None
+    _conn: asyncpg.Connection | None = None
+    _partitions: dict[str, list[TopicPartition]] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        await self._consumer.start()
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await self._admin.start()
+        self._conn = await asyncpg.connect(**self.db.connect_kwargs())
+        for described in await self._admin.describe_topics(list(TOPICS)):
+            topic = described["topic"]
+            parts = sorted(p["partition"] for p in described["partitions"])
+            self._partitions[topic] = [TopicPartition(topic, p) for p in parts]
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._admin is not None:
+            await self._admin.close()
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def _lag(
+        self, group: str, topics: tuple[str, ...], ends: dict[TopicPartition, int]
+    ) -> int | None:
+        assert self._admin is not None and self._consumer is not None
+        try:
+            committed = await self._admin.list_consumer_group_offsets(group)
+        except KafkaError:  # e.g. no coordinator yet on a fresh broker: no number this time
+            return None
+        if not committed:
+            return None
+        tps = [tp for t in topics for tp in self._partitions[t]]
+        begins = await self._consumer.beginning_offsets(tps)
+        return int(
+            sum(ends[tp] - (committed[tp].offset if tp in committed else begins[tp]) for tp in tps)
         )
-        return report.mode, [r["relname"] for r in rows]
+
+    async def sample(self) -> Sample:
+        assert self._consumer is not None and self._conn is not None
+        tps = [tp for parts in self._partitions.values() for tp in parts]
+        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(tps)
+        by_topic = {t: sum(ends[tp] for tp in self._partitions[t]) for t in TOPICS}
+        stream_lag = await self._lag(self.stream_group, (RAW.name,), ends)
+        sink_lag = await self._lag(self.sink_group, (AGG_5S.name, AGG_1H.name, AGG_1D.name), ends)
+        rows = {t: int(await self._conn.fetchval(f"SELECT count(*) FROM {t}")) for t in TABLES}
+        counts = await self._conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE is_online) AS online, count(*) AS servers FROM servers"
+        )
+        assert counts is not None  # an aggregate always has a row
+        return Sample(
+            time.monotonic(),
+            by_topic,
+            stream_lag,
+            sink_lag,
+            rows,
+            counts["online"],
+            counts["servers"],
+        )
+
+
+def render(first: Sample, prev: Sample, now: Sample, children: list[Child]) -> Group:
+    dt = max(now.at - prev.at, 1e-6)
+    numbers = Table(title="FleetPulse, live", title_justify="left", expand=False)
+    numbers.add_column("")
+    numbers.add_column("since start", justify="right")
+    numbers.add_column("per second", justify="right")
+    numbers.add_column("total", justify="right")
+
+    def row(label: str, first_v: int, prev_v: int, now_v: int) -> None:
+        numbers.add_row(
+            label, f"{now_v - first_v:,}", f"{(now_v - prev_v) / dt:,.1f}", f"{now_v:,}"
+        )
+
+    row(f"events in ({RAW.name})", first.ends[RAW.name], prev.ends[RAW.name], now.ends[RAW.name])
+    for label, topic in (("5 s", AGG_5S.name), ("hourly", AGG_1H.name), ("daily", AGG_1D.name)):
+        row(f"{label} aggregates out", first.ends[topic], prev.ends[topic], now.ends[topic])
+    for label, table in zip(("5 s", "hourly", "daily"), TABLES, strict=True):
+        row(f"rows in {table} ({label})", first.rows[table], prev.rows[table], now.rows[table])
+    row(f"dead letters ({DLQ.name})", first.ends[DLQ.name], prev.ends[DLQ.name], now.ends[DLQ.name])
+    state = Table.grid(padding=(0, 2))
+    state.add_row(
+        "consumer lag:",
+        f"stream {'-' if now.stream_lag is None else f'{now.stream_lag:,}'}",
+        f"sink {'-' if now.sink_lag is None else f'{now.sink_lag:,}'} messages",
+    )
+    state.add_row("servers online:", f"{now.online:,} of {now.servers:,}", "")
+    procs = Table.grid(padding=(0, 2))
+    for c in children:
+        pid = c.proc.pid if c.proc is not None else "-"
+        color = "green" if c.state == "running" else "red"
+        procs.add_row(c.name, f"pid {pid}", f"[{color}]{c.state}[/]", str(c.log_path))
+    return Group(numbers, state, procs)
+
+
+async def watch(
+    probe: Probe, children: list[Child], console: Console, seconds: float | None
+) -> Sample:
+    """Show the numbers until `seconds` pass (forever without), Ctrl-C, or every child has
+    exited. Returns the last sample."""
+    await probe.start()
+    try:
+        first = prev = await probe.sample()
+        deadline = None if seconds is None else time.monotonic() + seconds
+        with Live(
+            render(first, prev, prev, children), console=console, refresh_per_second=2
+        ) as live:
+            while deadline is None or time.monotonic() < deadline:
+                await asyncio.sleep(POLL_EVERY)
+                try:
+                    now = await probe.sample()
+                except (KafkaError, OSError, asyncpg.PostgresError):
+                    continue  # the next tick tries again; the children carry on meanwhile
+                live.update(render(first, prev, now, children))
+                prev = now
+                if all(c.state != "running" for c in children):
+                    break
+        console.print()
+        return prev
+    finally:
+        await probe.close()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop the demo like Ctrl-C does (children stopped, not orphaned)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+# -- the demo ------------------------------------------------------------------------------------
+async def _prepare_database(settings: StackSettings) -> str:
+    conn = await asyncpg.connect(**settings.connect_kwargs())
+    try:
+        return (await migrate(conn, storage=settings.pg_storage)).mode
     finally:
         await conn.close()
 
 
-def run_demo(settings: StackSettings) -> int:
+def _print_access(
+    console: Console,
+    registry: RegistrySettings,
+    paths: DemoPaths,
+    own_id: str,
+    password: str | None,
+) -> None:
+    base = f"{registry.scheme}://{registry.registry_host}:{registry.registry_port}"
+    console.print(f"Registry: [bold]{base}[/] (OpenAPI at {base}/docs)")
+    if password is None:
+        console.print(
+            f"Admin [bold]{ADMIN_EMAIL}[/]: exists from an earlier run, but its password file "
+            f"{paths.admin_password} is gone; change it with PATCH /users/me/password or use "
+            "another admin (fleetpulse registry create-admin)."
+        )
+    else:
+        console.print(
+            f"Admin: [bold]{ADMIN_EMAIL}[/] password [bold]{password}[/] "
+            f"(kept in {paths.admin_password}, mode 0600)"
+        )
+    login = (
+        f"TOKEN=$(curl -s {base}/login -H 'Content-Type: application/json' "
+        f'-d "{{\\"email\\": \\"{ADMIN_EMAIL}\\", \\"password\\": '
+        f'\\"$(cat {paths.admin_password})\\"}}" | jq -r .access_token)'
+    )
+    window = 'from=$(date -u -d "-1 min" +%FT%TZ)&to=$(date -u +%FT%TZ)'
+    console.print("This machine's last minute of metrics, ready to paste:")
+    console.print(login, soft_wrap=True, markup=False, highlight=False)
+    console.print(
+        f'curl -s "{base}/servers/{own_id}/metrics?{window}&step=1m" '
+        '-H "Authorization: Bearer $TOKEN"',
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
+
+
+def run_demo(settings: StackSettings, options: DemoOptions) -> int:
     console = Console()
     console.rule("[bold]FleetPulse demo")
+    paths = DemoPaths(settings.home_dir)
     with console.status("starting the local stack (first run: Kafka jars, initdb, TLS)…"):
         for st, started in stack.up(settings):
             verb = "started" if started else "already running"
@@ -96,33 +482,58 @@ def run_demo(settings: StackSettings) -> int:
     results = asyncio.run(
         create_topics(settings.kafka_bootstrap, client_id=settings.kafka_client_id)
     )
-    console.print(
-        f"[green]✓[/] topics: {', '.join(f'{r.spec.name} ({r.partitions})' for r in results)}"
-    )
-    mode, tables = asyncio.run(_tables(settings))
-    console.print(f"[green]✓[/] migrations applied ({mode} storage); tables: {', '.join(tables)}")
+    console.print(f"[green]✓[/] topics: {', '.join(r.spec.name for r in results)}")
+    mode = asyncio.run(_prepare_database(settings))
+    console.print(f"[green]✓[/] migrations applied ({mode} storage)")
 
-    server_id = str(uuid.uuid5(uuid.NAMESPACE_DNS, socket.getfqdn()))
-    event = _sample_this_host(server_id)
-    back, partition, offset = asyncio.run(_round_trip(settings, event))
-    ok = back == event
-    mark = "[green]✓[/]" if ok else "[red]✗[/]"
+    registry = RegistrySettings()
+    own_id = this_server_id(paths)
+    added, known = asyncio.run(register_servers(registry, own_id, options.hosts, options.seed))
     console.print(
-        f"{mark} round trip through Kafka: one sample of this host (server_id {server_id}) "
-        f"sent to {RAW.name}, read back from partition {partition} offset {offset}, "
-        f"{'identical and valid' if ok else 'DIFFERENT'}: cpu {back.cpu_usage:.1f}%, "
-        f"memory {back.memory_usage:.1f}%, disk {back.disk_usage:.1f}%"
+        f"[green]✓[/] servers: this machine ({own_id}) and {options.hosts} simulated hosts; "
+        f"{added} registered now, {known} already there"
     )
+    password = asyncio.run(ensure_admin(registry, paths))
+
+    leftovers = stop_leftovers(paths)
+    if leftovers:
+        console.print(f"stopped children of an earlier demo: pids {leftovers}")
+    children = plan_children(paths, options, own_id)
+    probe = Probe(
+        settings.kafka_bootstrap,
+        StreamSettings().stream_group,
+        SinkSettings().sink_group,
+        settings,
+    )
+    _print_access(console, registry, paths, own_id, password)
+    console.print(f"Logs of the children: {paths.logs}/<name>.log. Ctrl-C stops everything.")
+    last: Sample | None = None
+    with sigterm_as_interrupt():
+        try:
+            start_children(children, paths)
+            last = asyncio.run(watch(probe, children, console, options.seconds))
+        except KeyboardInterrupt:
+            console.print("stopping…")
+        finally:
+            codes = stop_children(children)
+            if paths.children.exists():
+                paths.children.unlink()
     console.print(
-        "[yellow]Not built yet[/]: "
-        + "; ".join(NOT_YET)
-        + ". The demo will run them once they exist. Built and runnable on their own: "
-        "`fleetpulse agent`, `fleetpulse simulate`, `fleetpulse sink` (which has nothing to "
-        "write until the stream worker exists), `fleetpulse registry` (after "
-        "`fleetpulse registry create-admin`; README: The registry)."
+        "children stopped: " + ", ".join(f"{name} {code}" for name, code in codes.items())
     )
+    if last is not None:
+        console.print(
+            f"rows in the database: {', '.join(f'{t} {n:,}' for t, n in last.rows.items())}"
+        )
     console.print(
-        f"Database: {settings.describe()} (password in {settings.password_path}, "
-        f"CA in {settings.ca_path}). Stop the stack with `fleetpulse stack down`."
+        "The stack keeps running (`fleetpulse stack down` stops it); a re-run reuses it and "
+        "its data."
     )
-    return 0 if ok else 1
+    crashed = [
+        c.name
+        for c in children
+        if c.proc is not None and c.proc.returncode not in (0, -signal.SIGTERM)
+    ]
+    if crashed:
+        console.print(f"[red]exited with an error[/]: {', '.join(crashed)} (see their logs)")
+    return 1 if crashed else 0
