@@ -511,6 +511,10 @@ def run_demo(settings: StackSettings, options: DemoOptions) -> int:
     with sigterm_as_interrupt():
         try:
             start_children(children, paths)
+            console.print(
+                "children: "
+                + ", ".join(f"{c.name} pid {c.proc.pid}" for c in children if c.proc is not None)
+            )
             last = asyncio.run(watch(probe, children, console, options.seconds))
         except KeyboardInterrupt:
             console.print("stopping…")
