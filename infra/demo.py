@@ -460,15 +460,18 @@ def _print_access(
         f'\\"$(cat {paths.admin_password})\\"}}" | jq -r .access_token)'
     )
     window = 'from=$(date -u -d "-1 min" +%FT%TZ)&to=$(date -u +%FT%TZ)'
-    console.print("This machine's last minute of metrics, ready to paste:")
-    console.print(login, soft_wrap=True, markup=False, highlight=False)
+    bearer = '-H "Authorization: Bearer $TOKEN"'
+    chart = f"{base}/servers/{own_id}/chart"
     console.print(
-        f'curl -s "{base}/servers/{own_id}/metrics?{window}&step=1m" '
-        '-H "Authorization: Bearer $TOKEN"',
-        soft_wrap=True,
-        markup=False,
-        highlight=False,
+        "This machine's last minute of metrics, then its last 30 minutes drawn "
+        f"({chart}, bearer token in the header: saved to chart.html), ready to paste:"
     )
+    for line in (
+        login,
+        f'curl -s "{base}/servers/{own_id}/metrics?{window}&step=1m" {bearer}',
+        f'curl -s "{chart}?from=$(date -u -d "-30 min" +%FT%TZ)&step=1m" {bearer} -o chart.html',
+    ):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 def run_demo(settings: StackSettings, options: DemoOptions) -> int:

@@ -15,6 +15,7 @@ if [[ "${1:-}" == "--test" ]]; then
   check kcat kcat
   check nodejs node
   check npm npm
+  check chromium chromium  # the chart page's test renders it headless
 fi
 
 if ((${#need[@]} == 0)); then

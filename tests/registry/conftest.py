@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -251,3 +252,16 @@ def server_body(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+def add_snapshot(api: Api, server_id: str, at: datetime, cpu: float) -> None:
+    """One 5 s row (5 samples; memory 40 %, disk 70 %, 100 B in, 50 B out) at `at`."""
+    api.sql(
+        'INSERT INTO metrics_snapshots (server_id, "timestamp", cpu_usage, memory_usage, '
+        "disk_usage, cpu_usage_min, cpu_usage_max, memory_usage_min, memory_usage_max, "
+        "disk_usage_min, disk_usage_max, sample_count, network_rx, network_tx, processes) "
+        "VALUES ($1, $2, $3, 40, 70, $3, $3, 40, 40, 70, 70, 5, 100, 50, '[]')",
+        server_id,
+        at,
+        cpu,
+    )

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.registry.conftest import Api, new_user, server_body
+from tests.registry.conftest import Api, add_snapshot, new_user, server_body
 
 pytestmark = pytest.mark.integration
 
@@ -19,15 +19,7 @@ def test_a_series_with_gaps_filled(api: Api, admin_token: str) -> None:
     # Two 5 s rows in one minute, a gap, one row two minutes later (inside today's partitions).
     minute = datetime.fromtimestamp(math.floor(time.time() / 60) * 60 - 600, UTC)
     for offset, cpu in ((0, 10.0), (5, 30.0), (120, 50.0)):
-        api.sql(
-            'INSERT INTO metrics_snapshots (server_id, "timestamp", cpu_usage, memory_usage, '
-            "disk_usage, cpu_usage_min, cpu_usage_max, memory_usage_min, memory_usage_max, "
-            "disk_usage_min, disk_usage_max, sample_count, network_rx, network_tx, processes) "
-            "VALUES ($1, $2, $3, 40, 70, $3, $3, 40, 40, 70, 70, 5, 100, 50, '[]')",
-            server["id"],
-            minute + timedelta(seconds=offset),
-            cpu,
-        )
+        add_snapshot(api, server["id"], minute + timedelta(seconds=offset), cpu)
     _, _, user_token = new_user(api, admin_token)
     params = {
         "from": minute.isoformat(),

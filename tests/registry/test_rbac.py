@@ -26,6 +26,7 @@ USER_MAY = {
     ("GET", "/servers"),
     ("GET", "/servers/{server_id}"),
     ("GET", "/servers/{server_id}/metrics"),
+    ("GET", "/servers/{server_id}/chart"),
 }
 
 

@@ -8,10 +8,19 @@ from uuid import UUID
 
 import asyncpg
 from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import HTMLResponse
 
 from registry import store
-from registry.api.deps import AUTHENTICATED, BAD_REQUEST, NOT_FOUND, RegistryDep, require
+from registry.api.deps import (
+    AUTHENTICATED,
+    BAD_REQUEST,
+    NOT_FOUND,
+    Registry,
+    RegistryDep,
+    require,
+)
 from registry.api.routes.servers import not_found
+from registry.chart import render_chart
 from registry.models import EARLIEST, LATEST, MetricSeries
 from registry.permissions import Permission
 from registry.store import CurrentUser
@@ -33,37 +42,29 @@ def _check_time(name: str, value: datetime) -> None:
         )
 
 
-@router.get(
-    "/{server_id}/metrics",
-    response_model=MetricSeries,
-    response_model_by_alias=True,
-    responses={**BAD_REQUEST, **NOT_FOUND},
-)
-async def read_metrics(
-    server_id: UUID,
-    registry: RegistryDep,
-    _user: Annotated[CurrentUser, require(Permission.METRICS_READ)],
-    start: Annotated[
-        datetime | None,
-        Query(
-            alias="from",
-            description="Start, inclusive (ISO 8601 with offset); default: to minus 1 h.",
-        ),
-    ] = None,
-    end: Annotated[
-        datetime | None,
-        Query(alias="to", description="End, exclusive (ISO 8601 with offset); default now."),
-    ] = None,
-    step: Annotated[
-        Literal["1m", "5m", "1h", "1d"], Query(description="Bucket size of the series.")
-    ] = "1m",
-) -> MetricSeries:
-    """One point per step in [from, to), empty buckets included; at most `max_points`."""
+From = Annotated[
+    datetime | None,
+    Query(
+        alias="from", description="Start, inclusive (ISO 8601 with offset); default: to minus 1 h."
+    ),
+]
+To = Annotated[
+    datetime | None,
+    Query(alias="to", description="End, exclusive (ISO 8601 with offset); default now."),
+]
+Step = Annotated[Literal["1m", "5m", "1h", "1d"], Query(description="Bucket size of the series.")]
+
+
+async def _series(
+    registry: Registry, server_id: UUID, start: datetime | None, end: datetime | None, step: str
+) -> tuple[MetricSeries, asyncpg.Record]:
+    """The series and the server's row; 404 for an unknown server, 400/422 for a bad range."""
     end = end or datetime.now(UTC)
     _check_time("to", end)
     start = start or end - timedelta(hours=1)
     _check_time("from", start)
-    if not await store.server_exists(registry.pool, str(server_id)):
+    server = await store.get_server(registry.pool, str(server_id))
+    if server is None:
         raise not_found()
     try:
         async with registry.pool.acquire() as conn:
@@ -77,10 +78,52 @@ async def read_metrics(
             )
     except ReadError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
-    return MetricSeries(
-        server_id=str(server_id),
-        step=step,
-        start=start,
-        end=end,
-        points=points,
-    )
+    series = MetricSeries(server_id=str(server_id), step=step, start=start, end=end, points=points)
+    return series, server
+
+
+@router.get(
+    "/{server_id}/metrics",
+    response_model=MetricSeries,
+    response_model_by_alias=True,
+    responses={**BAD_REQUEST, **NOT_FOUND},
+)
+async def read_metrics(
+    server_id: UUID,
+    registry: RegistryDep,
+    _user: Annotated[CurrentUser, require(Permission.METRICS_READ)],
+    start: From = None,
+    end: To = None,
+    step: Step = "1m",
+) -> MetricSeries:
+    """One point per step in [from, to), empty buckets included; at most `max_points`."""
+    series, _ = await _series(registry, server_id, start, end, step)
+    return series
+
+
+@router.get(
+    "/{server_id}/chart",
+    # Errors stay JSON like everywhere else; only the 200 is a page.
+    response_model=None,
+    responses={
+        **BAD_REQUEST,
+        **NOT_FOUND,
+        200: {
+            "description": "The page (HTML with inline SVG).",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def read_chart(
+    server_id: UUID,
+    registry: RegistryDep,
+    _user: Annotated[CurrentUser, require(Permission.METRICS_READ)],
+    start: From = None,
+    end: To = None,
+    step: Step = "1m",
+) -> HTMLResponse:
+    """The same series as `/metrics`, drawn: a self-contained HTML page with inline SVG charts
+    of CPU, memory, disk and network (nothing fetched from elsewhere). Authenticated like every
+    route, with the bearer token in the header: save the page (`curl -o`) and open the file."""
+    series, server = await _series(registry, server_id, start, end, step)
+    return HTMLResponse(render_chart(series, server["name"]))

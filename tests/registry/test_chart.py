@@ -1,0 +1,68 @@
+"""Integration: GET /servers/{id}/chart draws the metrics read path, checked in Chromium."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.registry.conftest import Api, add_snapshot, new_user, server_body
+
+pytestmark = pytest.mark.integration
+
+
+def dump_dom(page: Path) -> str:
+    """The DOM after Chromium loaded the page and ran its scripts."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is missing: infra/scripts/system-deps.sh --test installs it"
+    out = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.decode()
+
+
+def test_the_chart_page_draws_the_series_in_a_browser(
+    api: Api, admin_token: str, tmp_path: Path
+) -> None:
+    server = api.request("POST", "/servers", admin_token, json=server_body(name="db 7")).json()
+    minute = datetime.fromtimestamp(math.floor(time.time() / 60) * 60 - 600, UTC)
+    for offset, cpu in ((0, 10.0), (5, 30.0), (60, 20.0), (180, 50.0), (240, 60.0)):
+        add_snapshot(api, server["id"], minute + timedelta(seconds=offset), cpu)
+    _, _, user_token = new_user(api, admin_token)  # the permission of the metrics API
+    params = {
+        "from": minute.isoformat(),
+        "to": (minute + timedelta(minutes=5)).isoformat(),
+        "step": "1m",
+    }
+    r = api.request("GET", f"/servers/{server['id']}/chart", user_token, params=params)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert not re.search(r"""(src|href)=|url\(|@import""", html)  # nothing fetched
+    assert "db 7" in html and 'data-points="4"' in html  # 4 of 5 minutes have data
+
+    page = tmp_path / "chart.html"
+    page.write_text(html)
+    dom = dump_dom(page)
+    # 4 minutes with data: CPU avg+max, memory avg+max, disk, network rx+tx = 7 dots each.
+    drawn = re.search(r'data-drawn-points="(\d+)"', dom)
+    assert drawn, dom[:2000]
+    assert int(drawn.group(1)) == 4 * 7
+    length = re.search(r'data-drawn-length="(\d+)"', dom)
+    assert length and int(length.group(1)) > 0  # the lines were laid out, not just present
+
+
+def test_the_chart_needs_a_token_and_a_known_server(api: Api, admin_token: str) -> None:
+    server = api.request("POST", "/servers", admin_token, json=server_body()).json()
+    assert api.request("GET", f"/servers/{server['id']}/chart").status_code == 401
+    unknown = "00000000-0000-4000-8000-000000000000"
+    assert api.request("GET", f"/servers/{unknown}/chart", admin_token).status_code == 404
