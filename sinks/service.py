@@ -24,11 +24,11 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
-from schemas import AGG_1D, AGG_1H, AGG_5S, DLQ, DeadLetter, DeadLetterReason, WindowAggregate
+from schemas import DeadLetter, DeadLetterReason, WindowAggregate
 from schemas.messages import describe_validation_error
 from sinks.errors import Disposition, classify, describe
 from sinks.maintenance import maintain
-from sinks.rows import TABLE_OF_TOPIC, TableSpec, to_row
+from sinks.rows import DAILY, HOURLY, SNAPSHOTS, TableSpec, to_row
 from sinks.settings import SinkSettings
 from sinks.writer import BatchWriter, Item, write_isolating
 
@@ -74,14 +74,23 @@ class Sink:
         self,
         settings: SinkSettings,
         *,
-        topics: tuple[str, ...] = (AGG_5S.name, AGG_1H.name, AGG_1D.name),
-        dlq_topic: str = DLQ.name,
+        topics: tuple[str, ...] | None = None,
+        dlq_topic: str | None = None,
         tables: dict[str, TableSpec] | None = None,
     ) -> None:
+        """Topics, dead-letter topic and the table of each topic default to the settings'."""
         self.settings = settings
-        self.topics = topics
-        self.dlq_topic = dlq_topic
-        self.tables = tables or TABLE_OF_TOPIC
+        self.topics = topics or (
+            settings.agg_5s_topic,
+            settings.agg_1h_topic,
+            settings.agg_1d_topic,
+        )
+        self.dlq_topic = dlq_topic or settings.dlq_topic
+        self.tables = tables or {
+            settings.agg_5s_topic: SNAPSHOTS,
+            settings.agg_1h_topic: HOURLY,
+            settings.agg_1d_topic: DAILY,
+        }
         self.writer = BatchWriter(settings.write_method)
         self.rows_written = 0
         self.dead_letters = 0

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from schemas.settings import KafkaSettings, PostgresSettings
+from schemas.topics import AGG_1D, AGG_1H, AGG_5S, DLQ
 
 
 class SinkSettings(KafkaSettings, PostgresSettings):
@@ -46,5 +47,9 @@ class SinkSettings(KafkaSettings, PostgresSettings):
     partitions_ahead_days: int = Field(
         default=7, ge=1, description="Days of partitions created ahead of today (plain PostgreSQL)."
     )
+    agg_5s_topic: str = Field(default=AGG_5S.name, description="Topic of 5 s windows.")
+    agg_1h_topic: str = Field(default=AGG_1H.name, description="Topic of hourly windows.")
+    agg_1d_topic: str = Field(default=AGG_1D.name, description="Topic of daily windows.")
+    dlq_topic: str = Field(default=DLQ.name, description="Dead-letter topic.")
     metrics_host: str = Field(default="127.0.0.1", description="Address of /metrics.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of /metrics; 0 = off.")
