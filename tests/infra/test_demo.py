@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
@@ -19,17 +18,11 @@ from infra.demo import DemoPaths
 from infra.settings import StackSettings
 from producers.simulator import simulated_server_id
 from tests.conftest import ROOT
+from tests.e2e.pipeline import free_port
 
 pytestmark = pytest.mark.integration
 
 HOSTS = 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _landed(settings: StackSettings, ids: list[str], since: datetime) -> tuple[int, set[str]]:
