@@ -12,11 +12,12 @@ without a broker.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
+
+import orjson
 
 from schemas import (
     DeadLetter,
@@ -198,12 +199,12 @@ class StreamProcessor:
         settled = self.stored_watermark.get(partition, -math.inf)
         for server_id, state in windows.checkpoint(settled):
             empty = not state.rollups and not state.emitted
-            value = None if empty else json.dumps(state.to_json()).encode()
+            value = None if empty else orjson.dumps(state.to_json())
             records.append((server_id.encode(), value))
         # Replaying after a restart does not take back what the restored checkpoint covered.
         covered = max(nxt, self.replay_until.get(partition, 0))
         progress = {"watermark": windows.watermark, "next_offset": covered}
-        records.append((PROGRESS_KEY, json.dumps(progress).encode()))
+        records.append((PROGRESS_KEY, orjson.dumps(progress)))
         return records, windows.watermark
 
     def stored(self, partition: int, watermark: float) -> None:
@@ -219,9 +220,9 @@ class StreamProcessor:
         raw_progress = records.get(PROGRESS_KEY)
         if raw_progress is None:
             return
-        progress = json.loads(raw_progress)
+        progress = orjson.loads(raw_progress)
         servers = {
-            key.decode(): ServerRollups.from_json(key.decode(), json.loads(value))
+            key.decode(): ServerRollups.from_json(key.decode(), orjson.loads(value))
             for key, value in records.items()
             if key != PROGRESS_KEY
         }

@@ -19,16 +19,15 @@ the replay and emitted again with only part of its data.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
+
 from schemas import MetricStats, ProcessInfo, RawMetricEvent, Resolution, WindowAggregate
 
-#: Compact JSON, refusing NaN and infinities as the message models do.
-_encode: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 #: The rollups fed by closed 5 s windows, with their sizes in seconds.
 _ROLLUPS: Final = ((Resolution.ONE_HOUR, 3600), (Resolution.ONE_DAY, 86400))
 
@@ -220,7 +219,7 @@ class WindowAcc:
             "last_event_at": _iso(self.last_ts),
             "emitted_at": emitted_at,
         }
-        return _encode(doc).encode()
+        return orjson.dumps(doc)
 
     def to_state(self) -> list[float]:
         """A rollup as a checkpoint row (see `from_state`)."""
