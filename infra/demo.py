@@ -22,7 +22,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +57,8 @@ ADMIN_EMAIL: Final = "admin@fleetpulse.demo"
 STOP_TIMEOUT: Final = 20.0
 #: Seconds between two samples of the live numbers.
 POLL_EVERY: Final = 1.5
+#: Samples the rates are computed over (about 10 s).
+RATE_SAMPLES: Final = 7
 #: The order children start in; they are stopped producers first.
 ROLES: Final = ("registry", "sink", "stream", "agent", "simulate")
 
@@ -348,25 +351,32 @@ class Probe:
         )
 
 
-def render(first: Sample, prev: Sample, now: Sample, children: list[Child]) -> Group:
-    dt = max(now.at - prev.at, 1e-6)
+def render(first: Sample, since: Sample, now: Sample, children: list[Child]) -> Group:
+    """The numbers since the demo started (`first`), per second since `since`, and totals."""
+    dt = max(now.at - since.at, 1e-6)
     numbers = Table(title="FleetPulse, live", title_justify="left", expand=False)
     numbers.add_column("")
     numbers.add_column("since start", justify="right")
     numbers.add_column("per second", justify="right")
     numbers.add_column("total", justify="right")
 
-    def row(label: str, first_v: int, prev_v: int, now_v: int) -> None:
-        numbers.add_row(
-            label, f"{now_v - first_v:,}", f"{(now_v - prev_v) / dt:,.1f}", f"{now_v:,}"
-        )
+    def row(label: str, value: Callable[[Sample], int]) -> None:
+        v = value(now)
+        rate = (v - value(since)) / dt
+        numbers.add_row(label, f"{v - value(first):,}", f"{rate:,.1f}", f"{v:,}")
 
-    row(f"events in ({RAW.name})", first.ends[RAW.name], prev.ends[RAW.name], now.ends[RAW.name])
-    for label, topic in (("5 s", AGG_5S.name), ("hourly", AGG_1H.name), ("daily", AGG_1D.name)):
-        row(f"{label} aggregates out", first.ends[topic], prev.ends[topic], now.ends[topic])
-    for label, table in zip(("5 s", "hourly", "daily"), TABLES, strict=True):
-        row(f"rows in {table} ({label})", first.rows[table], prev.rows[table], now.rows[table])
-    row(f"dead letters ({DLQ.name})", first.ends[DLQ.name], prev.ends[DLQ.name], now.ends[DLQ.name])
+    def topic(name: str) -> Callable[[Sample], int]:
+        return lambda sample: sample.ends[name]
+
+    def table(name: str) -> Callable[[Sample], int]:
+        return lambda sample: sample.rows[name]
+
+    row(f"events in ({RAW.name})", topic(RAW.name))
+    for label, name in (("5 s", AGG_5S.name), ("hourly", AGG_1H.name), ("daily", AGG_1D.name)):
+        row(f"{label} aggregates out", topic(name))
+    for label, name in zip(("5 s", "hourly", "daily"), TABLES, strict=True):
+        row(f"rows in {name} ({label})", table(name))
+    row(f"dead letters ({DLQ.name})", topic(DLQ.name))
     state = Table.grid(padding=(0, 2))
     state.add_row(
         "consumer lag:",
@@ -389,10 +399,12 @@ async def watch(
     exited. Returns the last sample."""
     await probe.start()
     try:
-        first = prev = await probe.sample()
+        first = await probe.sample()
+        # Rates over the last ~10 s: aggregates come in bursts every 5 s.
+        recent: deque[Sample] = deque([first], maxlen=RATE_SAMPLES)
         deadline = None if seconds is None else time.monotonic() + seconds
         with Live(
-            render(first, prev, prev, children), console=console, refresh_per_second=2
+            render(first, first, first, children), console=console, refresh_per_second=2
         ) as live:
             while deadline is None or time.monotonic() < deadline:
                 await asyncio.sleep(POLL_EVERY)
@@ -400,12 +412,12 @@ async def watch(
                     now = await probe.sample()
                 except (KafkaError, OSError, asyncpg.PostgresError):
                     continue  # the next tick tries again; the children carry on meanwhile
-                live.update(render(first, prev, now, children))
-                prev = now
+                live.update(render(first, recent[0], now, children))
+                recent.append(now)
                 if all(c.state != "running" for c in children):
                     break
         console.print()
-        return prev
+        return recent[-1]
     finally:
         await probe.close()
 
@@ -520,9 +532,13 @@ def run_demo(settings: StackSettings, options: DemoOptions) -> int:
             )
             last = asyncio.run(watch(probe, children, console, options.seconds))
         except KeyboardInterrupt:
+            if not console.is_terminal:
+                console.print()
             console.print("stopping…")
         finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan them
             codes = stop_children(children)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             if paths.children.exists():
                 paths.children.unlink()
     console.print(
