@@ -132,33 +132,26 @@ def _stamp(t: datetime) -> str:
 def render_chart(series: MetricSeries, server_name: str) -> str:
     """The page for `series` of the server called `server_name`."""
     pts = series.points
-    percent = 100.0
 
-    def pct(v: float) -> str:
-        return f"{v:.0f}%"
+    def percent(title: str, lines: Sequence[tuple[str, str, Getter]]) -> str:
+        return _panel(title, pts, lines, 100.0, lambda v: f"{v:.0f}%")
 
     panels = [
-        _panel(
+        percent(
             "CPU",
-            pts,
             [
                 ("average", "#1f77b4", lambda p: p.cpu_usage_avg),
                 ("max", "#aec7e8", lambda p: p.cpu_usage_max),
             ],
-            percent,
-            pct,
         ),
-        _panel(
+        percent(
             "Memory",
-            pts,
             [
                 ("average", "#2ca02c", lambda p: p.memory_usage_avg),
                 ("max", "#98df8a", lambda p: p.memory_usage_max),
             ],
-            percent,
-            pct,
         ),
-        _panel("Disk", pts, [("average", "#8c564b", lambda p: p.disk_usage_avg)], percent, pct),
+        percent("Disk", [("average", "#8c564b", lambda p: p.disk_usage_avg)]),
         _panel(
             f"Network (bytes per {series.step})",
             pts,

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -265,3 +266,23 @@ def add_snapshot(api: Api, server_id: str, at: datetime, cpu: float) -> None:
         at,
         cpu,
     )
+
+
+def server_with_rows(
+    api: Api, admin_token: str, rows: list[tuple[int, float]], minutes: int, **server: Any
+) -> tuple[str, str, dict[str, str]]:
+    """A new server with 5 s rows at (seconds after a minute 10 minutes ago, cpu): its id, a
+    plain user's token, and the query parameters of `minutes` minutes from that minute."""
+    server_id: str = api.request(
+        "POST", "/servers", admin_token, json=server_body(**server)
+    ).json()["id"]
+    minute = datetime.fromtimestamp(math.floor(time.time() / 60) * 60 - 600, UTC)
+    for offset, cpu in rows:
+        add_snapshot(api, server_id, minute + timedelta(seconds=offset), cpu)
+    _, _, user_token = new_user(api, admin_token)
+    params = {
+        "from": minute.isoformat(),
+        "to": (minute + timedelta(minutes=minutes)).isoformat(),
+        "step": "1m",
+    }
+    return server_id, user_token, params

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 import subprocess
-import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.registry.conftest import Api, add_snapshot, new_user, server_body
+from tests.registry.conftest import Api, server_body, server_with_rows
 
 pytestmark = pytest.mark.integration
 
@@ -33,17 +30,15 @@ def dump_dom(page: Path) -> str:
 def test_the_chart_page_draws_the_series_in_a_browser(
     api: Api, admin_token: str, tmp_path: Path
 ) -> None:
-    server = api.request("POST", "/servers", admin_token, json=server_body(name="db 7")).json()
-    minute = datetime.fromtimestamp(math.floor(time.time() / 60) * 60 - 600, UTC)
-    for offset, cpu in ((0, 10.0), (5, 30.0), (60, 20.0), (180, 50.0), (240, 60.0)):
-        add_snapshot(api, server["id"], minute + timedelta(seconds=offset), cpu)
-    _, _, user_token = new_user(api, admin_token)  # the permission of the metrics API
-    params = {
-        "from": minute.isoformat(),
-        "to": (minute + timedelta(minutes=5)).isoformat(),
-        "step": "1m",
-    }
-    r = api.request("GET", f"/servers/{server['id']}/chart", user_token, params=params)
+    # The permission of the metrics API: a plain user's token.
+    server_id, user_token, params = server_with_rows(
+        api,
+        admin_token,
+        [(0, 10.0), (5, 30.0), (60, 20.0), (180, 50.0), (240, 60.0)],
+        5,
+        name="db 7",
+    )
+    r = api.request("GET", f"/servers/{server_id}/chart", user_token, params=params)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/html")
     html = r.text

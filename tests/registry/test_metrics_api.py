@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import math
-import time
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.registry.conftest import Api, add_snapshot, new_user, server_body
+from tests.registry.conftest import Api, server_body, server_with_rows
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_series_with_gaps_filled(api: Api, admin_token: str) -> None:
-    server = api.request("POST", "/servers", admin_token, json=server_body()).json()
     # Two 5 s rows in one minute, a gap, one row two minutes later (inside today's partitions).
-    minute = datetime.fromtimestamp(math.floor(time.time() / 60) * 60 - 600, UTC)
-    for offset, cpu in ((0, 10.0), (5, 30.0), (120, 50.0)):
-        add_snapshot(api, server["id"], minute + timedelta(seconds=offset), cpu)
-    _, _, user_token = new_user(api, admin_token)
-    params = {
-        "from": minute.isoformat(),
-        "to": (minute + timedelta(minutes=3)).isoformat(),
-        "step": "1m",
-    }
-    r = api.request("GET", f"/servers/{server['id']}/metrics", user_token, params=params)
+    server_id, user_token, params = server_with_rows(
+        api, admin_token, [(0, 10.0), (5, 30.0), (120, 50.0)], minutes=3
+    )
+    r = api.request("GET", f"/servers/{server_id}/metrics", user_token, params=params)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["server_id"] == server["id"] and body["step"] == "1m"
+    assert body["server_id"] == server_id and body["step"] == "1m"
     points = body["points"]
     assert [p["samples"] for p in points] == [10, 0, 5]
     assert points[0]["cpu_usage_avg"] == 20.0 and points[0]["cpu_usage_max"] == 30.0

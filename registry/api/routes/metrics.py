@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, cast
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import HTMLResponse
 
 from registry import store
@@ -42,26 +43,44 @@ def _check_time(name: str, value: datetime) -> None:
         )
 
 
-From = Annotated[
-    datetime | None,
-    Query(
-        alias="from", description="Start, inclusive (ISO 8601 with offset); default: to minus 1 h."
-    ),
-]
-To = Annotated[
-    datetime | None,
-    Query(alias="to", description="End, exclusive (ISO 8601 with offset); default now."),
-]
-Step = Annotated[Literal["1m", "5m", "1h", "1d"], Query(description="Bucket size of the series.")]
+@dataclass(frozen=True)
+class SeriesQuery:
+    start: datetime | None
+    end: datetime | None
+    step: str
+
+
+def series_query(
+    start: Annotated[
+        datetime | None,
+        Query(
+            alias="from",
+            description="Start, inclusive (ISO 8601 with offset); default: to minus 1 h.",
+        ),
+    ] = None,
+    end: Annotated[
+        datetime | None,
+        Query(alias="to", description="End, exclusive (ISO 8601 with offset); default now."),
+    ] = None,
+    step: Annotated[
+        Literal["1m", "5m", "1h", "1d"], Query(description="Bucket size of the series.")
+    ] = "1m",
+) -> SeriesQuery:
+    """The range and step of a series request (`/metrics` and `/chart`)."""
+    return SeriesQuery(start, end, step)
+
+
+SeriesQueryDep = Annotated[SeriesQuery, Depends(series_query)]
 
 
 async def _series(
-    registry: Registry, server_id: UUID, start: datetime | None, end: datetime | None, step: str
+    registry: Registry, server_id: UUID, query: SeriesQuery
 ) -> tuple[MetricSeries, asyncpg.Record]:
     """The series and the server's row; 404 for an unknown server, 400/422 for a bad range."""
-    end = end or datetime.now(UTC)
+    step = query.step
+    end = query.end or datetime.now(UTC)
     _check_time("to", end)
-    start = start or end - timedelta(hours=1)
+    start = query.start or end - timedelta(hours=1)
     _check_time("from", start)
     server = await store.get_server(registry.pool, str(server_id))
     if server is None:
@@ -92,12 +111,10 @@ async def read_metrics(
     server_id: UUID,
     registry: RegistryDep,
     _user: Annotated[CurrentUser, require(Permission.METRICS_READ)],
-    start: From = None,
-    end: To = None,
-    step: Step = "1m",
+    query: SeriesQueryDep,
 ) -> MetricSeries:
     """One point per step in [from, to), empty buckets included; at most `max_points`."""
-    series, _ = await _series(registry, server_id, start, end, step)
+    series, _ = await _series(registry, server_id, query)
     return series
 
 
@@ -118,12 +135,10 @@ async def read_chart(
     server_id: UUID,
     registry: RegistryDep,
     _user: Annotated[CurrentUser, require(Permission.METRICS_READ)],
-    start: From = None,
-    end: To = None,
-    step: Step = "1m",
+    query: SeriesQueryDep,
 ) -> HTMLResponse:
     """The same series as `/metrics`, drawn: a self-contained HTML page with inline SVG charts
     of CPU, memory, disk and network (nothing fetched from elsewhere). Authenticated like every
     route, with the bearer token in the header: save the page (`curl -o`) and open the file."""
-    series, server = await _series(registry, server_id, start, end, step)
+    series, server = await _series(registry, server_id, query)
     return HTMLResponse(render_chart(series, server["name"]))
