@@ -40,6 +40,7 @@ from rich.table import Table
 
 from infra import stack
 from infra.db import migrate
+from infra.errors import FleetPulseError
 from infra.settings import StackSettings
 from infra.topics import create_topics
 from producers.simulator import simulated_server_id
@@ -486,6 +487,19 @@ def _print_access(
         console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
+def _check_port_free(registry: RegistrySettings) -> None:
+    with socket.socket() as s:
+        # As uvicorn binds: connections of an earlier run in TIME_WAIT do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((registry.registry_host, registry.registry_port))
+        except OSError as exc:
+            raise FleetPulseError(
+                f"the registry's address {registry.registry_host}:{registry.registry_port} is "
+                f"taken ({exc.strerror}): stop what uses it or set FLEETPULSE_REGISTRY_PORT"
+            ) from None
+
+
 def run_demo(settings: StackSettings, options: DemoOptions) -> int:
     console = Console()
     console.rule("[bold]FleetPulse demo")
@@ -502,6 +516,7 @@ def run_demo(settings: StackSettings, options: DemoOptions) -> int:
     console.print(f"[green]✓[/] migrations applied ({mode} storage)")
 
     registry = RegistrySettings()
+    _check_port_free(registry)
     own_id = this_server_id(paths)
     added, known = asyncio.run(register_servers(registry, own_id, options.hosts, options.seed))
     console.print(
