@@ -20,7 +20,7 @@ import httpx
 from infra.settings import StackSettings
 from tests.conftest import ROOT
 from tests.registry.conftest import TEST_KEYS
-from tests.streams.test_worker import Topics, start_worker, stop_worker
+from tests.streams.worker import Topics, start_worker, stop_worker
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ from schemas.topics import TopicSpec
 from tests.e2e.pipeline import Pipeline, wait_for
 from tests.registry.conftest import TEST_KEYS, create_database, drop_database, server_body
 from tests.schemas.test_messages import event_dict
-from tests.streams.test_worker import Topics, produce
+from tests.streams.worker import Topics, produce
 
 pytestmark = pytest.mark.integration
 

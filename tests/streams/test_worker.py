@@ -4,48 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from infra.topics import create_topics
 from schemas import DeadLetter, ServerStatusChange, WindowAggregate
 from schemas.topics import TopicSpec
-from tests.conftest import ROOT
 from tests.schemas.test_messages import event_dict
+from tests.streams.worker import Topics, produce, start_worker, stop_worker
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)  # an hour boundary, well in the past
 A, B = str(uuid.uuid4()), str(uuid.uuid4())
-
-
-@dataclass
-class Topics:
-    raw: str
-    a5: str
-    a1h: str
-    a1d: str
-    status: str
-    dlq: str
-
-    def env(self) -> dict[str, str]:
-        return {
-            "FLEETPULSE_RAW_TOPIC": self.raw,
-            "FLEETPULSE_AGG_5S_TOPIC": self.a5,
-            "FLEETPULSE_AGG_1H_TOPIC": self.a1h,
-            "FLEETPULSE_AGG_1D_TOPIC": self.a1d,
-            "FLEETPULSE_STATUS_TOPIC": self.status,
-            "FLEETPULSE_DLQ_TOPIC": self.dlq,
-        }
 
 
 @pytest.fixture
@@ -61,17 +37,6 @@ def event(server: str, second: float, cpu: float) -> bytes:
     return json.dumps(
         event_dict(server_id=server, timestamp=ts, cpu_usage=cpu, network_rx=10)
     ).encode()
-
-
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def collect(
@@ -91,30 +56,6 @@ async def collect(
     finally:
         await consumer.stop()
     return got
-
-
-async def start_worker(bootstrap: str, topics: Topics, group: str) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        **topics.env(),
-        "FLEETPULSE_KAFKA_BOOTSTRAP": bootstrap,
-        "FLEETPULSE_STREAM_GROUP": group,
-        "FLEETPULSE_OFFLINE_AFTER": "4",
-    }
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "infra.cli", "stream",
-        env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-
-
-async def stop_worker(proc: asyncio.subprocess.Process) -> str:
-    """SIGTERM the worker if it still runs; its log (stderr) as text."""
-    err = b""
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    return err.decode()
 
 
 def scripted() -> list[tuple[bytes, bytes]]:
