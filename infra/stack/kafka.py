@@ -190,11 +190,26 @@ class KafkaBroker:
 
         def ready() -> bool:
             if self.process() is None:
-                raise StackError(f"the Kafka broker exited during start-up; see {self.console_log}")
+                raise StackError(
+                    f"the Kafka broker exited during start-up ({self._last_error()}); "
+                    f"see {self.console_log}"
+                )
             return self.healthy()
 
         wait_until(ready, timeout=s.kafka_start_timeout, what="Kafka", log=self.logs / "server.log")
         return True
+
+    def _last_error(self) -> str:
+        """The last error line the broker logged, to name the cause in the message."""
+        for log in (self.logs / "server.log", self.console_log):
+            try:
+                lines = log.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            for line in reversed(lines):
+                if "ERROR" in line or "Exception" in line:
+                    return line.strip()[:300]
+        return "no error logged"
 
     def stop(self) -> bool:
         """Stop the broker by PID (SIGTERM: controlled shutdown). True if it was running."""

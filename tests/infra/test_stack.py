@@ -42,12 +42,14 @@ def _ours(home: Path) -> list[psutil.Process]:
 
 def test_up_twice_down_leaves_nothing(tmp_path_factory: pytest.TempPathFactory) -> None:
     home = ROOT / ".fleetpulse" / f"test-lifecycle-{os.getpid()}"
+    # Ports below the kernel's ephemeral range (32768+): a client socket of another test may
+    # hold a port in that range for a moment, and a broker bind to it would fail.
     env = {
         **os.environ,
         "FLEETPULSE_HOME": str(home),
-        "FLEETPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:39092",
-        "FLEETPULSE_KAFKA_CONTROLLER_PORT": "39093",
-        "FLEETPULSE_PG_PORT": "55452",
+        "FLEETPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:28092",
+        "FLEETPULSE_KAFKA_CONTROLLER_PORT": "28093",
+        "FLEETPULSE_PG_PORT": "25452",
     }
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -68,7 +70,7 @@ def test_up_twice_down_leaves_nothing(tmp_path_factory: pytest.TempPathFactory) 
 
         status = _fleetpulse(env, "stack", "status")
         assert status.returncode == 0
-        assert "127.0.0.1:39092" in status.stdout and "127.0.0.1:55452" in status.stdout
+        assert "127.0.0.1:28092" in status.stdout and "127.0.0.1:25452" in status.stdout
 
         family = [c for p in procs for c in p.children(recursive=True)] + procs
         down = _fleetpulse(env, "stack", "down")
