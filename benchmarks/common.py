@@ -6,6 +6,7 @@ import os
 import platform
 import statistics
 import subprocess
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ import psutil
 
 from infra import stack
 from infra.settings import StackSettings
+from infra.stack import PostgresCluster
 from infra.topics import create_topics
 
 
@@ -38,6 +40,12 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The value below which a fraction `q` of `values` lies (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def row(label: str, values: Sequence[float], fmt: str = "{:,.2f}", *extra: str) -> str:
     """A markdown table row: label, median, range (min to max), then any extra cells."""
     cells = [
@@ -56,6 +64,25 @@ def stack_up() -> StackSettings:
     stack.up(settings)
     asyncio.run(create_topics(settings.kafka_bootstrap))
     return settings
+
+
+async def bench_database(settings: StackSettings) -> str:
+    """A new empty database owned by the application role (created as the superuser)."""
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await PostgresCluster(settings).superuser_connect()
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" OWNER "{settings.pg_user}"')
+    finally:
+        await admin.close()
+    return name
+
+
+async def drop_database(settings: StackSettings, name: str) -> None:
+    admin = await PostgresCluster(settings).superuser_connect()
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def idle_processes(n: int) -> list[subprocess.Popen[bytes]]:

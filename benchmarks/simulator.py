@@ -47,24 +47,22 @@ def paced_run() -> dict[str, float]:
         time.sleep(0.5)
     wall = time.monotonic() - start
     err = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"simulator failed (exit {proc.returncode}):\n{err[-3000:]}")
+    return {**summary(err), "cpu_pct": cpu / wall * 100, "rss": rss}
+
+
+def summary(log_text: str) -> dict[str, float]:
+    """The counts in `fleetpulse simulate`'s closing log line."""
     m = re.search(
         r"(\d+) seconds, (\d+) events, (\d+) late seconds, (\d+) skipped; "
         r"(\d+) sent, (\d+) dropped",
-        err,
+        log_text,
     )
-    if proc.returncode != 0 or m is None:
-        raise RuntimeError(f"simulator failed (exit {proc.returncode}):\n{err[-3000:]}")
-    ticks, events, late, skipped, sent, dropped = map(int, m.groups())
-    return {
-        "ticks": ticks,
-        "events": events,
-        "late": late,
-        "skipped": skipped,
-        "sent": sent,
-        "dropped": dropped,
-        "cpu_pct": cpu / wall * 100,
-        "rss": rss,
-    }
+    if m is None:
+        raise RuntimeError(f"the simulator did not report its counts:\n{log_text[-3000:]}")
+    names = ("ticks", "events", "late", "skipped", "sent", "dropped")
+    return dict(zip(names, map(float, m.groups()), strict=True))
 
 
 async def _unpaced(events_target: int) -> float:

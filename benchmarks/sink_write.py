@@ -12,10 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from benchmarks.common import row, stack_up
+from benchmarks.common import bench_database, drop_database, row, stack_up
 from infra.db import migrate
 from infra.settings import StackSettings
-from infra.stack import PostgresCluster
 from sinks.rows import SNAPSHOTS, to_row
 from sinks.writer import BatchWriter
 from tests.sinks.helpers import aggregate
@@ -25,29 +24,8 @@ ROUNDS = 7
 SERVERS = 500
 
 
-async def _as_superuser(settings: StackSettings, sql: str) -> None:
-    """Run one statement as the local cluster's superuser (over its private socket)."""
-    admin = await asyncpg.connect(
-        host=str(PostgresCluster(settings).socket_dir), port=settings.pg_port, user="postgres"
-    )
-    try:
-        await admin.execute(sql)
-    finally:
-        await admin.close()
-
-
-async def _database(settings: StackSettings) -> str:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    await _as_superuser(settings, f'CREATE DATABASE "{name}" OWNER "{settings.pg_user}"')
-    return name
-
-
-async def _drop(settings: StackSettings, name: str) -> None:
-    await _as_superuser(settings, f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
 async def _measure(settings: StackSettings) -> dict[str, dict[str, list[float]]]:
-    name = await _database(settings)
+    name = await bench_database(settings)
     conn = await asyncpg.connect(**settings.connect_kwargs(database=name))
     try:
         await migrate(conn, storage="postgres")
@@ -77,7 +55,7 @@ async def _measure(settings: StackSettings) -> dict[str, dict[str, list[float]]]
                     results[method][kind].append((time.perf_counter() - t) * 1000)
     finally:
         await conn.close()
-        await _drop(settings, name)
+        await drop_database(settings, name)
     return results
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from benchmarks.common import median, row, stack_up
+from benchmarks.common import median, percentile, row, stack_up
 from infra.topics import create_topics
 from producers import MetricProducer, SimulatorSettings
 from producers.simulator import Simulator, fleet, iso_second
@@ -185,18 +185,13 @@ def delay_run(bootstrap: str) -> list[float]:
         proc.wait(timeout=60)
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def run() -> str:
     settings = stack_up()
     runs = [throughput_run(settings.kafka_bootstrap) for _ in range(3)]
     live = [delay_run(settings.kafka_bootstrap) for _ in range(3)]
     sustained = [r.sustained for r in runs]
-    p50 = [_pct(d, 0.50) for d in live]
-    p99 = [_pct(d, 0.99) for d in live]
+    p50 = [percentile(d, 0.50) for d in live]
+    p99 = [percentile(d, 0.99) for d in live]
     return "\n".join(
         [
             "## Stream worker",

@@ -96,12 +96,7 @@ async def superuser_connect(
     settings: StackSettings, database: str = "postgres"
 ) -> asyncpg.Connection:
     """The cluster's superuser, over the local socket (root or the cluster's own user only)."""
-    return await asyncpg.connect(
-        host=str(PostgresCluster(settings).socket_dir),
-        port=settings.pg_port,
-        user="postgres",
-        database=database,
-    )
+    return await PostgresCluster(settings).superuser_connect(database)
 
 
 @pytest.fixture

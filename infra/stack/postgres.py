@@ -233,12 +233,19 @@ class PostgresCluster:
         wait_until(self.healthy, timeout=s.pg_start_timeout, what="PostgreSQL", log=self.log)
         return True
 
+    async def superuser_connect(self, database: str = "postgres") -> asyncpg.Connection:
+        """The cluster's superuser over its private socket (root or the cluster's user only)."""
+        return await asyncpg.connect(
+            host=str(self.socket_dir),
+            port=self.settings.pg_port,
+            user="postgres",
+            database=database,
+        )
+
     async def _bootstrap_roles(self) -> None:
         """Create the application role and database (idempotent), as the local superuser."""
         s = self.settings
-        conn = await asyncpg.connect(
-            host=str(self.socket_dir), port=s.pg_port, user="postgres", database="postgres"
-        )
+        conn = await self.superuser_connect()
         try:
             password = self.app_password()
             exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", s.pg_user)

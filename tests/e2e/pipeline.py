@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -18,16 +17,10 @@ import asyncpg
 import httpx
 
 from infra.settings import StackSettings
+from infra.stack.process import free_port
 from tests.conftest import ROOT
 from tests.registry.conftest import TEST_KEYS
 from tests.streams.worker import Topics, start_worker, stop_worker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

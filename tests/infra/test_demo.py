@@ -16,9 +16,9 @@ import pytest
 
 from infra.demo import DemoPaths
 from infra.settings import StackSettings
+from infra.stack.process import free_port
 from producers.simulator import simulated_server_id
 from tests.conftest import ROOT
-from tests.e2e.pipeline import free_port
 
 pytestmark = pytest.mark.integration
 

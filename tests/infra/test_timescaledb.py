@@ -7,7 +7,6 @@ and retention policies. It serves one client at a time and is a test tool only.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -16,6 +15,7 @@ import asyncpg
 import pytest
 
 from infra.db import load_migrations, migrate
+from infra.stack.process import free_port
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -23,19 +23,12 @@ pytestmark = pytest.mark.integration
 PGLITE = ROOT / "infra" / "pglite"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def standin() -> Iterator[int]:
     """Start the stand-in on a free port; yield the port."""
     if not (PGLITE / "node_modules").exists():
         pytest.fail("infra/pglite/node_modules is missing: run `make test` (it runs npm ci)")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         ["node", "server.mjs", "--host", "127.0.0.1", "--port", str(port)],
         cwd=PGLITE,

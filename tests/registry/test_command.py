@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import ssl
 import stat
 import subprocess
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from infra.settings import StackSettings
+from infra.stack.process import free_port
 from infra.stack.tls import ensure_certificates
 from registry.crypto import Keyring, parse_keys
 from registry.settings import RegistrySettings
@@ -35,13 +35,6 @@ def database(stack_settings: StackSettings) -> Iterator[str]:
     drop_database(stack_settings, name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "infra.cli", "registry", *args],
@@ -55,7 +48,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_create_admin_serve_https_and_rotate_the_key(database: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     tls = ensure_certificates(tmp_path / "tls")
     key_file = tmp_path / "secrets" / "registry_keys"
     env = {
@@ -179,7 +172,7 @@ def _stored(settings: RegistrySettings, server_id: str) -> str:
 def test_serve_without_a_database_is_one_line(tmp_path: Path) -> None:
     env = {
         **os.environ,
-        "FLEETPULSE_PG_PORT": str(_free_port()),
+        "FLEETPULSE_PG_PORT": str(free_port()),
         "FLEETPULSE_REGISTRY_KEY_FILE": str(tmp_path / "keys"),
     }
     done = _cli(env)
