@@ -31,7 +31,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from producers.settings import ProducerSettings
-from schemas import RAW, RawMetricEvent
+from schemas import RawMetricEvent
 from schemas.messages import describe_validation_error
 from schemas.topics import KeyPartitioner
 
@@ -80,11 +80,14 @@ class ProducerStats:
 
 
 class MetricProducer:
-    """Sends raw metric events to `metrics.raw.v1` (or `topic`), keyed by server_id."""
+    """Sends raw metric events to `metrics.raw.v1` (or `topic`, or the settings' `raw_topic`),
+    keyed by server_id."""
 
-    def __init__(self, settings: ProducerSettings | None = None, *, topic: str = RAW.name) -> None:
+    def __init__(
+        self, settings: ProducerSettings | None = None, *, topic: str | None = None
+    ) -> None:
         self.settings = settings or ProducerSettings()
-        self.topic = topic
+        self.topic = topic or self.settings.raw_topic
         self._buffer: deque[_Record] = deque()
         self._in_flight = 0
         self._wakeup = asyncio.Event()

@@ -8,11 +8,13 @@ from pydantic import Field
 
 from schemas.messages import MAX_PROCESSES, ServerId
 from schemas.settings import KafkaSettings
+from schemas.topics import RAW
 
 
 class ProducerSettings(KafkaSettings):
     """Delivery settings shared by the agent, the simulator and the producer library."""
 
+    raw_topic: str = Field(default=RAW.name, description="Topic the raw events are sent to.")
     buffer_size: int = Field(
         default=600,
         ge=1,
