@@ -79,6 +79,7 @@ class Child:
     args: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # over the demo's own environment
 
     @property
     def state(self) -> str:
@@ -207,6 +208,7 @@ def start_children(children: list[Child], paths: DemoPaths) -> None:
     """Start each child in a session of its own, so a Ctrl-C reaches only the demo, which
     then stops them in order."""
     paths.logs.mkdir(parents=True, exist_ok=True)
+    paths.children.parent.mkdir(parents=True, exist_ok=True)
     for child in children:
         log: IO[bytes]
         with child.log_path.open("ab") as log:
@@ -218,6 +220,7 @@ def start_children(children: list[Child], paths: DemoPaths) -> None:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **child.env},
             )
     paths.children.write_text(
         json.dumps({c.name: c.proc.pid for c in children if c.proc is not None}) + "\n"

@@ -1,0 +1,417 @@
+"""End to end: N simulated hosts at 1 Hz through the whole pipeline, everything on this machine.
+
+Each component runs as its own process, as an operator runs it: `fleetpulse simulate` → raw
+topic → `fleetpulse stream` → aggregate topics → `fleetpulse sink` → PostgreSQL, and
+`fleetpulse registry` following the status topic; the broker and PostgreSQL share the same
+cores. Every run has topics and consumer groups of its own; all runs use one benchmark
+database whose `metrics_snapshots` has one extra column, `landed_at DEFAULT clock_timestamp()`,
+stamped as the sink's upsert inserts the row (inside its transaction, just before the commit).
+
+All processes start together; the simulator runs SECONDS s. Measured are the 5 s windows that
+start WARMUP s after the start and end before the simulator stops: their rows (all hosts, every
+window, 5 samples each = nothing lost), `landed_at - window_end` (p50, p99), the samples landed
+per second, and each component's CPU and memory over that stretch. A run *holds* when every
+measured row is there and complete, the simulator finished no second late and dropped nothing,
+nothing was dead-lettered, and p99 is at most 3 s.
+
+Grace: a 5 s window closes when its partition's event time passes its end plus the grace, so a
+row cannot land sooner than the grace after the window's end. The worker's default grace is
+5 s (room for hosts whose clocks or links lag); these runs set `FLEETPULSE_GRACE_5S=1`, the
+setting for a fleet that wants rows within 3 s, and one reference run keeps the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from benchmarks.common import (
+    bench_database,
+    drop_database,
+    median,
+    percentile,
+    row,
+    stack_up,
+)
+from benchmarks.simulator import summary
+from infra import stack
+from infra.db import migrate
+from infra.demo import Child, DemoPaths, start_children, stop_children
+from infra.settings import StackSettings
+from infra.stack.process import free_port
+from infra.topics import create_topics
+from producers.simulator import simulated_server_id
+from schemas.topics import AGG_1D, AGG_1H, AGG_5S, DLQ, RAW, STATUS, TopicSpec
+
+SEED = 7
+SECONDS = 60
+WARMUP = 15
+GRACE = 1.0
+DEFAULT_GRACE = 5.0
+TARGET_HOSTS = 5_000
+TARGET_P99 = 3.0
+RUNS = 3
+#: Fleet sizes tried after the target, one run each, up to the first that does not hold.
+LADDER = (7_500, 10_000, 12_500, 15_000, 17_500, 20_000)
+COMPONENTS = ("simulate", "stream", "sink", "registry", "kafka", "postgres")
+LABELS = {
+    "simulate": "simulator (`fleetpulse simulate`)",
+    "stream": "stream worker",
+    "sink": "sink",
+    "registry": "registry (status consumer, idle API)",
+    "kafka": "Kafka broker (JVM)",
+    "postgres": "PostgreSQL (all its processes)",
+}
+
+
+@dataclass
+class Result:
+    hosts: int
+    grace: float
+    expected: int  # 5 s rows measured: hosts x windows
+    rows: int  # of those, landed
+    complete: int  # of those, with all 5 samples
+    events_per_s: float  # samples landed per second of measured windows
+    p50: float
+    p99: float
+    late_seconds: float
+    dropped: float
+    dead_letters: int
+    busy: float  # whole machine, % of all cores
+    cpu: dict[str, float] = field(default_factory=dict)  # % of one core
+    memory: dict[str, float] = field(default_factory=dict)  # peak MiB
+
+    @property
+    def holds(self) -> bool:
+        return (
+            self.rows == self.expected == self.complete
+            and self.late_seconds == 0
+            and self.dropped == 0
+            and self.dead_letters == 0
+            and self.p99 <= TARGET_P99
+        )
+
+
+class Meter:
+    """CPU seconds and peak memory per component. PostgreSQL counts the postmaster, its live
+    backends and the CPU of those it has reaped; its memory is the sum of proportional set
+    sizes (shared buffers counted once). Others: resident set size."""
+
+    def __init__(self, procs: dict[str, psutil.Process]) -> None:
+        self.procs = procs
+        self.peak = dict.fromkeys(procs, 0.0)
+
+    def sample(self) -> dict[str, float]:
+        cpu: dict[str, float] = {}
+        for name, proc in self.procs.items():
+            try:
+                t = proc.cpu_times()
+                if name == "postgres":
+                    kids = proc.children(recursive=True)
+                    seconds = t.user + t.system + t.children_user + t.children_system
+                    mem = proc.memory_full_info().pss
+                    for kid in kids:
+                        try:
+                            k = kid.cpu_times()
+                            seconds += k.user + k.system
+                            mem += kid.memory_full_info().pss
+                        except psutil.NoSuchProcess:
+                            pass
+                else:
+                    seconds = t.user + t.system
+                    mem = proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            cpu[name] = seconds
+            self.peak[name] = max(self.peak[name], mem / 2**20)
+        return cpu
+
+
+def _topics(tag: str) -> tuple[list[TopicSpec], dict[str, str]]:
+    """Topics of one run, partitioned like the real ones, and the variables that name them."""
+    real = {"RAW": RAW, "AGG_5S": AGG_5S, "AGG_1H": AGG_1H, "AGG_1D": AGG_1D}
+    real |= {"STATUS": STATUS, "DLQ": DLQ}
+    names = {var: f"bench.e2e.{spec.name}.{tag}" for var, spec in real.items()}
+    specs = [TopicSpec(names[var], spec.partitions, 3_600_000) for var, spec in real.items()]
+    return specs, {f"FLEETPULSE_{var}_TOPIC": name for var, name in names.items()}
+
+
+async def _prepare(settings: StackSettings, hosts: int) -> str:
+    """The benchmark database: migrated, `landed_at` added, every simulated host registered."""
+    name = await bench_database(settings)
+    conn = await asyncpg.connect(**settings.connect_kwargs(database=name))
+    try:
+        await migrate(conn, storage="postgres")
+        await conn.execute(
+            "ALTER TABLE metrics_snapshots ADD COLUMN landed_at timestamptz "
+            "DEFAULT clock_timestamp()"
+        )
+        records = [
+            (sid, f"sim-{i}", f"sim-{i}.bench", 22, "bench", "v1:unused")
+            for i in range(hosts)
+            for sid in (simulated_server_id(SEED, i),)
+        ]
+        columns = ["id", "name", "hostname", "port", "username", "encrypted_password"]
+        await conn.copy_records_to_table("servers", records=records, columns=columns)
+    finally:
+        await conn.close()
+    return name
+
+
+def _children(paths: DemoPaths, hosts: int, env: dict[str, str]) -> list[Child]:
+    args = {
+        "registry": ["registry"],
+        "sink": ["sink"],
+        "stream": ["stream"],
+        "simulate": ["simulate", "--hosts", str(hosts), "--seed", str(SEED),
+                     "--duration", str(SECONDS)],
+    }  # fmt: skip
+    return [Child(n, a, paths.logs / f"bench-e2e-{n}.log", env=env) for n, a in args.items()]
+
+
+async def _dead_letters(bootstrap: str, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(DLQ.partitions)]
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
+
+
+async def _landed(
+    settings: StackSettings, database: str, since: float, until: float, expected: int
+) -> list[asyncpg.Record]:
+    """The measured rows, once all are in (or 30 s after the simulator stopped)."""
+    conn = await asyncpg.connect(**settings.connect_kwargs(database=database))
+    bounds = (datetime.fromtimestamp(since, UTC), datetime.fromtimestamp(until, UTC))
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            n = await conn.fetchval(
+                'SELECT count(*) FROM metrics_snapshots WHERE "timestamp" >= $1 '
+                'AND "timestamp" < $2 AND sample_count = 5',
+                *bounds,
+            )
+            if n >= expected:
+                break
+            await asyncio.sleep(0.5)
+        rows: list[asyncpg.Record] = await conn.fetch(
+            'SELECT extract(epoch FROM landed_at - "timestamp")::float8 - 5 AS delay, '
+            'sample_count FROM metrics_snapshots WHERE "timestamp" >= $1 AND "timestamp" < $2',
+            *bounds,
+        )
+        return rows
+    finally:
+        await conn.close()
+
+
+async def _truncate(settings: StackSettings, database: str) -> None:
+    conn = await asyncpg.connect(**settings.connect_kwargs(database=database))
+    try:
+        await conn.execute("TRUNCATE metrics_snapshots, metrics_hourly, metrics_daily")
+    finally:
+        await conn.close()
+
+
+def _wait_healthy(port: int, child: Child, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc is not None and child.proc.poll() is not None:
+            raise RuntimeError(f"the registry exited; see {child.log_path}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the registry did not answer within {timeout:.0f} s")
+
+
+def one_run(settings: StackSettings, database: str, hosts: int, grace: float) -> Result:
+    tag = uuid.uuid4().hex[:8]
+    specs, topic_env = _topics(tag)
+    asyncio.run(create_topics(settings.kafka_bootstrap, specs))
+    asyncio.run(_truncate(settings, database))
+    port = free_port()
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    env = {
+        **topic_env,
+        "FLEETPULSE_PG_DATABASE": database,
+        "FLEETPULSE_STREAM_GROUP": f"bench-e2e-stream-{tag}",
+        "FLEETPULSE_SINK_GROUP": f"bench-e2e-sink-{tag}",
+        "FLEETPULSE_REGISTRY_GROUP": f"bench-e2e-registry-{tag}",
+        "FLEETPULSE_REGISTRY_PORT": str(port),
+        "FLEETPULSE_REGISTRY_KEYS": f"1:{key}",
+        "FLEETPULSE_GRACE_5S": str(grace),
+        "FLEETPULSE_METRICS_PORT": "0",
+    }
+    paths = DemoPaths(settings.home_dir / "bench")
+    children = _children(paths, hosts, env)
+    services = {s.name: s.pid for s in stack.status(settings) if s.pid is not None}
+    start = time.time()
+    start_children(children, paths)
+    try:
+        by_name = {c.name: c for c in children}
+        pids = {c.name: c.proc.pid for c in children if c.proc is not None} | services
+        meter = Meter({name: psutil.Process(pids[name]) for name in COMPONENTS})
+        _wait_healthy(port, by_name["registry"])
+        sim = by_name["simulate"].proc
+        assert sim is not None
+        first: tuple[float, dict[str, float], float] | None = None
+        last: tuple[float, dict[str, float], float] | None = None
+        while sim.poll() is None:
+            cpu = meter.sample()
+            t = psutil.cpu_times()
+            now = (time.monotonic(), cpu, t.user + t.system + t.nice + t.irq + t.softirq)
+            if time.time() >= start + WARMUP:
+                first = first or now
+                last = now
+            for c in children:
+                if c.proc is not None and c.proc.poll() not in (None, 0):
+                    raise RuntimeError(f"{c.name} exited ({c.proc.returncode}); see {c.log_path}")
+            time.sleep(1.0)
+        if sim.returncode != 0 or first is None or last is None or last[0] - first[0] < 10:
+            raise RuntimeError(f"the simulator failed; see {by_name['simulate'].log_path}")
+        counts = summary(by_name["simulate"].log_path.read_text())
+        since = (int(start + WARMUP) // 5 + 1) * 5
+        until = int(start + SECONDS) // 5 * 5
+        expected = hosts * (until - since) // 5
+        rows = asyncio.run(_landed(settings, database, since, until, expected))
+        dead = asyncio.run(_dead_letters(settings.kafka_bootstrap, env["FLEETPULSE_DLQ_TOPIC"]))
+    finally:
+        codes = stop_children(children)
+    if any(code != 0 for code in codes.values()):
+        raise RuntimeError(f"a component did not stop cleanly: {codes}; logs in {paths.logs}")
+    delays = [r["delay"] for r in rows] or [float("inf")]
+    wall = last[0] - first[0]
+    return Result(
+        hosts=hosts,
+        grace=grace,
+        expected=expected,
+        rows=len(rows),
+        complete=sum(1 for r in rows if r["sample_count"] == 5),
+        events_per_s=sum(r["sample_count"] for r in rows) / (until - since),
+        p50=percentile(delays, 0.50),
+        p99=percentile(delays, 0.99),
+        late_seconds=counts["late"],
+        dropped=counts["dropped"],
+        dead_letters=dead,
+        busy=100 * (last[2] - first[2]) / wall / (os.cpu_count() or 1),
+        cpu={n: 100 * (last[1][n] - first[1][n]) / wall for n in COMPONENTS},
+        memory=dict(meter.peak),
+    )
+
+
+def _say(r: Result) -> None:
+    print(
+        f"  {r.hosts:,} hosts, grace {r.grace:g} s: {r.events_per_s:,.0f} events/s, "
+        f"rows {r.complete:,}/{r.expected:,} complete, p50 {r.p50:.2f} s, p99 {r.p99:.2f} s, "
+        f"machine {r.busy:.0f} % busy: {'holds' if r.holds else 'does not hold'}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _report(target: list[Result], reference: Result, ladder: list[Result]) -> str:
+    held = [r.hosts for r in [*target, *ladder] if r.holds]
+    largest = f"{max(held):,}" if held else "none of the sizes tried"
+    lines = [
+        "## End to end",
+        "",
+        f"Everything on this machine, each component its own process: `fleetpulse simulate` "
+        f"(N hosts at 1 Hz) → Kafka → `fleetpulse stream` → `fleetpulse sink` → PostgreSQL, "
+        f"and `fleetpulse registry` following the status topic; default partition counts. "
+        f"Each run: {SECONDS} s of simulation; measured are the 5 s windows from {WARMUP} s "
+        "after start to the simulator's end: every host's row must land complete, with "
+        "`landed_at` (a `clock_timestamp()` default on `metrics_snapshots`, in the sink's "
+        f"transaction) at most {TARGET_P99:g} s after the window's end at p99. Window grace "
+        f"`FLEETPULSE_GRACE_5S={GRACE:g}` (the default 5 s would add 4 s to every delay; see "
+        "the reference row).",
+        "",
+        f"Target: {TARGET_HOSTS:,} hosts, {len(target)} runs.",
+        "",
+        "| Measure | Median | Range |",
+        "| --- | ---: | ---: |",
+        row("Events/s end to end (samples landed per second)",
+            [r.events_per_s for r in target], "{:,.0f}"),
+        row("Window end to row in PostgreSQL, p50, s", [r.p50 for r in target], "{:.2f}"),
+        row("Window end to row in PostgreSQL, p99, s", [r.p99 for r in target], "{:.2f}"),
+        row("Rows landed complete, % of expected",
+            [100 * r.complete / r.expected for r in target], "{:.1f}"),
+        row("Simulator seconds late + events dropped + dead letters",
+            [r.late_seconds + r.dropped + r.dead_letters for r in target], "{:.0f}"),
+        row("Whole machine busy, % of both cores", [r.busy for r in target], "{:.0f}"),
+        "",
+        f"Per component at {TARGET_HOSTS:,} hosts (median of the runs):",
+        "",
+        "| Component | CPU, % of one core | Peak memory, MiB |",
+        "| --- | ---: | ---: |",
+    ]  # fmt: skip
+    for name in COMPONENTS:
+        cpu = median([r.cpu[name] for r in target])
+        mem = median([r.memory[name] for r in target])
+        lines.append(f"| {LABELS[name]} | {cpu:.0f} | {mem:.0f} |")
+    lines += [
+        "",
+        f"Reference, the default grace ({DEFAULT_GRACE:g} s) at {reference.hosts:,} hosts, one "
+        f"run: p50 {reference.p50:.2f} s, p99 {reference.p99:.2f} s, "
+        f"{reference.events_per_s:,.0f} events/s, rows {reference.complete:,} of "
+        f"{reference.expected:,} complete.",
+        "",
+        "Larger fleets, one run each, up to the first that does not hold:",
+        "",
+        "| Hosts | Events/s | p50, s | p99, s | Rows complete | Late s / dropped / DLQ "
+        "| Machine busy | Holds |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in [median_run(target), *ladder]:
+        lines.append(
+            f"| {r.hosts:,} | {r.events_per_s:,.0f} | {r.p50:.2f} | {r.p99:.2f} | "
+            f"{100 * r.complete / r.expected:.1f} % | {r.late_seconds:.0f} / {r.dropped:.0f} / "
+            f"{r.dead_letters} | {r.busy:.0f} % | {'yes' if r.holds else 'no'} |"
+        )
+    lines += ["", f"Largest fleet that holds: **{largest}** hosts.", ""]
+    return "\n".join(lines)
+
+
+def median_run(runs: list[Result]) -> Result:
+    """The run with the median p99."""
+    return sorted(runs, key=lambda r: r.p99)[len(runs) // 2]
+
+
+def run() -> str:
+    settings = stack_up()
+    database = asyncio.run(_prepare(settings, max(LADDER)))
+    try:
+        print(f"end to end: {TARGET_HOSTS:,} hosts x {RUNS} runs …", file=sys.stderr)
+        target = [one_run(settings, database, TARGET_HOSTS, GRACE) for _ in range(RUNS)]
+        for r in target:
+            _say(r)
+        reference = one_run(settings, database, TARGET_HOSTS, DEFAULT_GRACE)
+        _say(reference)
+        ladder: list[Result] = []
+        for hosts in LADDER:
+            ladder.append(one_run(settings, database, hosts, GRACE))
+            _say(ladder[-1])
+            if not ladder[-1].holds:
+                break
+    finally:
+        asyncio.run(drop_database(settings, database))
+    return _report(target, reference, ladder)
+
+
+if __name__ == "__main__":
+    print(run())
