@@ -10,13 +10,21 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from infra.topics import create_topics
 from schemas import DeadLetter, ServerStatusChange, WindowAggregate
 from schemas.topics import TopicSpec
 from tests.schemas.test_messages import event_dict
-from tests.streams.worker import Topics, produce, start_worker, stop_worker
+from tests.streams.worker import (
+    Topics,
+    by_window,
+    collect,
+    expected_windows,
+    fleet_events,
+    produce,
+    start_worker,
+    stop_worker,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,25 +45,6 @@ def event(server: str, second: float, cpu: float) -> bytes:
     return json.dumps(
         event_dict(server_id=server, timestamp=ts, cpu_usage=cpu, network_rx=10)
     ).encode()
-
-
-async def collect(
-    bootstrap: str, topic: str, expect: int, timeout: float = 90, *, distinct: bool = False
-) -> list[bytes]:
-    """Read `topic` from the start until `expect` records (windows, if `distinct`) are in."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    got: list[bytes] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while (len(by_window(got)) if distinct else len(got)) < expect:
-                batch = await consumer.getmany(timeout_ms=500)
-                got += [r.value for rs in batch.values() for r in rs]
-        batch = await consumer.getmany(timeout_ms=1500)  # anything beyond expected shows
-        got += [r.value for rs in batch.values() for r in rs]
-    finally:
-        await consumer.stop()
-    return got
 
 
 def scripted() -> list[tuple[bytes, bytes]]:
@@ -146,46 +135,6 @@ async def test_worker_windows_dead_letters_and_status(kafka_bootstrap: str, topi
     assert {(A, "online"), (B, "online"), (A, "offline"), (B, "offline")} <= seen
     off_a = next(s for s in statuses if s.server_id == A and s.status.value == "offline")
     assert off_a.last_event_at == T0 + timedelta(seconds=59)
-
-
-def fleet_events(
-    servers: list[str], t0: datetime, seconds: range | list[int]
-) -> list[tuple[bytes, bytes]]:
-    """Each server's event for each second (cpu = (second + server index) % 100), in the
-    order the hosts send them."""
-    out = []
-    for i in seconds:
-        for n, sid in enumerate(servers):
-            ts = (t0 + timedelta(seconds=i)).isoformat()
-            value = event_dict(server_id=sid, timestamp=ts, cpu_usage=float((i + n) % 100))
-            out.append((sid.encode(), json.dumps(value).encode()))
-    return out
-
-
-def expected_windows(
-    servers: list[str], t0: datetime, seconds: list[int], size: int
-) -> dict[tuple[str, datetime], tuple[int, float, float, float, int]]:
-    """Reference aggregation of `fleet_events`: (server, start) → (count, cpu avg, min, max,
-    rx sum), computed directly from the events."""
-    cpus: dict[tuple[str, datetime], list[float]] = {}
-    for i in seconds:
-        at = t0 + timedelta(seconds=i)
-        start = datetime.fromtimestamp(int(at.timestamp()) // size * size, UTC)
-        for n, sid in enumerate(servers):
-            cpus.setdefault((sid, start), []).append(float((i + n) % 100))
-    rx = event_dict()["network_rx"]
-    return {k: (len(v), sum(v) / len(v), min(v), max(v), rx * len(v)) for k, v in cpus.items()}
-
-
-def by_window(values: list[bytes]) -> dict[tuple[str, datetime], WindowAggregate]:
-    """Windows by (server, start), asserting that a window emitted twice is identical."""
-    windows: dict[tuple[str, datetime], WindowAggregate] = {}
-    for v in values:
-        agg = WindowAggregate.model_validate_json(v)
-        key = (agg.server_id, agg.window_start)
-        seen = windows.setdefault(key, agg)
-        assert seen.model_dump(exclude={"emitted_at"}) == agg.model_dump(exclude={"emitted_at"})
-    return windows
 
 
 def summary(

@@ -1,17 +1,22 @@
 """Helpers for tests that run `fleetpulse stream` against the real broker: topics of a test's
-own, producing raw records, starting and stopping a worker subprocess."""
+own, producing raw records, starting and stopping a worker subprocess, a fleet's events and
+their reference windows, reading the windows back."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from schemas import WindowAggregate
 from tests.conftest import ROOT
+from tests.schemas.test_messages import event_dict
 
 
 @dataclass
@@ -67,3 +72,62 @@ async def stop_worker(proc: asyncio.subprocess.Process) -> str:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     return err.decode()
+
+
+async def collect(
+    bootstrap: str, topic: str, expect: int, timeout: float = 90, *, distinct: bool = False
+) -> list[bytes]:
+    """Read `topic` from the start until `expect` records (windows, if `distinct`) are in."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    got: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while (len(by_window(got)) if distinct else len(got)) < expect:
+                batch = await consumer.getmany(timeout_ms=500)
+                got += [r.value for rs in batch.values() for r in rs]
+        batch = await consumer.getmany(timeout_ms=1500)  # anything beyond expected shows
+        got += [r.value for rs in batch.values() for r in rs]
+    finally:
+        await consumer.stop()
+    return got
+
+
+def fleet_events(
+    servers: list[str], t0: datetime, seconds: range | list[int]
+) -> list[tuple[bytes, bytes]]:
+    """Each server's event for each second (cpu = (second + server index) % 100), in the
+    order the hosts send them."""
+    out = []
+    for i in seconds:
+        for n, sid in enumerate(servers):
+            ts = (t0 + timedelta(seconds=i)).isoformat()
+            value = event_dict(server_id=sid, timestamp=ts, cpu_usage=float((i + n) % 100))
+            out.append((sid.encode(), json.dumps(value).encode()))
+    return out
+
+
+def expected_windows(
+    servers: list[str], t0: datetime, seconds: list[int], size: int
+) -> dict[tuple[str, datetime], tuple[int, float, float, float, int]]:
+    """Reference aggregation of `fleet_events`: (server, start) → (count, cpu avg, min, max,
+    rx sum), computed directly from the events."""
+    cpus: dict[tuple[str, datetime], list[float]] = {}
+    for i in seconds:
+        at = t0 + timedelta(seconds=i)
+        start = datetime.fromtimestamp(int(at.timestamp()) // size * size, UTC)
+        for n, sid in enumerate(servers):
+            cpus.setdefault((sid, start), []).append(float((i + n) % 100))
+    rx = event_dict()["network_rx"]
+    return {k: (len(v), sum(v) / len(v), min(v), max(v), rx * len(v)) for k, v in cpus.items()}
+
+
+def by_window(values: list[bytes]) -> dict[tuple[str, datetime], WindowAggregate]:
+    """Windows by (server, start), asserting that a window emitted twice is identical."""
+    windows: dict[tuple[str, datetime], WindowAggregate] = {}
+    for v in values:
+        agg = WindowAggregate.model_validate_json(v)
+        key = (agg.server_id, agg.window_start)
+        seen = windows.setdefault(key, agg)
+        assert seen.model_dump(exclude={"emitted_at"}) == agg.model_dump(exclude={"emitted_at"})
+    return windows
