@@ -17,21 +17,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pydantic import SecretStr
 
 from infra.settings import StackSettings
-from infra.topics import create_topics
-from registry.service import create_admin
-from registry.settings import RegistrySettings
-from schemas.topics import TopicSpec
-from tests.e2e.pipeline import Pipeline, wait_for
-from tests.registry.conftest import TEST_KEYS, create_database, drop_database, server_body
+from tests.e2e.pipeline import Pipeline, register, running_pipeline, wait_for
 from tests.schemas.test_messages import event_dict
-from tests.streams.worker import Topics, produce
+from tests.streams.worker import produce
 
 pytestmark = pytest.mark.integration
 
-ADMIN, PASSWORD = "e2e@fleetpulse.test", "e2e-password-Kq3"
 #: An hour boundary of yesterday: inside the database's partitions, and long closed by the clock.
 T0 = datetime.now(UTC).replace(hour=6, minute=0, second=0, microsecond=0) - timedelta(days=1)
 
@@ -41,30 +34,8 @@ async def pipeline(
     stack_settings: StackSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Pipeline, str]]:
     """The running pipeline and an admin token for its registry."""
-    s = uuid.uuid4().hex[:8]
-    topics = Topics(*(f"e2e.{name}.{s}" for name in ("raw", "a5", "a1h", "a1d", "st", "dlq")))
-    await create_topics(
-        stack_settings.kafka_bootstrap, [TopicSpec(n, 4, 3_600_000) for n in vars(topics).values()]
-    )
-    database = await asyncio.to_thread(create_database, stack_settings)
-    settings = RegistrySettings(pg_database=database, registry_keys=SecretStr(TEST_KEYS))
-    await create_admin(settings, ADMIN, "E2E", PASSWORD)
-    p = Pipeline(stack_settings, topics, database, tmp_path_factory.mktemp("e2e-logs"))
-    await p.start()
-    try:
-        r = await p.request("POST", "/login", json={"email": ADMIN, "password": PASSWORD})
-        assert r.status_code == 200, r.text
-        yield p, r.json()["access_token"]
-    finally:
-        codes = await p.stop()
-        await asyncio.to_thread(drop_database, stack_settings, database)
-    assert codes == {"stream": 0, "sink": 0, "registry": 0}, {n: p.log(n) for n in codes}
-
-
-async def register(p: Pipeline, token: str, *server_ids: str) -> None:
-    for sid in server_ids:
-        r = await p.request("POST", "/servers", token, json=server_body(id=sid))
-        assert r.status_code == 201, r.text
+    async with running_pipeline(stack_settings, tmp_path_factory.mktemp("e2e-logs")) as started:
+        yield started
 
 
 def raw(server: str, at: datetime, cpu: float, rx: int = 10) -> bytes:
