@@ -155,6 +155,27 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lag(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from infra.lag import report
+    from registry.settings import RegistrySettings
+    from sinks.settings import SinkSettings
+    from streams.settings import StreamSettings
+
+    stream, sink, registry = StreamSettings(), SinkSettings(), RegistrySettings()
+    groups = {
+        stream.stream_group: [stream.raw_topic],
+        sink.sink_group: [sink.agg_5s_topic, sink.agg_1h_topic, sink.agg_1d_topic],
+        registry.registry_group: [registry.status_topic],
+    }
+    try:
+        print(asyncio.run(report(stream.kafka_bootstrap, groups, stream.dlq_topic)))
+    except KafkaError as exc:
+        raise CommandError(f"Kafka at {stream.kafka_bootstrap}: {exc}") from None
+    return 0
+
+
 def _stream(args: argparse.Namespace) -> int:
     from streams.app import StreamWorker
     from streams.settings import StreamSettings
@@ -338,6 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--list-ids", action="store_true", help="print the simulated server ids and exit"
     )
     sim.set_defaults(func=_simulate)
+
+    sub.add_parser(
+        "lag",
+        help="how far the stream, sink and registry groups are behind; the dead letters",
+        description="Reads committed and end offsets from the broker: per consumer group "
+        "(FLEETPULSE_STREAM_GROUP on the raw topic, FLEETPULSE_SINK_GROUP on the aggregate "
+        "topics, FLEETPULSE_REGISTRY_GROUP on the status topic) and topic, the messages not yet "
+        "consumed; and how many dead letters the DLQ topic holds.",
+    ).set_defaults(func=_lag)
 
     sub.add_parser(
         "stream",

@@ -41,6 +41,7 @@ from rich.table import Table
 from infra import stack
 from infra.db import migrate
 from infra.errors import FleetPulseError
+from infra.lag import group_lag, partitions
 from infra.settings import StackSettings
 from infra.topics import create_topics
 from producers.simulator import simulated_server_id
@@ -303,9 +304,7 @@ class Probe:
         self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await self._admin.start()
         self._conn = await asyncpg.connect(**self.db.connect_kwargs())
-        for described in await self._admin.describe_topics(list(TOPICS)):
-            topic = described["topic"]
-            parts = sorted(p["partition"] for p in described["partitions"])
+        for topic, parts in (await partitions(self._admin, list(TOPICS))).items():
             self._partitions[topic] = [TopicPartition(topic, p) for p in parts]
 
     async def close(self) -> None:
@@ -320,23 +319,15 @@ class Probe:
         self, group: str, topics: tuple[str, ...], ends: dict[TopicPartition, int]
     ) -> int | None:
         assert self._admin is not None and self._consumer is not None
-        try:
-            committed = await self._admin.list_consumer_group_offsets(group)
-        except KafkaError:  # e.g. no coordinator yet on a fresh broker: no number this time
-            return None
-        if not committed:
-            return None
-        tps = [tp for t in topics for tp in self._partitions[t]]
-        begins = await self._consumer.beginning_offsets(tps)
-        return int(
-            sum(ends[tp] - (committed[tp].offset if tp in committed else begins[tp]) for tp in tps)
-        )
+        parts = {t: [tp.partition for tp in self._partitions.get(t, [])] for t in topics}
+        lags = await group_lag(self._admin, self._consumer, group, parts, ends)
+        return None if lags is None else sum(lag.behind for lag in lags)
 
     async def sample(self) -> Sample:
         assert self._consumer is not None and self._conn is not None
         tps = [tp for parts in self._partitions.values() for tp in parts]
         ends: dict[TopicPartition, int] = await self._consumer.end_offsets(tps)
-        by_topic = {t: sum(ends[tp] for tp in self._partitions[t]) for t in TOPICS}
+        by_topic = {t: sum(ends[tp] for tp in self._partitions.get(t, [])) for t in TOPICS}
         stream_lag = await self._lag(self.stream_group, (RAW.name,), ends)
         sink_lag = await self._lag(self.sink_group, (AGG_5S.name, AGG_1H.name, AGG_1D.name), ends)
         rows = {t: int(await self._conn.fetchval(f"SELECT count(*) FROM {t}")) for t in TABLES}
