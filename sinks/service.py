@@ -1,7 +1,8 @@
 """`fleetpulse sink`: the aggregate topics into the metric tables, in batches.
 
 Lifecycle: `run()` consumes `metrics.agg.5s.v1`, `.1h.v1` and `.1d.v1` in one consumer group
-and collects rows until `batch_rows` or `batch_age_ms`; `flush()` writes them in one
+and collects rows until `batch_rows`, `batch_age_ms`, or until it has read all there is (then
+waiting longer would only add delay); `flush()` writes them in one
 transaction and only then commits the Kafka offsets. While the database is down the sink
 pauses its partitions, retries with capped exponential backoff (polling Kafka so the group
 keeps it), and resumes. A message that is not a valid aggregate, or a row the database
@@ -155,16 +156,18 @@ class Sink:
             wait = (
                 age if self._first_at is None else max(0.0, self._first_at + age - time.monotonic())
             )
-            batch = await self._consumer.getmany(
-                timeout_ms=int(wait * 1000), max_records=max(1, s.batch_rows - self._pending)
+            batch = await self._consumer.getmany(  # a second at most: stop() is seen soon
+                timeout_ms=int(min(wait, 1.0) * 1000),
+                max_records=max(1, s.batch_rows - self._pending),
             )
             for tp, records in batch.items():
                 for record in records:
                     await self._take(tp, record)
             due = self._first_at is not None and time.monotonic() - self._first_at >= age
-            if self._pending >= s.batch_rows or due:
+            lag = self._update_lag()
+            # Caught up (nothing more fetched or known to the broker): no reason to wait.
+            if self._pending >= s.batch_rows or due or (self._first_at is not None and lag == 0):
                 await self.flush()
-            self._update_lag()
             await self._maybe_maintain()
         await self.flush()
 
@@ -309,7 +312,9 @@ class Sink:
             self._conn = None
 
     # -- upkeep ------------------------------------------------------------------------------
-    def _update_lag(self) -> None:
+    def _update_lag(self) -> int:
+        """Messages between what this sink has read and the end of its partitions, as of the
+        last fetch (partitions it has read nothing from since joining count as caught up)."""
         assert self._consumer is not None
         total = 0
         for tp in self._consumer.assignment():
@@ -318,6 +323,7 @@ class Sink:
             if high is not None and position is not None:
                 total += max(0, high - position)
         LAG.set(total)
+        return total
 
     async def _maybe_maintain(self) -> None:
         now = time.monotonic()

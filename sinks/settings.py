@@ -20,7 +20,10 @@ class SinkSettings(KafkaSettings, PostgresSettings):
         default=5000, ge=1, le=100_000, description="Rows per database transaction (at most)."
     )
     batch_age_ms: int = Field(
-        default=500, ge=1, description="Longest a row waits before its batch is written."
+        default=500,
+        ge=1,
+        description="Longest a row waits before its batch is written while more keep coming "
+        "(a sink that has read all there is writes at once).",
     )
     write_method: Literal["auto", "copy", "unnest"] = Field(
         default="auto",

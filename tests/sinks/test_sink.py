@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -180,6 +181,24 @@ async def test_aggregates_in_exact_rows_out(rig: Rig) -> None:
     )
     d = await rig.conn.fetchrow("SELECT * FROM metrics_daily")
     assert d is not None and (d["bucket"], d["cpu_usage_avg"]) == (T0.replace(hour=0), 20.25)
+
+
+async def test_a_caught_up_sink_writes_at_once_not_after_the_batch_age(rig: Rig) -> None:
+    """With nothing more to read, waiting for the batch to fill or age only adds delay."""
+    rig.settings = rig.settings.model_copy(update={"batch_age_ms": 120_000})
+    sid = rig.servers[2]
+    await rig.produce([aggregate(sid, T0 + timedelta(seconds=5 * i)) for i in range(3)])
+    started = time.monotonic()
+    landed_after: list[float] = []
+
+    async def landed() -> bool:
+        if await count(rig.conn, "metrics_snapshots") == 3:
+            landed_after.append(time.monotonic() - started)
+        return bool(landed_after)
+
+    await run_until(rig.sink(), landed, timeout=60)
+    assert landed_after[0] < 20  # far less than the 120 s batch age
+    assert time.monotonic() - started < 40  # and it stopped promptly
 
 
 async def test_delivered_twice_no_duplicates_no_changes(rig: Rig) -> None:
