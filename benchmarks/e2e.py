@@ -80,6 +80,7 @@ LABELS = {
 class Result:
     hosts: int
     grace: float
+    replicas: int  # stream workers, and as many sinks
     expected: int  # 5 s rows measured: hosts x windows
     rows: int  # of those, landed
     complete: int  # of those, with all 5 samples
@@ -105,38 +106,46 @@ class Result:
 
 
 class Meter:
-    """CPU seconds and peak memory per component. PostgreSQL counts the postmaster, its live
-    backends and the CPU of those it has reaped; its memory is the sum of proportional set
-    sizes (shared buffers counted once). Others: resident set size."""
+    """CPU seconds and peak memory per component (the sum over its processes). PostgreSQL
+    counts the postmaster, its live backends and the CPU of those it has reaped; its memory is
+    the sum of proportional set sizes (shared buffers counted once). Others: resident set size."""
 
-    def __init__(self, procs: dict[str, psutil.Process]) -> None:
+    def __init__(self, procs: dict[str, list[psutil.Process]]) -> None:
         self.procs = procs
         self.peak = dict.fromkeys(procs, 0.0)
 
     def sample(self) -> dict[str, float]:
         cpu: dict[str, float] = {}
-        for name, proc in self.procs.items():
-            try:
-                t = proc.cpu_times()
-                if name == "postgres":
-                    kids = proc.children(recursive=True)
-                    seconds = t.user + t.system + t.children_user + t.children_system
-                    mem = proc.memory_full_info().pss
-                    for kid in kids:
-                        try:
-                            k = kid.cpu_times()
-                            seconds += k.user + k.system
-                            mem += kid.memory_full_info().pss
-                        except psutil.NoSuchProcess:
-                            pass
-                else:
-                    seconds = t.user + t.system
-                    mem = proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                continue
+        for name, procs in self.procs.items():
+            seconds = mem = 0.0
+            for proc in procs:
+                try:
+                    if name == "postgres":
+                        s, m = _postgres_usage(proc)
+                    else:
+                        t = proc.cpu_times()
+                        s, m = t.user + t.system, proc.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+                seconds += s
+                mem += m
             cpu[name] = seconds
             self.peak[name] = max(self.peak[name], mem / 2**20)
         return cpu
+
+
+def _postgres_usage(postmaster: psutil.Process) -> tuple[float, float]:
+    t = postmaster.cpu_times()
+    seconds = t.user + t.system + t.children_user + t.children_system
+    mem = float(postmaster.memory_full_info().pss)
+    for kid in postmaster.children(recursive=True):
+        try:
+            k = kid.cpu_times()
+            seconds += k.user + k.system
+            mem += kid.memory_full_info().pss
+        except psutil.NoSuchProcess:
+            pass
+    return seconds, mem
 
 
 def _topics(tag: str) -> tuple[list[TopicSpec], dict[str, str]]:
@@ -170,11 +179,12 @@ async def _prepare(settings: StackSettings, hosts: int) -> str:
     return name
 
 
-def _children(paths: DemoPaths, hosts: int, env: dict[str, str]) -> list[Child]:
+def _children(paths: DemoPaths, hosts: int, env: dict[str, str], replicas: int) -> list[Child]:
+    """The processes of one run; `replicas` stream workers and as many sinks, in their groups."""
     args = {
         "registry": ["registry"],
-        "sink": ["sink"],
-        "stream": ["stream"],
+        **{f"sink-{i}": ["sink"] for i in range(1, replicas + 1)},
+        **{f"stream-{i}": ["stream"] for i in range(1, replicas + 1)},
         "simulate": ["simulate", "--hosts", str(hosts), "--seed", str(SEED),
                      "--duration", str(SECONDS)],
     }  # fmt: skip
@@ -240,7 +250,9 @@ def _wait_healthy(port: int, child: Child, timeout: float = 60) -> None:
     raise RuntimeError(f"the registry did not answer within {timeout:.0f} s")
 
 
-def one_run(settings: StackSettings, database: str, hosts: int, grace: float) -> Result:
+def one_run(
+    settings: StackSettings, database: str, hosts: int, grace: float, replicas: int = 1
+) -> Result:
     tag = uuid.uuid4().hex[:8]
     specs, topic_env = _topics(tag)
     asyncio.run(create_topics(settings.kafka_bootstrap, specs))
@@ -259,14 +271,19 @@ def one_run(settings: StackSettings, database: str, hosts: int, grace: float) ->
         "FLEETPULSE_METRICS_PORT": "0",
     }
     paths = DemoPaths(settings.home_dir / "bench")
-    children = _children(paths, hosts, env)
+    children = _children(paths, hosts, env, replicas)
     services = {s.name: s.pid for s in stack.status(settings) if s.pid is not None}
     start = time.time()
     start_children(children, paths)
     try:
         by_name = {c.name: c for c in children}
-        pids = {c.name: c.proc.pid for c in children if c.proc is not None} | services
-        meter = Meter({name: psutil.Process(pids[name]) for name in COMPONENTS})
+        procs: dict[str, list[psutil.Process]] = {n: [] for n in COMPONENTS}
+        for c in children:
+            if c.proc is not None:
+                procs[c.name.split("-")[0]].append(psutil.Process(c.proc.pid))
+        for name, pid in services.items():
+            procs[name].append(psutil.Process(pid))
+        meter = Meter(procs)
         _wait_healthy(port, by_name["registry"])
         sim = by_name["simulate"].proc
         assert sim is not None
@@ -300,6 +317,7 @@ def one_run(settings: StackSettings, database: str, hosts: int, grace: float) ->
     return Result(
         hosts=hosts,
         grace=grace,
+        replicas=replicas,
         expected=expected,
         rows=len(rows),
         complete=sum(1 for r in rows if r["sample_count"] == 5),
@@ -317,7 +335,8 @@ def one_run(settings: StackSettings, database: str, hosts: int, grace: float) ->
 
 def _say(r: Result) -> None:
     print(
-        f"  {r.hosts:,} hosts, grace {r.grace:g} s: {r.events_per_s:,.0f} events/s, "
+        f"  {r.hosts:,} hosts, grace {r.grace:g} s, {r.replicas} worker(s) + sink(s): "
+        f"{r.events_per_s:,.0f} events/s, "
         f"rows {r.complete:,}/{r.expected:,} complete, p50 {r.p50:.2f} s, p99 {r.p99:.2f} s, "
         f"machine {r.busy:.0f} % busy: {'holds' if r.holds else 'does not hold'}",
         file=sys.stderr,
@@ -326,8 +345,10 @@ def _say(r: Result) -> None:
 
 
 def _report(target: list[Result], reference: Result, ladder: list[Result]) -> str:
-    held = [r.hosts for r in [*target, *ladder] if r.holds]
-    largest = f"{max(held):,}" if held else "none of the sizes tried"
+    def largest(replicas: int) -> str:
+        held = [r.hosts for r in [*target, *ladder] if r.holds and r.replicas == replicas]
+        return f"**{max(held):,}** hosts" if held else "none of the sizes tried"
+
     lines = [
         "## End to end",
         "",
@@ -371,19 +392,27 @@ def _report(target: list[Result], reference: Result, ladder: list[Result]) -> st
         f"{reference.events_per_s:,.0f} events/s, rows {reference.complete:,} of "
         f"{reference.expected:,} complete.",
         "",
-        "Larger fleets, one run each, up to the first that does not hold:",
+        "Larger fleets, one run each, up to the first that does not hold; from there on, two "
+        "stream workers and two sinks (same groups, sharing the partitions) on the same 2 "
+        "cores:",
         "",
-        "| Hosts | Events/s | p50, s | p99, s | Rows complete | Late s / dropped / DLQ "
-        "| Machine busy | Holds |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| Hosts | Workers + sinks | Events/s | p50, s | p99, s | Rows complete "
+        "| Late s / dropped / DLQ | Machine busy | Holds |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in [median_run(target), *ladder]:
         lines.append(
-            f"| {r.hosts:,} | {r.events_per_s:,.0f} | {r.p50:.2f} | {r.p99:.2f} | "
+            f"| {r.hosts:,} | {r.replicas} + {r.replicas} | {r.events_per_s:,.0f} | "
+            f"{r.p50:.2f} | {r.p99:.2f} | "
             f"{100 * r.complete / r.expected:.1f} % | {r.late_seconds:.0f} / {r.dropped:.0f} / "
             f"{r.dead_letters} | {r.busy:.0f} % | {'yes' if r.holds else 'no'} |"
         )
-    lines += ["", f"Largest fleet that holds: **{largest}** hosts.", ""]
+    lines += [
+        "",
+        f"Largest fleet that holds: {largest(1)} with one stream worker and one sink; "
+        f"{largest(2)} with two of each.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -403,10 +432,14 @@ def run() -> str:
         reference = one_run(settings, database, TARGET_HOSTS, DEFAULT_GRACE)
         _say(reference)
         ladder: list[Result] = []
-        for hosts in LADDER:
-            ladder.append(one_run(settings, database, hosts, GRACE))
-            _say(ladder[-1])
-            if not ladder[-1].holds:
+        for replicas in (1, 2):  # past what one worker and one sink hold: two of each
+            sizes = [n for n in LADDER if not ladder or n >= ladder[-1].hosts]
+            for hosts in sizes:
+                ladder.append(one_run(settings, database, hosts, GRACE, replicas))
+                _say(ladder[-1])
+                if not ladder[-1].holds:
+                    break
+            else:
                 break
     finally:
         asyncio.run(drop_database(settings, database))
