@@ -409,6 +409,11 @@ def _report(target: list[Result], reference: Result, ladder: list[Result]) -> st
         )
     lines += [
         "",
+        "Dead letters in the table are events the stream worker sent to the DLQ as `late`: on "
+        f"a saturated machine they reach it more than the {GRACE:g} s grace behind their "
+        "partition's event time, or after the wall clock closed their window; they are kept "
+        "there with the reason, and the rows they belonged to land short of 5 samples.",
+        "",
         f"Largest fleet that holds: {largest(1)} with one stream worker and one sink; "
         f"{largest(2)} with two of each.",
         "",
