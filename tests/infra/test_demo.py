@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -43,14 +45,40 @@ async def _landed(settings: StackSettings, ids: list[str], since: datetime) -> t
     return registered, {r["server_id"] for r in rows}
 
 
-def test_demo_lands_rows_and_leaves_no_child(stack_settings: StackSettings) -> None:
+def test_demo_lands_rows_and_ctrl_c_leaves_no_child(
+    stack_settings: StackSettings, tmp_path: Path
+) -> None:
+    """Run as from a terminal: rows land for this machine and every simulated host, then
+    Ctrl-C (SIGINT to the terminal's foreground process group) stops every child."""
     started = datetime.now(UTC) - timedelta(seconds=1)
     env = {**os.environ, "FLEETPULSE_REGISTRY_PORT": str(free_port())}
-    proc = subprocess.run(
-        [sys.executable, "-m", "infra.cli", "demo", "--seconds", "40", "--hosts", str(HOSTS)],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=240,
-    )  # fmt: skip
-    out = proc.stdout.decode()
+    screen = tmp_path / "screen.txt"
+    with screen.open("wb") as tty:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "demo", "--hosts", str(HOSTS)],
+            env=env, cwd=ROOT, stdout=tty, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a shell gives a foreground job
+        )  # fmt: skip
+    paths = DemoPaths(stack_settings.home_dir)
+    deadline = time.monotonic() + 180
+    ids: list[str] = []
+    landed: set[str] = set()
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if paths.server_id.exists() and not ids:
+                ids = [paths.server_id.read_text().strip()]
+                ids += [simulated_server_id(42, i) for i in range(HOSTS)]
+            if ids:
+                registered, landed = asyncio.run(_landed(stack_settings, ids, started))
+                if registered == len(ids) and landed == set(ids):
+                    break
+            time.sleep(1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        proc.wait(timeout=120)
+    out = screen.read_text()
+    assert ids and landed == set(ids), out[-4000:]  # this machine's agent and every host
     assert proc.returncode == 0, out[-4000:]
 
     # Every child it started has exited, and said so with a clean status.
@@ -59,14 +87,8 @@ def test_demo_lands_rows_and_leaves_no_child(stack_settings: StackSettings) -> N
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
     assert "registry 0, sink 0, stream 0, agent 0, simulate 0" in out
 
-    paths = DemoPaths(stack_settings.home_dir)
-    own_id = paths.server_id.read_text().strip()
+    own_id = ids[0]
     password_file = paths.admin_password
     assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
     assert password_file.read_text().strip() in out  # printed to the operator, once
     assert f"/servers/{own_id}/metrics?" in out
-
-    ids = [own_id, *(simulated_server_id(42, i) for i in range(HOSTS))]
-    registered, landed = asyncio.run(_landed(stack_settings, ids, started))
-    assert registered == len(ids)
-    assert landed == set(ids)  # this machine's agent and every simulated host
