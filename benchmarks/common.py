@@ -85,6 +85,21 @@ async def drop_database(settings: StackSettings, name: str) -> None:
         await admin.close()
 
 
+async def drop_topics(bootstrap: str, names: list[str]) -> None:
+    """Delete a run's topics (those that exist), so runs do not pile up on the broker's disk."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        gone = [n for n in names if n in existing]
+        if gone:
+            await admin.delete_topics(gone)
+    finally:
+        await admin.close()
+
+
 def idle_processes(n: int) -> list[subprocess.Popen[bytes]]:
     """`n` sleeping processes, as on a busy host."""
     return [subprocess.Popen(["sleep", "3600"]) for _ in range(n)]

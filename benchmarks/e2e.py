@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from benchmarks.common import (
     bench_database,
     drop_database,
+    drop_topics,
     median,
     percentile,
     row,
@@ -310,6 +311,8 @@ def one_run(
         dead = asyncio.run(_dead_letters(settings.kafka_bootstrap, env["FLEETPULSE_DLQ_TOPIC"]))
     finally:
         codes = stop_children(children)
+        changelog = f"{env['FLEETPULSE_STREAM_GROUP']}-rollups-changelog"
+        asyncio.run(drop_topics(settings.kafka_bootstrap, [*topic_env.values(), changelog]))
     if any(code != 0 for code in codes.values()):
         raise RuntimeError(f"a component did not stop cleanly: {codes}; logs in {paths.logs}")
     delays = [r["delay"] for r in rows] or [float("inf")]

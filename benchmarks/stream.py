@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from benchmarks.common import median, percentile, row, stack_up
+from benchmarks.common import drop_topics, median, percentile, row, stack_up
 from infra.topics import create_topics
 from producers import MetricProducer, SimulatorSettings
 from producers.simulator import Simulator, fleet, iso_second
@@ -60,6 +60,11 @@ def _topics(tag: str) -> tuple[str, dict[str, str], dict[str, str]]:
         "FLEETPULSE_DLQ_TOPIC": outs["dlq"],
     }
     return raw, outs, env
+
+
+def _names(raw: str, outs: dict[str, str], env: dict[str, str]) -> list[str]:
+    """Every topic of a run: raw, outputs and the worker's changelog."""
+    return [raw, *outs.values(), f"{env['FLEETPULSE_STREAM_GROUP']}-rollups-changelog"]
 
 
 async def _fill(bootstrap: str, topic: str) -> None:
@@ -139,6 +144,7 @@ def throughput_run(bootstrap: str) -> Run:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        asyncio.run(drop_topics(bootstrap, _names(raw, outs, env)))
 
 
 async def _simulate(bootstrap: str, topic: str, hosts: int, seconds: float) -> None:
@@ -183,6 +189,7 @@ def delay_run(bootstrap: str) -> list[float]:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        asyncio.run(drop_topics(bootstrap, _names(raw, outs, env)))
 
 
 def run() -> str:
