@@ -169,9 +169,8 @@ async def _prepare(settings: StackSettings, hosts: int) -> str:
             "DEFAULT clock_timestamp()"
         )
         records = [
-            (sid, f"sim-{i}", f"sim-{i}.bench", 22, "bench", "v1:unused")
+            (simulated_server_id(SEED, i), f"sim-{i}", f"sim-{i}.bench", 22, "bench", "v1:unused")
             for i in range(hosts)
-            for sid in (simulated_server_id(SEED, i),)
         ]
         columns = ["id", "name", "hostname", "port", "username", "encrypted_password"]
         await conn.copy_records_to_table("servers", records=records, columns=columns)

@@ -1,13 +1,12 @@
 """`fleetpulse sink`: the aggregate topics into the metric tables, in batches.
 
 Lifecycle: `run()` consumes `metrics.agg.5s.v1`, `.1h.v1` and `.1d.v1` in one consumer group
-and collects rows until `batch_rows`, `batch_age_ms`, or until it has read all there is (then
-waiting longer would only add delay); `flush()` writes them in one
-transaction and only then commits the Kafka offsets. While the database is down the sink
-pauses its partitions, retries with capped exponential backoff (polling Kafka so the group
-keeps it), and resumes. A message that is not a valid aggregate, or a row the database
-rejects, goes alone to `metrics.dlq.v1` with the reason; the rest lands. `stop()` finishes
-the batch in hand (bounded) and leaves the group.
+and collects rows until `batch_rows`, `batch_age_ms`, or until it has read all there is (waiting
+longer would only add delay); `flush()` writes them in one transaction and only then commits
+the Kafka offsets. While the database is down the sink pauses its partitions, retries with
+capped exponential backoff (polling Kafka so the group keeps it), and resumes. A message that
+is not a valid aggregate, or a row the database rejects, goes alone to `metrics.dlq.v1` with
+the reason; the rest lands. `stop()` finishes the batch in hand (bounded) and leaves the group.
 """
 
 from __future__ import annotations
