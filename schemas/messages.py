@@ -134,6 +134,12 @@ class WindowAggregate(_Message):
     resolution: Resolution = Field(description="Window size: 5s, 1h or 1d.")
     window_start: UtcDatetime = Field(description="Inclusive start of the window (UTC).")
     window_end: UtcDatetime = Field(description="Exclusive end of the window (UTC).")
+    revision: NonNegativeInt = Field(
+        default=0,
+        description="0 when the window first closes; each late sample absorbed afterwards "
+        "emits it again, complete, with the next number. The highest revision of a window "
+        "replaces the earlier ones.",
+    )
     count: Annotated[int, Field(ge=1)] = Field(description="Number of raw events in the window.")
     cpu_usage: MetricStats
     memory_usage: MetricStats

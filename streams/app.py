@@ -10,12 +10,18 @@ catch-up, late events dropped silently).
 
 Outputs of each batch are sent as they are made. Every `FLEETPULSE_STREAM_CHECKPOINT_INTERVAL`
 a checkpoint runs in three steps, each waiting for the previous one to be acknowledged: every
-output sent so far; the changed hourly/daily state and a progress record (watermark, next
-offset) per partition, to the group's compacted changelog topic; the offsets, up to the oldest
-record a still-open 5 s window needs. A worker that takes a partition over (after a crash or a
-rebalance) loads the partition's changelog, then replays from the committed offset: open 5 s
-windows are rebuilt, rollups continue from their checkpoint, nothing is lost (a window closed
-after the last checkpoint is emitted again, with the same content).
+output sent so far; the changed state (each server's clocks and hourly/daily windows, its
+closed 5 s windows kept for corrections) and a progress record per partition, to the group's
+compacted changelog topic; the offsets, up to the oldest record a still-open 5 s window needs.
+A worker that takes a partition over (after a crash or a rebalance) loads the partition's
+changelog, then replays from the committed offset: open 5 s windows are rebuilt, the rest
+continues from the checkpoint, nothing is lost (a window emitted after the last checkpoint is
+emitted again, with the same content).
+
+The wall clock closes the windows of quiet servers (`idle()`) and takes silent servers offline
+only on partitions with nothing fetched and unprocessed: that is decided under the lock the
+batch loop holds while processing, from the offset after the last record processed, never
+from the consumer's position (which a fetch moves before its records are processed).
 """
 
 from __future__ import annotations
@@ -25,18 +31,31 @@ import logging
 import time
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaTimeoutError
+from prometheus_client import Counter, Gauge
 
 from schemas import Resolution
 from schemas.admin import create_topics
+from schemas.telemetry import serve_metrics
 from schemas.topics import KeyPartitioner, TopicSpec
 from streams.processor import Outputs, StreamProcessor
 from streams.settings import StreamSettings
 from streams.windows import Grace
 
 log = logging.getLogger(__name__)
+
+RECEIVED = Counter("fleetpulse_stream_received", "Raw records consumed.")
+SENT = Counter(
+    "fleetpulse_stream_sent", "Windows emitted (first time or corrected).", ["resolution"]
+)
+DROPPED = Counter("fleetpulse_stream_dropped", "Records sent to the DLQ.", ["reason"])
+LATE_ABSORBED = Counter(
+    "fleetpulse_stream_late_absorbed",
+    "Late samples absorbed as corrections of closed windows (within the lateness horizon).",
+)
+KEPT = Gauge("fleetpulse_stream_kept_windows", "Closed 5 s windows kept for corrections.")
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -82,6 +101,7 @@ class StreamWorker:
             source_topic=s.raw_topic,
             grace=Grace(s.grace_5s, s.grace_1h, s.grace_1d),
             offline_after=s.offline_after,
+            lateness_horizon=s.lateness_horizon,
         )
         self.agg_topics = {
             Resolution.FIVE_SECONDS: s.agg_5s_topic,
@@ -96,9 +116,11 @@ class StreamWorker:
         self._restore_lock = asyncio.Lock()
         self.pending: list[asyncio.Future[object]] = []  # outputs not yet acknowledged
         self.last_checkpoint = time.monotonic()
-        self.last_record: dict[int, float] = {}
+        #: Per partition: batches fetched and not yet processed (the partition is not idle).
+        self.in_flight: dict[int, int] = {}
         self.events_in = 0
         self._reported = 0
+        self._late_absorbed = 0
         self._lock = asyncio.Lock()  # the batch loop and the timers take turns
         self.app.task(self._consume)
         self.app.timer(1.0)(self._tick)
@@ -159,29 +181,40 @@ class StreamWorker:
 
     async def _batches(self, consumer: AIOKafkaConsumer) -> None:
         s = self.settings
+        in_flight = self.in_flight
         while True:
             batch = await consumer.getmany(
                 timeout_ms=int(s.stream_batch_within * 1000), max_records=s.stream_batch
             )
-            generation = self.generation
-            # The fetcher starts on new partitions while their changelog is still loading.
-            await self.restore_missing([tp.partition for tp in batch])
-            async with self._lock:
-                if generation != self.generation:
-                    # A rebalance since the fetch reset positions to the committed offsets:
-                    # these records come again, into restored state.
-                    continue
-                now = time.time()
-                out = Outputs()
-                record = self.processor.record
-                for tp, records in batch.items():
-                    p = tp.partition
-                    for r in records:
-                        record(p, r.offset, r.key, r.value, now, out)
-                    self.events_in += len(records)
-                    self.last_record[p] = now
-                out.extend(self.processor.close_due(now))
-                await self._publish(out)
+            # Before anything else can run: these partitions have records fetched and not
+            # processed, so no tick may take them for idle until they are.
+            for tp in batch:
+                in_flight[tp.partition] = in_flight.get(tp.partition, 0) + 1
+            try:
+                await self._process(batch)
+            finally:
+                for tp in batch:
+                    in_flight[tp.partition] -= 1
+
+    async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        generation = self.generation
+        # The fetcher starts on new partitions while their changelog is still loading.
+        await self.restore_missing([tp.partition for tp in batch])
+        async with self._lock:
+            if generation != self.generation:
+                # A rebalance since the fetch reset positions to the committed offsets:
+                # these records come again, into restored state.
+                return
+            now = time.time()
+            out = Outputs()
+            record = self.processor.record
+            for tp, records in batch.items():
+                p = tp.partition
+                for r in records:
+                    record(p, r.offset, r.key, r.value, now, out)
+                self.events_in += len(records)
+                RECEIVED.inc(len(records))
+            await self._publish(out)
 
     async def _ensure_changelog(self, producer: AIOKafkaProducer) -> None:
         """Create the group's changelog, one partition per raw partition, if it is missing."""
@@ -241,8 +274,7 @@ class StreamWorker:
             waiting = {tp for tp in waiting if await reader.position(tp) < ends[tp]}
         now = time.time()
         for p in partitions:
-            self.processor.restore(p, latest[p])
-            self.last_record[p] = now  # idle only after a quiet second of its own
+            self.processor.restore(p, latest[p], now)
             self.assigned.add(p)
         log.info(
             "restored partitions %s from %d changelog records in %.2f s",
@@ -257,23 +289,47 @@ class StreamWorker:
             return
         async with self._lock:
             now = time.time()
-            out = self.processor.tick(now)
-            for tp in consumer.assignment():
-                if tp.partition not in self.assigned:
-                    continue
-                high = consumer.highwater(tp)
-                caught_up = high is not None and await consumer.position(tp) >= high
-                quiet = now - self.last_record.get(tp.partition, 0.0) >= 1.0
-                if caught_up and quiet:
-                    out.extend(self.processor.idle(tp.partition, now))
+            caught_up = [
+                tp.partition for tp in consumer.assignment() if await self._caught_up(consumer, tp)
+            ]
+            out = self.processor.tick(now, caught_up)
+            for p in caught_up:
+                out.extend(self.processor.idle(p, now))
             await self._publish(out)
+
+    async def _caught_up(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+        """Whether every record of `tp` the broker had at the last fetch is processed (call
+        under the lock)."""
+        p = tp.partition
+        if p not in self.assigned or self.in_flight.get(p, 0):
+            return False
+        high: int | None = consumer.highwater(tp)
+        if high is None:
+            return False
+        done = self.processor.next_offsets.get(p)
+        if done is None:  # nothing processed since the assignment, nothing in flight either
+            done = int(await consumer.position(tp))
+        return done >= high
 
     async def _report(self) -> None:
         rate = (self.events_in - self._reported) / 10.0
         self._reported = self.events_in
-        open_windows = sum(w.open_windows() for w in self.processor.partitions.values())
-        late = sum(w.late for w in self.processor.partitions.values())
-        log.info("%.0f events/s in, %d open 5 s windows, %d late so far", rate, open_windows, late)
+        partitions = self.processor.partitions.values()
+        open_windows = sum(w.open_windows() for w in partitions)
+        kept = sum(w.kept_windows() for w in partitions)
+        KEPT.set(kept)
+        counts = self.processor.counts()
+        LATE_ABSORBED.inc(counts["late_absorbed"] - self._late_absorbed)
+        self._late_absorbed = counts["late_absorbed"]
+        log.info(
+            "%.0f events/s in, %d open 5 s windows, %d kept for corrections; late samples "
+            "so far: %d absorbed, %d beyond the horizon (dead-lettered)",
+            rate,
+            open_windows,
+            kept,
+            counts["late_absorbed"],
+            counts["late_dropped"],
+        )
 
     async def _publish(self, out: Outputs) -> None:
         """Send the outputs; checkpoint when the interval has passed."""
@@ -285,12 +341,14 @@ class StreamWorker:
         pending = self.pending
         for a in out.aggregates:
             topic = self.agg_topics[a.resolution]
-            pending.append(await send(topic, a.to_json_bytes(), key=a.server_id.encode()))
+            pending.append(await send(topic, a.value, key=a.server_id.encode()))
+            SENT.labels(resolution=a.resolution.value).inc()
         for c in out.statuses:
             pending.append(await send(s.status_topic, c.to_json_bytes(), key=c.server_id.encode()))
         for d in out.dead_letters:
             key = d.key.encode() if d.key is not None else None
             pending.append(await send(s.dlq_topic, d.to_json_bytes(), key=key))
+            DROPPED.labels(reason=d.reason.value).inc()
         if time.monotonic() - self.last_checkpoint >= s.stream_checkpoint_interval:
             await self._checkpoint()
 
@@ -305,24 +363,20 @@ class StreamWorker:
             await asyncio.gather(*pending)  # a failed send raises: nothing is committed
         topic = self.settings.changelog_topic
         sends: list[asyncio.Future[object]] = []
-        saved: dict[int, float] = {}
         offsets: dict[TopicPartition, int] = {}
         for tp in consumer.assignment():
             p = tp.partition
             if p not in self.assigned:
                 continue
-            records, watermark = self.processor.checkpoint(p)
-            for key, value in records:
+            # One changelog partition per raw partition, written in order: a record there
+            # implies every earlier one of the same checkpoint.
+            for key, value in self.processor.checkpoint(p):
                 sends.append(await producer.send(topic, value, key=key, partition=p))
-            if watermark is not None:
-                saved[p] = watermark
             upto = self.processor.committable(p)
             if upto is not None:
                 offsets[tp] = upto
         if sends:
             await asyncio.gather(*sends)
-        for p, watermark in saved.items():
-            self.processor.stored(p, watermark)
         if not offsets:
             return
         try:
@@ -332,5 +386,6 @@ class StreamWorker:
 
     def run(self) -> None:
         """Run the worker until SIGTERM/SIGINT (Faust handles the signals)."""
+        serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
         worker = faust.Worker(self.app, loglevel="INFO", quiet=True)
         worker.execute_from_commandline()

@@ -1,18 +1,20 @@
 """What the stream worker does with each raw record, as pure logic over (record, clock).
 
-`StreamProcessor` turns raw records into outputs — closed windows for the aggregate topics,
-dead letters for `metrics.dlq.v1`, status changes for `metrics.status.v1` — and says up to
-which offset each partition may be committed (the oldest record still needed by an open 5 s
-window: a restart replays from there). Hourly and daily rollups are checkpointed instead
-(`checkpoint()` / `restore()`); a record replayed from before the checkpoint whose 5 s window
-the checkpoint had already closed is skipped, not dead-lettered again. The Kafka wiring
-(`fleetpulse stream`) only moves records in and outputs out, so everything here is tested
-without a broker.
+`StreamProcessor` turns raw records into outputs — windows for the aggregate topics (closed,
+or corrected by a late sample), dead letters for `metrics.dlq.v1`, status changes for
+`metrics.status.v1` — and says up to which offset each partition may be committed (the oldest
+record still needed by an open 5 s window: a restart replays from there). Everything else a
+restart needs (each server's clocks, its hourly and daily windows, its closed 5 s windows kept
+for corrections) is checkpointed instead (`checkpoint()` / `restore()`, see
+`streams/windows.py`); a record replayed from before the checkpoint is not dead-lettered or
+counted again. The Kafka wiring (`fleetpulse stream`) only moves records in and outputs out,
+and tells `idle()` and `tick()` which partitions have nothing fetched and unprocessed, so
+everything here is tested without a broker.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -28,11 +30,15 @@ from schemas import (
     ServerStatusChange,
     decode_raw_event,
 )
-from streams.windows import ClosedWindow, Grace, PartitionWindows, ServerRollups
+from streams.windows import STATE_VERSION, ClosedWindow, Grace, PartitionWindows
 
 COMPONENT = "stream"
 #: Changelog key of a partition's progress record (server keys are UUIDs, never this).
 PROGRESS_KEY: Final = b"progress"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -52,20 +58,23 @@ class _Seen:
     last_event_at: datetime
     last_wall: float
     online: bool
+    partition: int
 
 
 class StatusTracker:
     """Online on a server's first event (and after it was offline); offline after `timeout`
-    seconds of wall-clock silence, with the time of its last event."""
+    seconds of wall-clock silence, with the time of its last event. Silence counts only on a
+    partition that has nothing fetched and unprocessed: a server whose events sit in a
+    backlog is not silent."""
 
     def __init__(self, timeout: float = 15.0) -> None:
         self.timeout = timeout
         self._seen: dict[str, _Seen] = {}
 
-    def saw(self, e: RawMetricEvent, wall: float) -> ServerStatusChange | None:
+    def saw(self, e: RawMetricEvent, wall: float, partition: int = 0) -> ServerStatusChange | None:
         s = self._seen.get(e.server_id)
         if s is None or not s.online:
-            self._seen[e.server_id] = _Seen(e.timestamp, wall, True)
+            self._seen[e.server_id] = _Seen(e.timestamp, wall, True, partition)
             return ServerStatusChange(
                 server_id=e.server_id,
                 status=ServerState.ONLINE,
@@ -73,42 +82,72 @@ class StatusTracker:
                 changed_at=datetime.fromtimestamp(wall, UTC),
             )
         s.last_wall = wall
+        s.partition = partition
         if e.timestamp > s.last_event_at:
             s.last_event_at = e.timestamp
         return None
 
-    def expire(self, wall: float) -> list[ServerStatusChange]:
+    def expire(
+        self, wall: float, caught_up: Collection[int] | None = None
+    ) -> list[ServerStatusChange]:
+        """Servers silent for `timeout` go offline (only on `caught_up` partitions, if given)."""
         out = []
         for server_id, s in self._seen.items():
-            if s.online and wall - s.last_wall >= self.timeout:
-                s.online = False
-                out.append(
-                    ServerStatusChange(
-                        server_id=server_id,
-                        status=ServerState.OFFLINE,
-                        last_event_at=s.last_event_at,
-                        changed_at=datetime.fromtimestamp(wall, UTC),
-                    )
+            if not s.online or wall - s.last_wall < self.timeout:
+                continue
+            if caught_up is not None and s.partition not in caught_up:
+                continue
+            s.online = False
+            out.append(
+                ServerStatusChange(
+                    server_id=server_id,
+                    status=ServerState.OFFLINE,
+                    last_event_at=s.last_event_at,
+                    changed_at=datetime.fromtimestamp(wall, UTC),
                 )
+            )
         return out
+
+    def forget(self, partition: int) -> None:
+        """The partition went to another worker, which says what its servers do now."""
+        self._seen = {k: s for k, s in self._seen.items() if s.partition != partition}
 
 
 class StreamProcessor:
     """The state of one worker: windows per input partition and the servers' status."""
 
     def __init__(
-        self, *, source_topic: str, grace: Grace | None = None, offline_after: float = 15.0
+        self,
+        *,
+        source_topic: str,
+        grace: Grace | None = None,
+        offline_after: float = 15.0,
+        lateness_horizon: float = 3600.0,
     ) -> None:
         self.source_topic = source_topic
         self.grace = grace or Grace()
+        self.horizon = lateness_horizon
         self.partitions: dict[int, PartitionWindows] = {}
+        #: Per partition: the offset after the last record processed.
         self.next_offsets: dict[int, int] = {}
         #: Per partition: records below this offset were processed before the restored
-        #: checkpoint (replayed only to rebuild open 5 s windows).
+        #: checkpoint (their dead letters went out then).
         self.replay_until: dict[int, int] = {}
-        #: Per partition: the watermark of the last checkpoint known to be stored.
-        self.stored_watermark: dict[int, float] = {}
         self.status = StatusTracker(offline_after)
+        self._retired = {"late_absorbed": 0, "late_dropped": 0}  # of partitions revoked
+        self._wall = 0.0
+        self._stamp = _iso(0.0)
+
+    def _stamp_of(self, wall: float) -> str:
+        if wall != self._wall:
+            self._wall, self._stamp = wall, _iso(wall)
+        return self._stamp
+
+    def _windows(self, partition: int) -> PartitionWindows:
+        windows = self.partitions.get(partition)
+        if windows is None:
+            windows = self.partitions[partition] = PartitionWindows(self.grace, self.horizon)
+        return windows
 
     def record(
         self,
@@ -119,58 +158,42 @@ class StreamProcessor:
         wall: float,
         out: Outputs | None = None,
     ) -> Outputs:
-        """Take one raw record; add its dead letter or status change, if any, to `out` (a new
-        `Outputs` if none) and return it. Windows it completes close at the next `close_due()`.
-        """
+        """Take one raw record; add the windows it closes or corrects, its dead letter or
+        its status change to `out` (a new `Outputs` if none) and return it."""
         if out is None:
             out = Outputs()
         self.next_offsets[partition] = offset + 1
-        windows = self.partitions.get(partition)
-        if windows is None:
-            windows = self.partitions[partition] = PartitionWindows(self.grace)
-        replayed = offset < self.replay_until.get(partition, 0)
+        windows = self._windows(partition)
         try:
             event = decode_raw_event(value)
         except InvalidMessage as exc:
-            if not replayed:  # its dead letter went out before the checkpoint
+            if offset >= self.replay_until.get(partition, 0):  # else it went out before
                 out.dead_letters.append(
                     self._letter(exc.reason, exc.detail, partition, offset, key, value)
                 )
             return out
-        if not windows.add(event, offset, count_late=not replayed) and not replayed:
-            detail = (
-                f"event at {event.timestamp.isoformat()} is behind the partition's event time "
-                f"({datetime.fromtimestamp(windows.watermark, UTC).isoformat()}) by more than "
-                f"the {self.grace.five_seconds:g} s grace"
-            )
+        late = windows.add(event, offset, wall, self._stamp_of(wall), out.aggregates)
+        if late is not None:
             out.dead_letters.append(
-                self._letter(DeadLetterReason.LATE, detail, partition, offset, key, value)
+                self._letter(DeadLetterReason.LATE, late.detail, partition, offset, key, value)
             )
-        change = self.status.saw(event, wall)
+        change = self.status.saw(event, wall, partition)
         if change is not None:
             out.statuses.append(change)
         return out
 
-    def close_due(self, wall: float) -> Outputs:
-        """Close the windows every partition's event time has passed (once per batch)."""
-        out = Outputs()
-        emitted_at = datetime.fromtimestamp(wall, UTC)
-        for windows in self.partitions.values():
-            out.aggregates += windows.close(emitted_at)
-        return out
-
     def idle(self, partition: int, wall: float) -> Outputs:
-        """A partition with no backlog received nothing: let the wall clock close its windows."""
+        """`partition` has nothing fetched and unprocessed: the wall clock carries its quiet
+        servers' event time forward and closes their windows."""
         out = Outputs()
         windows = self.partitions.get(partition)
         if windows is not None:
-            windows.advance_to(wall)
-            out.aggregates += windows.close(datetime.fromtimestamp(wall, UTC))
+            windows.idle(wall, self._stamp_of(wall), out.aggregates)
         return out
 
-    def tick(self, wall: float) -> Outputs:
-        """Periodic: servers silent for too long go offline."""
-        return Outputs(statuses=self.status.expire(wall))
+    def tick(self, wall: float, caught_up: Collection[int] | None = None) -> Outputs:
+        """Periodic: servers silent for too long (on `caught_up` partitions) go offline."""
+        return Outputs(statuses=self.status.expire(wall, caught_up))
 
     def committable(self, partition: int) -> int | None:
         """The offset to commit for `partition`: replaying from it rebuilds every open window."""
@@ -180,55 +203,55 @@ class StreamProcessor:
         windows = self.partitions.get(partition)
         return nxt if windows is None else windows.committable_offset(nxt)
 
+    def counts(self) -> dict[str, int]:
+        """Late samples since the start: absorbed as corrections, and dropped (dead-lettered)."""
+        ws = self.partitions.values()
+        return {
+            "late_absorbed": self._retired["late_absorbed"] + sum(w.late_absorbed for w in ws),
+            "late_dropped": self._retired["late_dropped"] + sum(w.late_dropped for w in ws),
+        }
+
     def revoke(self, partition: int) -> None:
         """The partition went to another worker, which restores its checkpoint and replays."""
-        self.partitions.pop(partition, None)
+        gone = self.partitions.pop(partition, None)
+        if gone is not None:
+            self._retired["late_absorbed"] += gone.late_absorbed
+            self._retired["late_dropped"] += gone.late_dropped
         self.next_offsets.pop(partition, None)
         self.replay_until.pop(partition, None)
-        self.stored_watermark.pop(partition, None)
+        self.status.forget(partition)
 
-    def checkpoint(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], float | None]:
-        """Changelog records for `partition` — each changed server's rollups (None: nothing left,
-        a tombstone), then the progress record — and the watermark they save. Call `stored()`
-        once Kafka has them all, and commit `committable()` as read with them."""
+    def checkpoint(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+        """Changelog records for `partition`: what changed (kept windows, then servers; None
+        is a tombstone), then the progress record. Commit `committable()` once Kafka has
+        them all."""
         windows = self.partitions.get(partition)
         nxt = self.next_offsets.get(partition)
-        if windows is None or nxt is None or windows.watermark == -math.inf:
-            return [], None
-        records: list[tuple[bytes, bytes | None]] = []
-        settled = self.stored_watermark.get(partition, -math.inf)
-        for server_id, state in windows.checkpoint(settled):
-            empty = not state.rollups and not state.emitted
-            value = None if empty else orjson.dumps(state.to_json())
-            records.append((server_id.encode(), value))
+        if windows is None or nxt is None:
+            return []
         # Replaying after a restart does not take back what the restored checkpoint covered.
         covered = max(nxt, self.replay_until.get(partition, 0))
-        progress = {"watermark": windows.watermark, "next_offset": covered}
+        records = list(windows.checkpoint(covered))
+        progress = {"v": STATE_VERSION, "next_offset": covered}
         records.append((PROGRESS_KEY, orjson.dumps(progress)))
-        return records, windows.watermark
+        return records
 
-    def stored(self, partition: int, watermark: float) -> None:
-        """The checkpoint that saved `watermark` is in Kafka."""
-        if partition in self.partitions:
-            self.stored_watermark[partition] = watermark
-
-    def restore(self, partition: int, records: dict[bytes, bytes]) -> None:
-        """Take over `partition` from its changelog (latest value per key, tombstones removed).
-        Without a progress record the partition starts empty."""
+    def restore(self, partition: int, records: dict[bytes, bytes], wall: float) -> None:
+        """Take over `partition` from its changelog (latest value per key, tombstones removed)
+        at `wall`. Without a progress record the partition starts empty."""
         self.revoke(partition)
-        windows = self.partitions[partition] = PartitionWindows(self.grace)
+        windows = self._windows(partition)
         raw_progress = records.get(PROGRESS_KEY)
         if raw_progress is None:
             return
         progress = orjson.loads(raw_progress)
-        servers = {
-            key.decode(): ServerRollups.from_json(key.decode(), orjson.loads(value))
-            for key, value in records.items()
-            if key != PROGRESS_KEY
-        }
-        windows.restore(float(progress["watermark"]), servers)
-        self.replay_until[partition] = int(progress["next_offset"])
-        self.stored_watermark[partition] = float(progress["watermark"])
+        state = {k: v for k, v in records.items() if k != PROGRESS_KEY}
+        covered = int(progress["next_offset"])
+        if progress.get("v") == STATE_VERSION:
+            windows.restore(state, wall)
+        else:  # written by a worker of the previous release
+            windows.restore_v1(state, float(progress["watermark"]), covered, wall)
+        self.replay_until[partition] = covered
 
     def _letter(
         self,

@@ -18,6 +18,14 @@ class StreamSettings(KafkaSettings):
     grace_5s: float = Field(default=5.0, ge=0, description="Grace of 5 s windows, s.")
     grace_1h: float = Field(default=5.0, ge=0, description="Grace of hourly windows, s.")
     grace_1d: float = Field(default=5.0, ge=0, description="Grace of daily windows, s.")
+    lateness_horizon: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How far behind its server's latest sample a late sample is still "
+        "absorbed, s: its closed 5 s window (and hourly/daily ones) are emitted again, "
+        "corrected. Older samples go to the DLQ as `late`. Each server's closed 5 s windows "
+        "are kept this long, in memory and in the changelog.",
+    )
     offline_after: float = Field(
         default=15.0, gt=0, description="Seconds without events before a server is offline."
     )
@@ -34,6 +42,8 @@ class StreamSettings(KafkaSettings):
         "saved to the changelog, offsets committed. Longer: less overhead, more replay after "
         "a crash.",
     )
+    metrics_host: str = Field(default="127.0.0.1", description="Address of /metrics.")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of /metrics; 0 = off.")
     stream_web_port: int = Field(
         default=0, ge=0, le=65535, description="Faust web server port (/metrics); 0 = off."
     )
@@ -47,8 +57,9 @@ class StreamSettings(KafkaSettings):
 
     @property
     def changelog_topic(self) -> str:
-        """The group's compacted changelog of hourly/daily state, partitioned like the raw
-        topic (created by the worker)."""
+        """The group's compacted changelog (servers' clocks and hourly/daily windows, closed
+        5 s windows kept for corrections), partitioned like the raw topic (created by the
+        worker)."""
         return f"{self.stream_group}-rollups-changelog"
 
     @model_validator(mode="after")

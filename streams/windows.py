@@ -1,25 +1,42 @@
 """Event-time tumbling windows per server: the aggregation the stream worker runs.
 
-Pure logic, no Kafka: `PartitionWindows` holds the open windows of one input partition and
-closes them by that partition's event time (its watermark: the latest event timestamp seen),
-never by arrival order. A 5 s window closes once the watermark passes its end plus the 5 s
-grace; an event whose window has already closed is late. Hourly and daily windows are cascaded
-from closed 5 s windows: count-weighted, so they equal aggregating the raw events directly
-(sums of counts, sums, min of mins, max of maxes, byte sums). Each hourly/daily accumulator
-remembers the last 5 s window it absorbed, so replaying 5 s windows after a restart never
-counts one twice.
+Pure logic, no Kafka. `PartitionWindows` holds the windows of one input partition, one
+`ServerWindows` per server, and every server keeps its own event time (the latest sample
+timestamp it has sent). A server's window closes when *its* event time passes the window's
+end plus the grace, so a host whose clock lags, or whose path is slow, is judged against
+itself, never against the fastest host on its partition. A server that has gone quiet has
+its event time carried forward by the wall clock (`idle()`, called by the worker only when
+the partition has nothing fetched and unprocessed), so its last windows still close.
 
-Hourly and daily accumulators outlive the offsets a restart replays, so they are checkpointed
-(`checkpoint()` / `restore()`, stored by the worker in a compacted changelog topic): one record
-per server holding its open rollups and markers of the rollups it has emitted. A checkpoint
-written only in part is safe: `merged_upto` keeps a replayed 5 s window from being counted
-twice in a rollup saved after it, and a marker keeps an emitted rollup from being rebuilt from
-the replay and emitted again with only part of its data.
+Closing is decided sample by sample: the sample that moves a server's event time past a
+window's end plus grace closes it then, so what a window holds never depends on how records
+were batched. Hourly and daily windows are cascaded from closed 5 s windows (count-weighted:
+sums of counts, sums, min of mins, max of maxes, byte sums), so they equal aggregating the
+samples directly, and close by the same rule with their own grace.
+
+A sample whose 5 s window has already closed is late. Within the lateness horizon (behind the
+server's event time) it is absorbed: the window's aggregate is re-opened, the sample added,
+and the window emitted again, complete, with the next revision number; the hourly and daily
+windows take the sample directly (every statistic only grows with added samples, so nothing
+is retracted) and are emitted again too if they had been. To make that possible a closed 5 s
+window is kept, packed, until it falls behind the horizon; emitted rollups likewise. Only a
+sample older than the horizon (or whose window was released after the server had been quiet
+for longer than the horizon) is refused.
+
+State for a restart, written by the worker to a compacted changelog (`checkpoint()` /
+`restore()`): one record per server (event time, closing time, open and emitted rollups, and
+`covered`, the partition offset its state accounts for) and one per kept closed 5 s window
+(with the highest offset it holds). Records of a partition go to one changelog partition in
+order, so any record durable implies every earlier one is. On a replay, a record below its
+server's `covered` whose window the restored state has closed is already accounted for and
+skipped; one whose window is still open rebuilds it (open windows are never folded into a
+rollup, so nothing is counted twice).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -28,8 +45,13 @@ import orjson
 
 from schemas import MetricStats, ProcessInfo, RawMetricEvent, Resolution, WindowAggregate
 
-#: The rollups fed by closed 5 s windows, with their sizes in seconds.
-_ROLLUPS: Final = ((Resolution.ONE_HOUR, 3600), (Resolution.ONE_DAY, 86400))
+FIVE: Final = Resolution.FIVE_SECONDS
+#: The rollups fed by closed 5 s windows.
+ROLLUPS: Final = (Resolution.ONE_HOUR, Resolution.ONE_DAY)
+#: Shape of the changelog records; bumped when it changes, so old state is never misread.
+STATE_VERSION: Final = 2
+#: Changelog keys of kept closed 5 s windows start with this (server keys are UUIDs).
+WINDOW_KEY_PREFIX: Final = b"w|"
 
 
 def _iso(ts: float) -> str:
@@ -57,15 +79,6 @@ class MetricAcc:
         if is_latest:
             self.last = v
 
-    def stats_json(self, count: int, with_last: bool) -> dict[str, float | None]:
-        """`stats()` as the JSON object, without building the model."""
-        avg = min(100.0, max(0.0, self.total / count))
-        last = self.last if with_last else None
-        return {"avg": avg, "min": self.lo, "max": self.hi, "last": last}
-
-    def as_row(self) -> tuple[float, float, float, float]:
-        return self.total, self.lo, self.hi, self.last
-
     def merge(self, other: MetricAcc, other_is_latest: bool) -> None:
         self.total += other.total
         self.lo = min(self.lo, other.lo)
@@ -73,16 +86,30 @@ class MetricAcc:
         if other_is_latest:
             self.last = other.last
 
-    def stats(self, count: int, with_last: bool) -> MetricStats:
+    def copy(self) -> MetricAcc:
+        return MetricAcc(self.total, self.lo, self.hi, self.last)
+
+    def as_row(self) -> tuple[float, float, float, float]:
+        return self.total, self.lo, self.hi, self.last
+
+    def stats_json(self, count: int, with_last: bool) -> dict[str, float | None]:
+        """`stats()` as the JSON object, without building the model."""
         # Clamp: a mean of values in 0..100 can leave the range by a rounding error.
         avg = min(100.0, max(0.0, self.total / count))
-        last = self.last if with_last else None
-        return MetricStats(avg=avg, min=self.lo, max=self.hi, last=last)
+        return {
+            "avg": avg,
+            "min": self.lo,
+            "max": self.hi,
+            "last": self.last if with_last else None,
+        }
+
+    def stats(self, count: int, with_last: bool) -> MetricStats:
+        return MetricStats.model_validate(self.stats_json(count, with_last))
 
 
 @dataclass(slots=True)
 class WindowAcc:
-    """One open window of one server."""
+    """One window of one server: open, or closed and kept for corrections."""
 
     server_id: str
     start: int  # epoch seconds
@@ -94,13 +121,19 @@ class WindowAcc:
     rx: int
     tx: int
     last_ts: float
+    #: The latest sample's process list (5 s windows only; None for rollups).
     processes: list[ProcessInfo] | None
+    #: Lowest offset of a sample in it, while open: a restart must replay from there.
     first_offset: int | None = None
-    #: Start of the latest 5 s window merged in (hourly/daily only): replay guard.
-    merged_upto: int = -1
+    #: Highest offset of a sample in it: a replayed sample at or below it is already in.
+    last_offset: int = -1
+    #: Revision last emitted: -1 before the first emission, then 0, 1, ... per correction.
+    revision: int = -1
 
     @classmethod
-    def from_event(cls, e: RawMetricEvent, start: int, size: int, offset: int | None) -> WindowAcc:
+    def from_event(
+        cls, e: RawMetricEvent, start: int, size: int, offset: int, *, rollup: bool = False
+    ) -> WindowAcc:
         return cls(
             server_id=e.server_id,
             start=start,
@@ -112,15 +145,33 @@ class WindowAcc:
             rx=e.network_rx,
             tx=e.network_tx,
             last_ts=e.timestamp.timestamp(),
-            processes=list(e.processes),
+            processes=None if rollup else list(e.processes),
             first_offset=offset,
+            last_offset=offset,
+        )
+
+    @classmethod
+    def seeded_by(cls, w: WindowAcc, start: int, size: int) -> WindowAcc:
+        """A rollup whose first content is the closed 5 s window `w`."""
+        return cls(
+            server_id=w.server_id,
+            start=start,
+            size=size,
+            count=w.count,
+            cpu=w.cpu.copy(),
+            mem=w.mem.copy(),
+            disk=w.disk.copy(),
+            rx=w.rx,
+            tx=w.tx,
+            last_ts=w.last_ts,
+            processes=None,
         )
 
     @property
     def end(self) -> int:
         return self.start + self.size
 
-    def add(self, e: RawMetricEvent, offset: int | None) -> None:
+    def add(self, e: RawMetricEvent, offset: int) -> None:
         ts = e.timestamp.timestamp()
         latest = ts >= self.last_ts
         self.count += 1
@@ -131,14 +182,15 @@ class WindowAcc:
         self.tx += e.network_tx
         if latest:
             self.last_ts = ts
-            self.processes = list(e.processes)
-        if offset is not None and (self.first_offset is None or offset < self.first_offset):
+            if self.processes is not None:
+                self.processes = list(e.processes)
+        if self.first_offset is None or offset < self.first_offset:
             self.first_offset = offset
+        if offset > self.last_offset:
+            self.last_offset = offset
 
     def absorb(self, w: WindowAcc) -> None:
-        """Merge a closed 5 s window into this hourly/daily one (once per 5 s window)."""
-        if w.start <= self.merged_upto:
-            return
+        """Merge a closed 5 s window into this hourly/daily one."""
         latest = w.last_ts >= self.last_ts
         self.count += w.count
         self.cpu.merge(w.cpu, latest)
@@ -148,35 +200,17 @@ class WindowAcc:
         self.tx += w.tx
         if latest:
             self.last_ts = w.last_ts
-        self.merged_upto = w.start
-
-    @classmethod
-    def seeded_by(cls, w: WindowAcc, start: int, size: int) -> WindowAcc:
-        acc = cls(
-            server_id=w.server_id,
-            start=start,
-            size=size,
-            count=w.count,
-            cpu=MetricAcc(w.cpu.total, w.cpu.lo, w.cpu.hi, w.cpu.last),
-            mem=MetricAcc(w.mem.total, w.mem.lo, w.mem.hi, w.mem.last),
-            disk=MetricAcc(w.disk.total, w.disk.lo, w.disk.hi, w.disk.last),
-            rx=w.rx,
-            tx=w.tx,
-            last_ts=w.last_ts,
-            processes=None,
-        )
-        acc.merged_upto = w.start
-        return acc
 
     def to_aggregate(self, resolution: Resolution, emitted_at: datetime) -> WindowAggregate:
-        """The closed window as a validated message (the reference `to_json_bytes` is
-        tested against)."""
-        five = resolution is Resolution.FIVE_SECONDS
+        """The window as a validated message (the reference `to_json_bytes` is tested
+        against)."""
+        five = resolution is FIVE
         return WindowAggregate(
             server_id=self.server_id,
             resolution=resolution,
             window_start=datetime.fromtimestamp(self.start, UTC),
             window_end=datetime.fromtimestamp(self.end, UTC),
+            revision=max(0, self.revision),
             count=self.count,
             cpu_usage=self.cpu.stats(self.count, five),
             memory_usage=self.mem.stats(self.count, five),
@@ -189,9 +223,9 @@ class WindowAcc:
         )
 
     def to_json_bytes(self, resolution: Resolution, emitted_at: str) -> bytes:
-        """The closed window as `WindowAggregate` JSON, written directly: building the
-        pydantic model costs more than the whole windowing of its events."""
-        five = resolution is Resolution.FIVE_SECONDS
+        """The window as `WindowAggregate` JSON, written directly: building the pydantic
+        model costs more than the whole windowing of its events."""
+        five = resolution is FIVE
         n = self.count
         processes: list[dict[str, Any]] | None = None
         if five and self.processes is not None:
@@ -209,6 +243,7 @@ class WindowAcc:
             "resolution": resolution,
             "window_start": _iso(self.start),
             "window_end": _iso(self.start + self.size),
+            "revision": max(0, self.revision),
             "count": n,
             "cpu_usage": self.cpu.stats_json(n, five),
             "memory_usage": self.mem.stats_json(n, five),
@@ -221,8 +256,15 @@ class WindowAcc:
         }
         return orjson.dumps(doc)
 
-    def to_state(self) -> list[float]:
-        """A rollup as a checkpoint row (see `from_state`)."""
+    def pack(self) -> bytes:
+        """The window as a changelog value (and as kept in memory once closed)."""
+        return orjson.dumps(self.row())
+
+    def row(self) -> list[Any]:
+        """The window's state as a JSON array (see `unpack`)."""
+        procs = None
+        if self.processes is not None:
+            procs = [[p.pid, p.name, p.cpu_usage, p.memory_usage] for p in self.processes]
         return [
             self.start,
             self.size,
@@ -233,33 +275,40 @@ class WindowAcc:
             self.rx,
             self.tx,
             self.last_ts,
-            self.merged_upto,
+            self.revision,
+            self.last_offset,
+            procs,
         ]
 
     @classmethod
-    def from_state(cls, server_id: str, row: list[float]) -> WindowAcc:
-        start, size, count = int(row[0]), int(row[1]), int(row[2])
-        cpu, mem, disk = (MetricAcc(*row[i : i + 4]) for i in (3, 7, 11))
-        acc = cls(
+    def unpack(cls, server_id: str, data: bytes | list[Any]) -> WindowAcc:
+        row = orjson.loads(data) if isinstance(data, bytes) else data
+        procs = row[20]
+        return cls(
             server_id=server_id,
-            start=start,
-            size=size,
-            count=count,
-            cpu=cpu,
-            mem=mem,
-            disk=disk,
+            start=int(row[0]),
+            size=int(row[1]),
+            count=int(row[2]),
+            cpu=MetricAcc(*row[3:7]),
+            mem=MetricAcc(*row[7:11]),
+            disk=MetricAcc(*row[11:15]),
             rx=int(row[15]),
             tx=int(row[16]),
-            last_ts=row[17],
-            processes=None,
+            last_ts=float(row[17]),
+            revision=int(row[18]),
+            last_offset=int(row[19]),
+            processes=None
+            if procs is None
+            else [
+                ProcessInfo.model_construct(pid=p[0], name=p[1], cpu_usage=p[2], memory_usage=p[3])
+                for p in procs
+            ],
         )
-        acc.merged_upto = int(row[18])
-        return acc
 
 
 @dataclass(frozen=True)
 class Grace:
-    """Seconds a window waits past its end for out-of-order events, per resolution."""
+    """Seconds a window waits past its end for out-of-order samples, per resolution."""
 
     five_seconds: float = 5.0
     one_hour: float = 5.0
@@ -270,178 +319,344 @@ class Grace:
         if self.one_hour < self.five_seconds or self.one_day < self.five_seconds:
             raise ValueError("hourly and daily grace must be at least the 5 s grace")
 
+    def of(self, resolution: Resolution) -> float:
+        if resolution is FIVE:
+            return self.five_seconds
+        return self.one_hour if resolution is Resolution.ONE_HOUR else self.one_day
+
 
 @dataclass(frozen=True, slots=True)
 class ClosedWindow:
-    """A window that just closed, on its way to its aggregate topic."""
+    """A window emitted (first time, or again as a correction), on its way to its topic.
+    Its JSON is written when it is emitted: a later correction changes the window, not this."""
 
-    acc: WindowAcc
+    server_id: str
     resolution: Resolution
-    emitted_at: str  # ISO 8601, UTC
-
-    @property
-    def server_id(self) -> str:
-        return self.acc.server_id
+    revision: int
+    value: bytes
 
     def to_json_bytes(self) -> bytes:
-        return self.acc.to_json_bytes(self.resolution, self.emitted_at)
+        return self.value
 
     def message(self) -> WindowAggregate:
         """The aggregate as a validated message (what a consumer of the topic reads)."""
-        return WindowAggregate.model_validate_json(self.to_json_bytes())
+        return WindowAggregate.model_validate_json(self.value)
 
 
 #: A rollup window: (resolution, start).
 RollupKey = tuple[Resolution, int]
 
 
-@dataclass
-class ServerRollups:
-    """A server's checkpointed rollups in one partition: open accumulators and markers of the
-    ones already emitted (with the event time after which no replay can rebuild them)."""
+@dataclass(slots=True)
+class Late:
+    """Why a sample was refused."""
 
-    rollups: dict[RollupKey, WindowAcc] = field(default_factory=dict)
-    emitted: dict[RollupKey, float] = field(default_factory=dict)
+    detail: str
+
+
+@dataclass(slots=True)
+class ServerWindows:
+    """One server's windows and clocks in one partition."""
+
+    server_id: str
+    #: Latest sample timestamp seen (event time).
+    event_time: float = -math.inf
+    #: Windows whose end plus grace is at or before this are closed (event time, or event
+    #: time carried forward by the wall clock while the server is quiet).
+    closed_time: float = -math.inf
+    #: Wall clock at the server's latest sample.
+    arrived: float = -math.inf
+    #: Offsets below this are accounted for by the restored state (replay guard).
+    covered: int = 0
+    #: Closed 5 s windows released early (the server quiet for longer than the horizon):
+    #: every one starting before this.
+    released: int = -(2**62)
+    five: dict[int, WindowAcc] = field(default_factory=dict)  # open 5 s windows
+    kept: dict[int, bytes] = field(default_factory=dict)  # closed 5 s windows, packed
+    rollups: dict[RollupKey, WindowAcc] = field(default_factory=dict)  # open or emitted
 
     def to_json(self) -> dict[str, object]:
         return {
-            "rollups": [[r.value, *acc.to_state()] for (r, _), acc in self.rollups.items()],
-            "emitted": [[r.value, start, until] for (r, start), until in self.emitted.items()],
+            "v": STATE_VERSION,
+            "event_time": self.event_time,
+            "closed_time": self.closed_time,
+            "covered": self.covered,
+            "released": self.released,
+            "rollups": [[r.value, acc.row()] for (r, _), acc in self.rollups.items()],
         }
 
     @classmethod
-    def from_json(cls, server_id: str, data: dict[str, list[list[float | str]]]) -> ServerRollups:
-        state = cls()
-        for res, *row in data.get("rollups", []):
-            acc = WindowAcc.from_state(server_id, [float(x) for x in row])
-            state.rollups[(Resolution(str(res)), acc.start)] = acc
-        for res, start, until in data.get("emitted", []):
-            state.emitted[(Resolution(str(res)), int(start))] = float(until)
+    def from_json(cls, server_id: str, data: dict[str, Any]) -> ServerWindows:
+        if data.get("v") != STATE_VERSION:
+            raise ValueError(f"changelog record of version {data.get('v')!r}, not {STATE_VERSION}")
+        state = cls(
+            server_id,
+            event_time=float(data["event_time"]),
+            closed_time=float(data["closed_time"]),
+            covered=int(data["covered"]),
+            released=int(data["released"]),
+        )
+        for res, row in data["rollups"]:
+            acc = WindowAcc.unpack(server_id, row)
+            state.rollups[(Resolution(res), acc.start)] = acc
         return state
+
+
+def window_key(server_id: str, start: int) -> bytes:
+    return b"%s%s|%d" % (WINDOW_KEY_PREFIX, server_id.encode(), start)
+
+
+def parse_window_key(key: bytes) -> tuple[str, int]:
+    server, _, start = key[len(WINDOW_KEY_PREFIX) :].partition(b"|")
+    return server.decode(), int(start)
 
 
 @dataclass
 class PartitionWindows:
-    """The open windows of one input partition, closed by its event time."""
+    """The windows of one input partition, one `ServerWindows` per server."""
 
     grace: Grace = field(default_factory=Grace)
-    watermark: float = -math.inf
-    late: int = 0
-    _five: dict[int, dict[str, WindowAcc]] = field(default_factory=dict)
-    _rollups: dict[Resolution, dict[int, dict[str, WindowAcc]]] = field(
-        default_factory=lambda: {Resolution.ONE_HOUR: {}, Resolution.ONE_DAY: {}}
-    )
-    #: Rollups already emitted, per server: (resolution, start) → end + grace.
-    _emitted: dict[str, dict[RollupKey, float]] = field(default_factory=dict)
-    #: Servers whose rollups changed since the last checkpoint.
+    #: How far behind its server's event time a late sample is still absorbed, s.
+    horizon: float = 3600.0
+    servers: dict[str, ServerWindows] = field(default_factory=dict)
+    late_absorbed: int = 0
+    late_dropped: int = 0
+    #: Servers whose record changed since the last checkpoint.
     _dirty: set[str] = field(default_factory=set)
+    #: Kept-window records to write at the next checkpoint (None: a tombstone).
+    _dirty_windows: dict[bytes, bytes | None] = field(default_factory=dict)
 
-    def add(self, e: RawMetricEvent, offset: int | None = None, *, count_late: bool = True) -> bool:
-        """Put an event in its 5 s window. False (and counted) if the window already closed."""
+    def add(
+        self, e: RawMetricEvent, offset: int, wall: float, stamp: str, out: list[ClosedWindow]
+    ) -> Late | None:
+        """Take one sample; what it closes or corrects is appended to `out` (emitted at
+        `stamp`). A `Late` if it is refused (counted, unless it is a replay)."""
+        s = self.servers.get(e.server_id)
+        if s is None:
+            s = self.servers[e.server_id] = ServerWindows(e.server_id)
+        self._dirty.add(s.server_id)
         ts = e.timestamp.timestamp()
         start = int(ts // 5) * 5
-        if start + 5 + self.grace.five_seconds <= self.watermark:
-            if count_late:
-                self.late += 1
-            return False
-        bucket = self._five.setdefault(start, {})
-        acc = bucket.get(e.server_id)
-        if acc is None:
-            bucket[e.server_id] = WindowAcc.from_event(e, start, 5, offset)
-        else:
+        replayed = offset < s.covered
+        acc = s.five.get(start)
+        if acc is not None:
             acc.add(e, offset)
-        if ts > self.watermark:
-            self.watermark = ts
-        return True
+        elif start + 5 + self.grace.five_seconds > s.closed_time:
+            s.five[start] = WindowAcc.from_event(e, start, 5, offset)
+        elif not replayed:  # a replayed one is in the restored state already
+            late = self._late(s, e, ts, start, offset, stamp, out)
+            if late is not None:
+                return late
+        if not replayed:
+            s.arrived = wall
+        if ts > s.event_time:
+            s.event_time = ts
+            if ts > s.closed_time:
+                self._close(s, ts, stamp, out)
+        return None
 
-    def advance_to(self, t: float) -> None:
-        """Move the watermark to `t` if later (the wall clock, for an idle caught-up partition)."""
-        if t > self.watermark:
-            self.watermark = t
-
-    def close(self, emitted_at: datetime) -> list[ClosedWindow]:
-        """Close every window the watermark has passed (plus grace); oldest first."""
-        out: list[ClosedWindow] = []
-        wm = self.watermark
-        stamp = _iso(emitted_at.timestamp())
-        five = Resolution.FIVE_SECONDS
-        for start in sorted(s for s in self._five if s + 5 + self.grace.five_seconds <= wm):
-            for acc in self._five.pop(start).values():
-                out.append(ClosedWindow(acc, five, stamp))
-                self._cascade(acc)
-        for (resolution, size), grace in zip(
-            _ROLLUPS, (self.grace.one_hour, self.grace.one_day), strict=True
-        ):
-            windows = self._rollups[resolution]
-            for start in sorted(s for s in windows if s + size + grace <= wm):
-                for server_id, acc in windows.pop(start).items():
-                    out.append(ClosedWindow(acc, resolution, stamp))
-                    self._emitted.setdefault(server_id, {})[(resolution, start)] = (
-                        start + size + grace
-                    )
-                    self._dirty.add(server_id)
-        return out
-
-    def _cascade(self, w: WindowAcc) -> None:
-        emitted = self._emitted.get(w.server_id)
-        for resolution, size in _ROLLUPS:
-            start = w.start // size * size
-            if emitted is not None and (resolution, start) in emitted:
-                continue  # a replayed 5 s window of a rollup emitted before the restart
-            bucket = self._rollups[resolution].setdefault(start, {})
-            acc = bucket.get(w.server_id)
-            if acc is None:
-                bucket[w.server_id] = WindowAcc.seeded_by(w, start, size)
+    def _late(
+        self,
+        s: ServerWindows,
+        e: RawMetricEvent,
+        ts: float,
+        start: int,
+        offset: int,
+        stamp: str,
+        out: list[ClosedWindow],
+    ) -> Late | None:
+        """A sample for a closed 5 s window: absorb it as a correction, or refuse it."""
+        if ts < s.event_time - self.horizon:
+            self.late_dropped += 1
+            return Late(
+                f"event at {e.timestamp.isoformat()} is {s.event_time - ts:.0f} s behind its "
+                f"server's event time ({datetime.fromtimestamp(s.event_time, UTC).isoformat()}), "
+                f"beyond the {self.horizon:g} s lateness horizon"
+            )
+        if start < s.released:
+            self.late_dropped += 1
+            return Late(
+                f"event at {e.timestamp.isoformat()} is for a window closed and released after "
+                f"its server was quiet for longer than the {self.horizon:g} s lateness horizon"
+            )
+        self.late_absorbed += 1
+        packed = s.kept.get(start)
+        w = None if packed is None else WindowAcc.unpack(s.server_id, packed)
+        if w is None:  # nothing was in this window: it is emitted now, then complete
+            w = WindowAcc.from_event(e, start, 5, offset)
+            w.first_offset = None
+            self._emit(w, FIVE, stamp, out)
+        elif offset > w.last_offset:  # (at or below: a newer record of it has it already)
+            w.add(e, offset)
+            self._emit(w, FIVE, stamp, out)
+        w.first_offset = None
+        self._keep(s, w)
+        for resolution in ROLLUPS:
+            size = resolution.seconds
+            key = (resolution, int(ts // size) * size)
+            r = s.rollups.get(key)
+            if r is None:
+                r = s.rollups[key] = WindowAcc.from_event(e, key[1], size, offset, rollup=True)
             else:
-                acc.absorb(w)
+                r.add(e, offset)
+            if r.revision >= 0 or r.end + self.grace.of(resolution) <= s.closed_time:
+                self._emit(r, resolution, stamp, out)
+        return None
+
+    def _close(self, s: ServerWindows, t: float, stamp: str, out: list[ClosedWindow]) -> None:
+        """Move `s`'s closing time to `t`: emit the windows it passes, cascade, release."""
+        s.closed_time = t
+        g5 = self.grace.five_seconds
+        due = [start for start in s.five if start + 5 + g5 <= t]
+        if due:
+            self._dirty.add(s.server_id)
+            for start in sorted(due):
+                w = s.five.pop(start)
+                self._emit(w, FIVE, stamp, out)
+                w.first_offset = None
+                self._keep(s, w)
+                for resolution in ROLLUPS:
+                    size = resolution.seconds
+                    key = (resolution, start // size * size)
+                    r = s.rollups.get(key)
+                    if r is None:
+                        s.rollups[key] = WindowAcc.seeded_by(w, key[1], size)
+                    else:
+                        r.absorb(w)
+                        if r.revision >= 0:  # emitted already (not in normal operation)
+                            self._emit(r, resolution, stamp, out)
+        for (resolution, _), r in s.rollups.items():
+            if r.revision < 0 and r.end + self.grace.of(resolution) <= t:
+                self._emit(r, resolution, stamp, out)
+        self._release(s)
+
+    def _emit(
+        self, w: WindowAcc, resolution: Resolution, stamp: str, out: list[ClosedWindow]
+    ) -> None:
+        w.revision += 1
+        out.append(
+            ClosedWindow(w.server_id, resolution, w.revision, w.to_json_bytes(resolution, stamp))
+        )
         self._dirty.add(w.server_id)
 
-    def checkpoint(self, settled_upto: float) -> list[tuple[str, ServerRollups]]:
-        """The state of every server changed since the last checkpoint.
+    def _keep(self, s: ServerWindows, w: WindowAcc) -> None:
+        packed = w.pack()
+        s.kept[w.start] = packed
+        self._dirty_windows[window_key(s.server_id, w.start)] = packed
 
-        `settled_upto` is the watermark of the last checkpoint known to be stored: markers of
-        rollups that ended (plus grace) before it are dropped, as any restore from then on
-        has a watermark that makes their 5 s windows late.
-        """
-        for server_id, emitted in list(self._emitted.items()):
-            settled = [k for k, until in emitted.items() if until <= settled_upto]
-            for k in settled:
-                del emitted[k]
-            if settled:
-                self._dirty.add(server_id)
-            if not emitted:
-                del self._emitted[server_id]
-        out = [(server_id, self.server_state(server_id)) for server_id in self._dirty]
-        self._dirty.clear()
-        return out
+    def _release(self, s: ServerWindows) -> None:
+        """Forget what has fallen behind the horizon: kept 5 s windows (oldest first; one
+        kept out of order waits its turn), rollups emitted and now final."""
+        edge = s.event_time - self.horizon
+        kept = s.kept
+        while kept:
+            start = next(iter(kept))
+            if start + 5 > edge:
+                break
+            del kept[start]
+            self._dirty_windows[window_key(s.server_id, start)] = None
+        final = [k for k, r in s.rollups.items() if r.revision >= 0 and r.end <= edge]
+        for k in final:
+            del s.rollups[k]
 
-    def server_state(self, server_id: str) -> ServerRollups:
-        state = ServerRollups(emitted=dict(self._emitted.get(server_id, {})))
-        for resolution, windows in self._rollups.items():
-            for start, bucket in windows.items():
-                acc = bucket.get(server_id)
-                if acc is not None:
-                    state.rollups[(resolution, start)] = acc
-        return state
+    def idle(self, wall: float, stamp: str, out: list[ClosedWindow]) -> None:
+        """The partition has nothing fetched and unprocessed: every server's event time is
+        carried forward by the wall-clock time since its latest sample, which closes the
+        windows of servers that went quiet. A server quiet for longer than the horizon has
+        its kept 5 s windows released (its hourly and daily state stays)."""
+        for s in self.servers.values():
+            quiet = wall - s.arrived
+            if quiet <= 0:
+                continue
+            t = s.event_time + quiet
+            if t > s.closed_time:
+                self._close(s, t, stamp, out)
+            if quiet > self.horizon and s.kept:
+                s.released = max(s.kept) + 5
+                for start in s.kept:
+                    self._dirty_windows[window_key(s.server_id, start)] = None
+                s.kept.clear()
+                self._dirty.add(s.server_id)
 
-    def restore(self, watermark: float, servers: dict[str, ServerRollups]) -> None:
-        """Start from a checkpoint: its watermark and every server's rollups and markers."""
-        self.watermark = watermark
-        for server_id, state in servers.items():
-            for (resolution, start), acc in state.rollups.items():
-                self._rollups[resolution].setdefault(start, {})[server_id] = acc
-            if state.emitted:
-                self._emitted[server_id] = dict(state.emitted)
+    def checkpoint(self, covered: int) -> Iterator[tuple[bytes, bytes | None]]:
+        """Changelog records of everything changed since the last checkpoint: kept windows
+        first (a server record durable means its windows are), then server records, each
+        accounting for the offsets below `covered`."""
+        windows, self._dirty_windows = self._dirty_windows, {}
+        yield from windows.items()
+        dirty, self._dirty = self._dirty, set()
+        for server_id in dirty:
+            s = self.servers[server_id]
+            s.covered = max(s.covered, covered)
+            yield server_id.encode(), orjson.dumps(s.to_json())
+
+    def restore(self, records: dict[bytes, bytes], wall: float) -> None:
+        """Start from the changelog (latest value per key, tombstones removed) at `wall`:
+        a restored server is quiet from then on, not since its last sample."""
+        windows: list[tuple[str, int, bytes]] = []
+        for key, value in records.items():
+            if key.startswith(WINDOW_KEY_PREFIX):
+                windows.append((*parse_window_key(key), value))
+            else:
+                server_id = key.decode()
+                s = ServerWindows.from_json(server_id, orjson.loads(value))
+                s.arrived = wall
+                self.servers[server_id] = s
+        g5 = self.grace.five_seconds
+        for server_id, start, value in sorted(windows, key=lambda w: w[1]):
+            owner = self.servers.get(server_id)
+            # A window closed after its server's record was written is rebuilt by the replay.
+            closed = owner is not None and start + 5 + g5 <= owner.closed_time
+            if owner is not None and closed and start >= owner.released:
+                owner.kept[start] = value
+
+    def restore_v1(
+        self, records: dict[bytes, bytes], watermark: float, covered: int, wall: float
+    ) -> None:
+        """Start from a changelog of the previous release: one event time per partition
+        (`watermark`), open rollups per server, markers of emitted ones. The 5 s windows it
+        had closed are released (their content was not kept), so a late sample for one is
+        refused rather than turned into a window that holds only itself."""
+        released = int(watermark // 5) * 5 + 5
+        for key, value in records.items():
+            server_id = key.decode()
+            data = orjson.loads(value)
+            s = self.servers[server_id] = ServerWindows(
+                server_id,
+                event_time=watermark,
+                closed_time=watermark,
+                arrived=wall,
+                covered=covered,
+                released=released,
+            )
+            for res, *row in data.get("rollups", []):
+                start, size, count = int(row[0]), int(row[1]), int(row[2])
+                cpu, mem, disk = (MetricAcc(*row[i : i + 4]) for i in (3, 7, 11))
+                s.rollups[(Resolution(res), start)] = WindowAcc(
+                    server_id,
+                    start,
+                    size,
+                    count,
+                    cpu,
+                    mem,
+                    disk,
+                    rx=int(row[15]),
+                    tx=int(row[16]),
+                    last_ts=float(row[17]),
+                    processes=None,
+                )
 
     def committable_offset(self, next_offset: int) -> int:
         """The offset from which a restart must replay to rebuild the open 5 s windows."""
-        firsts = [
-            a.first_offset
-            for bucket in self._five.values()
-            for a in bucket.values()
-            if a.first_offset is not None
-        ]
-        return min([*firsts, next_offset])
+        low = next_offset
+        for s in self.servers.values():
+            for w in s.five.values():
+                if w.first_offset is not None and w.first_offset < low:
+                    low = w.first_offset
+        return low
 
     def open_windows(self) -> int:
-        return sum(len(b) for b in self._five.values())
+        return sum(len(s.five) for s in self.servers.values())
+
+    def kept_windows(self) -> int:
+        return sum(len(s.kept) for s in self.servers.values())

@@ -1,8 +1,9 @@
 """Crash safety of the stream processor, as pure logic (hypothesis): a worker that crashes at
 any point — between batches with only part of its outputs acknowledged, or halfway through
 writing a checkpoint — and restarts from its changelog and committed offset emits exactly the
-aggregates and dead letters of an uninterrupted run. A window may come out twice, never with
-different content, never missing."""
+aggregates, corrections and dead letters of an uninterrupted run, with late samples (absorbed
+as corrections, or beyond the horizon) in the input. A revision of a window may come out
+twice, never with different content, never missing."""
 
 from __future__ import annotations
 
@@ -49,12 +50,12 @@ def scripted_records(
     for i, by in delays:
         i %= len(records)
         records.insert(min(i + by, len(records)), records.pop(i))
-    for i in late_at:  # a re-send of an event 30 s older than its neighbour
+    for n, i in enumerate(late_at):  # a re-send of an older event
         i %= len(records)
         value = records[i][1]
         old = json.loads(value)
         server = SERVERS.index(old["server_id"])
-        at = (T0.fromisoformat(old["timestamp"]) - T0).total_seconds() - 30
+        at = (T0.fromisoformat(old["timestamp"]) - T0).total_seconds() - (200 if n % 2 else 30)
         records.insert(i + 1, _event(server, at, 99.0))
     for i in junk_at:
         records.insert(i % len(records), (b"junk", b"{not json"))
@@ -85,8 +86,8 @@ def run(records: list[tuple[bytes, bytes]], data: st.DataObject | None) -> Kafka
     kafka = Kafka()
     crashes = 0
     while True:
-        proc = StreamProcessor(source_topic="raw", grace=Grace(5, 10, 15))
-        proc.restore(0, kafka.state())
+        proc = StreamProcessor(source_topic="raw", grace=Grace(5, 10, 15), lateness_horizon=120)
+        proc.restore(0, kafka.state(), WALL)
         pos, crashed = kafka.committed, False
         pending: list[WindowAggregate | DeadLetter] = []
         while pos < len(records) and not crashed:
@@ -95,7 +96,6 @@ def run(records: list[tuple[bytes, bytes]], data: st.DataObject | None) -> Kafka
             for offset in range(pos, min(pos + size, len(records))):
                 key, value = records[offset]
                 proc.record(0, offset, key, value, WALL, out)
-            out.extend(proc.close_due(WALL))
             pending += [*(a.message() for a in out.aggregates), *out.dead_letters]
             pos += size
             crash_now = data is not None and crashes < 4 and data.draw(st.integers(0, 3)) == 0
@@ -105,14 +105,12 @@ def run(records: list[tuple[bytes, bytes]], data: st.DataObject | None) -> Kafka
             elif data is None or data.draw(st.booleans()):
                 kafka.outputs += pending
                 pending = []
-                state, watermark = proc.checkpoint(0)
+                state = proc.checkpoint(0)
                 if data is not None and crashes < 4 and data.draw(st.integers(0, 3)) == 0:
                     kafka.changelog += state[: data.draw(st.integers(0, len(state)))]
                     crashes, crashed = crashes + 1, True
                     continue
                 kafka.changelog += state
-                if watermark is not None:
-                    proc.stored(0, watermark)
                 upto = proc.committable(0)
                 if upto is not None:
                     kafka.committed = upto
@@ -121,11 +119,14 @@ def run(records: list[tuple[bytes, bytes]], data: st.DataObject | None) -> Kafka
             return kafka
 
 
-def by_window(outputs: list[WindowAggregate | DeadLetter]) -> dict[tuple[str, str, str], list[str]]:
-    windows: dict[tuple[str, str, str], list[str]] = {}
+def by_window(
+    outputs: list[WindowAggregate | DeadLetter],
+) -> dict[tuple[str, str, str, int], list[str]]:
+    """Each revision of each window: its contents as emitted (more than one if repeated)."""
+    windows: dict[tuple[str, str, str, int], list[str]] = {}
     for o in outputs:
         if isinstance(o, WindowAggregate):
-            key = (o.resolution.value, o.server_id, o.window_start.isoformat())
+            key = (o.resolution.value, o.server_id, o.window_start.isoformat(), o.revision)
             windows.setdefault(key, []).append(o.model_dump_json(exclude={"emitted_at"}))
     return windows
 
@@ -156,3 +157,12 @@ def test_crash_and_restart_anywhere_gives_the_uninterrupted_result(
     for key, contents in got.items():
         assert set(contents) == set(expected[key]), key  # repeats are identical
     assert letters(crashed.outputs) == letters(reference.outputs)
+
+
+def test_the_scripted_input_has_corrections_and_late_letters() -> None:
+    """The generator's re-sends do what the property test needs: corrections (revision > 0)
+    of 5 s and hourly windows, and dead letters for those beyond the horizon."""
+    reference = run(scripted_records([], [100, 101], []), None)
+    revised = {k[0] for k in by_window(reference.outputs) if k[3] > 0}
+    assert revised >= {"5s"}
+    assert {reason for reason, _ in letters(reference.outputs)} == {"late"}

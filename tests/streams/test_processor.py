@@ -37,18 +37,19 @@ def test_invalid_records_go_to_the_dlq_with_reason_and_bytes() -> None:
     assert p.committable(0) == 3
 
 
-def test_late_event_goes_to_the_dlq_and_the_rest_goes_on() -> None:
-    p = StreamProcessor(source_topic="t")
+def test_late_event_beyond_the_horizon_goes_to_the_dlq_and_the_rest_goes_on() -> None:
+    p = StreamProcessor(source_topic="t", lateness_horizon=8)
     p.record(0, 0, None, raw(0, 1), BASE)
-    p.record(0, 1, None, raw(0, 12), BASE)
-    out = p.close_due(BASE)  # event time 12 closes [0,5)
+    out = p.record(0, 1, None, raw(0, 12), BASE)  # event time 12 closes [0,5)
     assert [a.resolution for a in out.aggregates] == [Resolution.FIVE_SECONDS]
-    late = p.record(0, 2, None, raw(1, 2), BASE)
+    late = p.record(0, 2, None, raw(0, 2), BASE)  # 10 s behind its server: beyond 8 s
     [letter] = late.dead_letters
-    assert letter.reason is DeadLetterReason.LATE and "grace" in letter.error
-    assert p.partitions[0].late == 1
-    ok = p.record(0, 3, None, raw(1, 13), BASE)
+    assert letter.reason is DeadLetterReason.LATE and "horizon" in letter.error
+    assert p.counts() == {"late_absorbed": 0, "late_dropped": 1}
+    ok = p.record(0, 3, None, raw(0, 13), BASE)
     assert ok.dead_letters == []
+    # Another server on the partition is judged by its own event time: nothing is late.
+    assert p.record(0, 4, None, raw(1, 2), BASE).dead_letters == []
 
 
 def test_status_online_offline_online() -> None:
@@ -57,7 +58,8 @@ def test_status_online_offline_online() -> None:
     assert online.status is ServerState.ONLINE and online.server_id == SERVERS[0]
     assert p.record(0, 1, None, raw(0, 2), BASE + 1).statuses == []
     assert p.tick(BASE + 10).statuses == []
-    [offline] = p.tick(BASE + 16).statuses
+    assert p.tick(BASE + 16, caught_up=[1]).statuses == []  # its partition has a backlog
+    [offline] = p.tick(BASE + 16, caught_up=[0]).statuses
     assert offline.status is ServerState.OFFLINE
     assert offline.last_event_at == T0 + timedelta(seconds=2)
     assert p.tick(BASE + 30).statuses == []  # said once
@@ -69,6 +71,7 @@ def test_idle_partition_closes_by_wall_clock_and_commits_forward() -> None:
     p = StreamProcessor(source_topic="t")
     p.record(3, 10, None, raw(0, 1), BASE)
     assert p.committable(3) == 10  # the open window needs offset 10 on a replay
+    assert p.idle(3, BASE + 8).aggregates == []  # event time carried to 9: not yet
     out = p.idle(3, BASE + 11)
     assert [a.message().window_start for a in out.aggregates] == [T0]
     assert p.committable(3) == 11

@@ -1,5 +1,6 @@
-"""Unit tests (hypothesis) of the windowing math: cascade equals direct aggregation, lateness,
-out-of-order events within grace, exactly-once closing, replay safety."""
+"""Unit tests (hypothesis) of the windowing math: cascade equals direct aggregation (with
+late samples absorbed as corrections), out-of-order events within grace, closing once per
+revision, the lateness horizon, packing for the changelog."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import RawMetricEvent, Resolution, WindowAggregate
-from streams.windows import Grace, PartitionWindows, WindowAcc
+from streams.windows import ClosedWindow, Grace, PartitionWindows, WindowAcc
 
 T0 = datetime(2026, 11, 25, 22, 0, tzinfo=UTC)  # two hours before a day boundary
 SERVERS = ["6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4", "0b6f6d8e-2f55-4c59-9a1c-6a8f3f4e7c21"]
@@ -51,6 +52,58 @@ def aggregate_directly(
     return out
 
 
+STAMP = "2030-01-01T00:00:00Z"
+
+
+def feed(w: PartitionWindows, events: Iterable[RawMetricEvent], wall: float = 0.0) -> list[bool]:
+    """Add each event at the partition's next offset; True for each one taken, False if
+    refused."""
+    taken = []
+    for e in events:
+        offset = NEXT_OFFSET.setdefault(id(w), 0)
+        NEXT_OFFSET[id(w)] = offset + 1
+        taken.append(w.add(e, offset, wall, STAMP, OUT) is None)
+    return taken
+
+
+NEXT_OFFSET: dict[int, int] = {}
+
+
+OUT: list[ClosedWindow] = []
+
+
+@pytest.fixture(autouse=True)
+def _fresh_outbox() -> None:
+    OUT.clear()
+
+
+def emitted(w: PartitionWindows, *, finish: bool = False) -> list[WindowAggregate]:
+    """What has been emitted so far (with `finish`: after the wall clock closes the rest),
+    as a consumer of the aggregate topics reads it; cleared for the next call."""
+    if finish:
+        w.idle(math.inf, STAMP, OUT)
+    out = [c.message() for c in OUT]
+    OUT.clear()
+    return out
+
+
+def latest(
+    messages: list[WindowAggregate], resolution: Resolution
+) -> dict[tuple[str, int], WindowAggregate]:
+    """Each window's highest revision; revisions come out once each, counting up from 0."""
+    revisions: dict[tuple[str, int], list[int]] = {}
+    got: dict[tuple[str, int], WindowAggregate] = {}
+    for a in messages:
+        if a.resolution is resolution:
+            key = (a.server_id, int(a.window_start.timestamp()))
+            revisions.setdefault(key, []).append(a.revision)
+            got[key] = a
+    for key, revs in revisions.items():
+        assert revs == list(range(len(revs))), key
+        assert got[key].revision == revs[-1]
+    return got
+
+
 events_strategy = st.lists(
     st.tuples(
         st.integers(0, 1),
@@ -62,37 +115,14 @@ events_strategy = st.lists(
     max_size=300,
 ).map(lambda xs: sorted(xs, key=lambda x: x[1]))
 
-
-def closed(w: PartitionWindows) -> list[WindowAggregate]:
-    """What `close()` emits, as a consumer of the aggregate topics reads it. The JSON written
-    directly must equal the validated model built field by field."""
-    out = []
-    for c in w.close(NOW):
-        message = c.message()
-        assert message == c.acc.to_aggregate(c.resolution, NOW)
-        out.append(message)
-    return out
+#: Moves of some events later in the input: (index, how many places, by up to 40 minutes).
+moves_strategy = st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 300)), max_size=20)
 
 
-@settings(max_examples=60, deadline=None)
-@given(events_strategy)
-def test_cascade_equals_direct_aggregation(raw: list[tuple[int, float, float, int]]) -> None:
-    events = [ev(s, t, cpu, rx) for s, t, cpu, rx in raw]
-    w = PartitionWindows()
-    emitted: list[WindowAggregate] = []
-    for e in events:
-        assert w.add(e)
-        emitted += closed(w)
-    w.advance_to(math.inf)
-    emitted += closed(w)
+def check_equals_direct(emitted_: list[WindowAggregate], accepted: list[RawMetricEvent]) -> None:
     for resolution in Resolution:
-        expected = aggregate_directly(events, resolution)
-        got = {
-            (a.server_id, int(a.window_start.timestamp())): a
-            for a in emitted
-            if a.resolution is resolution
-        }
-        assert len(got) == len([a for a in emitted if a.resolution is resolution])  # once each
+        expected = aggregate_directly(accepted, resolution)
+        got = latest(emitted_, resolution)
         assert set(got) == set(expected)
         for key, (count, total, lo, hi, rx, tx) in expected.items():
             a = got[key]
@@ -102,64 +132,146 @@ def test_cascade_equals_direct_aggregation(raw: list[tuple[int, float, float, in
             assert (a.network_rx, a.network_tx) == (rx, tx)
 
 
+@settings(max_examples=60, deadline=None)
+@given(events_strategy)
+def test_cascade_equals_direct_aggregation(raw: list[tuple[int, float, float, int]]) -> None:
+    events = [ev(s, t, cpu, rx) for s, t, cpu, rx in raw]
+    w = PartitionWindows()
+    assert all(feed(w, events))
+    out = emitted(w, finish=True)
+    check_equals_direct(out, events)
+    assert all(a.revision == 0 for a in out)  # in order: nothing is corrected
+
+
+@settings(max_examples=80, deadline=None)
+@given(events_strategy, moves_strategy)
+def test_late_samples_are_corrections_and_the_last_revision_equals_direct(
+    raw: list[tuple[int, float, float, int]], moves: list[tuple[int, int]]
+) -> None:
+    """Some events arrive far behind their server (up to the whole input later): those
+    within the horizon correct their windows; the rest are refused. The highest revision of
+    every window equals aggregating the accepted events directly."""
+    events = [ev(s, t, cpu, rx) for s, t, cpu, rx in raw]
+    for i, by in moves:
+        i %= len(events)
+        events.insert(min(i + by, len(events)), events.pop(i))
+    w = PartitionWindows(horizon=1800)
+    taken = feed(w, events)
+    out = emitted(w, finish=True)
+    accepted = [e for e, ok in zip(events, taken, strict=True) if ok]
+    check_equals_direct(out, accepted)
+    assert w.late_dropped == taken.count(False)
+    # Refused only beyond the horizon behind its own server's latest sample before it.
+    newest: dict[str, float] = {}
+    for e, ok in zip(events, taken, strict=True):
+        ts = e.timestamp.timestamp()
+        assert ok == (ts >= newest.get(e.server_id, -math.inf) - 1800)
+        newest[e.server_id] = max(ts, newest.get(e.server_id, -math.inf))
+
+
 def test_out_of_order_within_grace_is_kept_and_last_is_by_event_time() -> None:
     w = PartitionWindows()
-    assert w.add(ev(0, 1.0, cpu=10))
-    assert w.add(ev(0, 8.0, cpu=30))  # watermark 8: window [0,5) closes at 10
-    assert w.add(ev(0, 4.0, cpu=20))  # older, but its window is still open
-    assert closed(w) == []
-    w.add(ev(0, 10.5))
-    [five] = closed(w)
-    assert five.count == 2 and five.cpu_usage.avg == 15.0
+    feed(w, [ev(0, 1.0, cpu=10), ev(0, 8.0, cpu=30), ev(0, 4.0, cpu=20)])
+    assert emitted(w) == []  # server event time 8: window [0,5) closes at 10
+    feed(w, [ev(0, 10.5)])
+    [five] = emitted(w)
+    assert five.count == 2 and five.cpu_usage.avg == 15.0 and five.revision == 0
     assert five.cpu_usage.last == 20  # the event with the latest timestamp, not the last to arrive
     assert five.window_start == T0 and five.window_end == T0 + timedelta(seconds=5)
 
 
-def test_late_events_are_refused_and_counted() -> None:
+def test_each_server_is_judged_by_its_own_event_time() -> None:
     w = PartitionWindows(Grace(five_seconds=2.0))
-    w.add(ev(0, 0.5))
-    w.add(ev(0, 7.0))  # watermark 7 = end 5 + grace 2: window [0,5) closes
-    emitted = closed(w)
-    assert [a.window_start for a in emitted] == [T0]
-    assert not w.add(ev(0, 3.0))
-    assert not w.add(ev(1, 4.9))  # any server: the partition's event time decides
-    assert w.add(ev(0, 5.0))
-    assert w.late == 2
+    feed(w, [ev(0, 0.5), ev(0, 100.0)])  # server 0 is far ahead
+    assert [a.window_start for a in emitted(w)] == [T0]
+    assert all(feed(w, [ev(1, 0.5), ev(1, 3.0), ev(1, 4.9)]))  # server 1: nothing late
+    assert emitted(w) == []
+    feed(w, [ev(1, 7.0)])  # its own event time closes its window
+    [five] = emitted(w)
+    assert (five.server_id, five.count, five.revision) == (SERVERS[1], 3, 0)
 
 
-def test_wall_clock_closes_an_idle_partition() -> None:
+def test_a_late_sample_corrects_its_window_and_the_rollups() -> None:
+    w = PartitionWindows(Grace(five_seconds=2.0))
+    feed(w, [ev(0, 0.5, cpu=10), ev(0, 7.0)])
+    [first] = emitted(w)
+    assert (first.count, first.revision) == (1, 0)
+    assert feed(w, [ev(0, 3.0, cpu=50)]) == [True]
+    [again] = emitted(w)
+    assert (again.count, again.revision, again.cpu_usage.max) == (2, 1, 50)
+    assert (w.late_absorbed, w.late_dropped) == (1, 0)
+    hour = latest(emitted(w, finish=True), Resolution.ONE_HOUR)[(SERVERS[0], int(T0.timestamp()))]
+    assert hour.count == 3 and hour.revision == 0
+
+
+def test_an_emitted_rollup_is_emitted_again_when_corrected() -> None:
+    w = PartitionWindows(horizon=600)
+    feed(w, [ev(0, 3590.0), ev(0, 3600.0 + 20)])  # 23:00:20 closes the hour 22:00
+    [_, hour] = emitted(w)
+    assert (hour.resolution, hour.count) == (Resolution.ONE_HOUR, 1)
+    feed(w, [ev(0, 3591.0)])  # 29 s behind: within the horizon
+    by = {a.resolution: a for a in emitted(w)}
+    assert (by[Resolution.FIVE_SECONDS].count, by[Resolution.FIVE_SECONDS].revision) == (2, 1)
+    assert (by[Resolution.ONE_HOUR].count, by[Resolution.ONE_HOUR].revision) == (2, 1)
+    assert Resolution.ONE_DAY not in by  # still open: it just takes the sample
+
+
+def test_beyond_the_horizon_is_refused_and_kept_windows_are_released() -> None:
+    w = PartitionWindows(horizon=60)
+    feed(w, [ev(0, float(s)) for s in range(200)])
+    emitted(w)
+    assert w.kept_windows() == 11  # closed (start <= 185), ending within 60 s of 199
+    assert feed(w, [ev(0, 120.0), ev(0, 150.0)]) == [False, True]
+    assert (w.late_dropped, w.late_absorbed) == (1, 1)
+
+
+def test_wall_clock_closes_a_quiet_server_from_its_own_event_time() -> None:
     w = PartitionWindows()
-    w.add(ev(0, 1.0))
-    assert closed(w) == []
-    w.advance_to((T0 + timedelta(seconds=10)).timestamp())
-    assert [a.resolution for a in closed(w)] == [Resolution.FIVE_SECONDS]
-    w.advance_to((T0 + timedelta(hours=1, seconds=5)).timestamp())
-    assert [a.resolution for a in closed(w)] == [Resolution.ONE_HOUR]
+    base = T0.timestamp()
+    feed(w, [ev(0, 1.0)], wall=base + 1)
+    w.idle(base + 5, STAMP, OUT)  # quiet for 4 s: event time carried to 5, [0,5) still open
+    assert emitted(w) == []
+    w.idle(base + 10, STAMP, OUT)  # quiet for 9 s: carried to 10 = end + grace
+    assert [a.resolution for a in emitted(w)] == [Resolution.FIVE_SECONDS]
+    w.idle(base + 3600 + 6, STAMP, OUT)
+    assert [a.resolution for a in emitted(w)] == [Resolution.ONE_HOUR]
 
 
-def test_replayed_five_second_window_is_absorbed_once() -> None:
+def test_a_quiet_server_far_behind_the_clock_is_not_closed_by_the_clock_itself() -> None:
+    """A host 30 s behind that keeps sending is never closed early by the idle clock."""
     w = PartitionWindows()
-    w.add(ev(0, 1.0, cpu=40))
-    w.add(ev(0, 11.0))
-    [five] = [a for a in closed(w) if a.resolution is Resolution.FIVE_SECONDS]
-    hour = next(iter(w._rollups[Resolution.ONE_HOUR].values()))[SERVERS[0]]
-    acc = WindowAcc.from_event(ev(0, 1.0, cpu=40), int(T0.timestamp()), 5, None)
-    before = hour.count
-    hour.absorb(acc)  # the same 5 s window again, as after a restart's replay
-    assert hour.count == before == five.count
+    base = T0.timestamp()
+    for s in range(60):
+        feed(w, [ev(0, float(s))], wall=base + 30 + s)
+        w.idle(base + 30 + s + 0.9, STAMP, OUT)
+    assert all(a.revision == 0 and a.count == 5 for a in emitted(w))
+    assert w.late_absorbed == 0
+
+
+def test_packed_window_round_trips() -> None:
+    acc = WindowAcc.from_event(ev(0, 1.0, cpu=12.5), int(T0.timestamp()), 5, 7)
+    acc.add(ev(0, 2.0, cpu=40), 9)
+    acc.revision = 2
+    back = WindowAcc.unpack(acc.server_id, acc.pack())
+    back.first_offset = acc.first_offset
+    assert back == acc
+    assert back.to_json_bytes(Resolution.FIVE_SECONDS, STAMP) == acc.to_json_bytes(
+        Resolution.FIVE_SECONDS, STAMP
+    )
+    aggregate = acc.to_aggregate(Resolution.FIVE_SECONDS, NOW)
+    direct = WindowAggregate.model_validate_json(acc.to_json_bytes(Resolution.FIVE_SECONDS, STAMP))
+    assert direct == aggregate.model_copy(update={"emitted_at": direct.emitted_at})
 
 
 def test_committable_offset_is_the_oldest_open_window() -> None:
     w = PartitionWindows()
-    w.add(ev(0, 1.0), offset=100)
-    w.add(ev(1, 2.0), offset=101)
-    w.add(ev(0, 6.0), offset=102)
+    for offset, e in enumerate([ev(0, 1.0), ev(1, 2.0), ev(0, 6.0)], start=100):
+        w.add(e, offset, 0.0, STAMP, OUT)
     assert w.committable_offset(103) == 100
-    w.add(ev(0, 11.0), offset=103)
-    closed(w)  # [0,5) closes (watermark 11 > 10)
-    assert w.committable_offset(104) == 102
-    w.advance_to(math.inf)
-    closed(w)
+    w.add(ev(0, 11.0), 103, 0.0, STAMP, OUT)  # server 0's [0,5) closes (event time 11 > 10)
+    assert w.committable_offset(104) == 101  # server 1's is still open
+    w.idle(math.inf, STAMP, OUT)
+    emitted(w)
     assert w.committable_offset(104) == 104
 
 
