@@ -146,7 +146,9 @@ class StreamProcessor:
     def _windows(self, partition: int) -> PartitionWindows:
         windows = self.partitions.get(partition)
         if windows is None:
-            windows = self.partitions[partition] = PartitionWindows(self.grace, self.horizon)
+            windows = self.partitions[partition] = PartitionWindows(
+                self.grace, self.horizon, self.status.timeout
+            )
         return windows
 
     def record(

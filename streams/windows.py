@@ -418,6 +418,8 @@ class PartitionWindows:
     grace: Grace = field(default_factory=Grace)
     #: How far behind its server's event time a late sample is still absorbed, s.
     horizon: float = 3600.0
+    #: Seconds of silence after which a server's windows close by the wall clock itself.
+    offline_after: float = 15.0
     servers: dict[str, ServerWindows] = field(default_factory=dict)
     late_absorbed: int = 0
     late_dropped: int = 0
@@ -441,18 +443,26 @@ class PartitionWindows:
         acc = s.five.get(start)
         if acc is not None:
             acc.add(e, offset)
-        elif start + 5 + self.grace.five_seconds > s.closed_time:
+        elif (
+            start in s.kept
+            or start < s.released
+            or start + 5 + self.grace.five_seconds <= s.event_time
+        ):
+            # Its window has closed (or, never opened, is behind the server's own event
+            # time): late. A replayed one is in the restored state already.
+            if not replayed:
+                late = self._late(s, e, ts, start, offset, stamp, out)
+                if late is not None:
+                    return late
+        else:
+            # A slot the wall clock passed while the server was quiet is not closed for a
+            # sample newer than any it sent: an agent's outage buffer lands in open windows.
             s.five[start] = WindowAcc.from_event(e, start, 5, offset)
-        elif not replayed:  # a replayed one is in the restored state already
-            late = self._late(s, e, ts, start, offset, stamp, out)
-            if late is not None:
-                return late
         if not replayed:
             s.arrived = wall
         if ts > s.event_time:
             s.event_time = ts
-            if ts > s.closed_time:
-                self._close(s, ts, stamp, out)
+            self._close(s, ts, stamp, out)
         return None
 
     def _late(
@@ -499,13 +509,14 @@ class PartitionWindows:
                 r = s.rollups[key] = WindowAcc.from_event(e, key[1], size, offset, rollup=True)
             else:
                 r.add(e, offset)
-            if r.revision >= 0 or r.end + self.grace.of(resolution) <= s.closed_time:
+            if r.revision >= 0 or r.end + self.grace.of(resolution) <= s.event_time:
                 self._emit(r, resolution, stamp, out)
         return None
 
     def _close(self, s: ServerWindows, t: float, stamp: str, out: list[ClosedWindow]) -> None:
-        """Move `s`'s closing time to `t`: emit the windows it passes, cascade, release."""
-        s.closed_time = t
+        """Close `s`'s open windows that `t` passes (end plus grace): emit, cascade, release."""
+        if t > s.closed_time:
+            s.closed_time = t
         g5 = self.grace.five_seconds
         due = [start for start in s.five if start + 5 + g5 <= t]
         if due:
@@ -562,13 +573,18 @@ class PartitionWindows:
     def idle(self, wall: float, stamp: str, out: list[ClosedWindow]) -> None:
         """The partition has nothing fetched and unprocessed: every server's event time is
         carried forward by the wall-clock time since its latest sample, which closes the
-        windows of servers that went quiet. A server quiet for longer than the horizon has
-        its kept 5 s windows released (its hourly and daily state stays)."""
+        windows of servers that went quiet (a host behind the clock that keeps sending is
+        never closed early). A server silent for `offline_after` has its windows closed by
+        the wall clock itself (a backfill of old samples gets its hours and days). One quiet
+        for longer than the horizon has its kept 5 s windows released (its hourly and daily
+        state stays)."""
         for s in self.servers.values():
             quiet = wall - s.arrived
             if quiet <= 0:
                 continue
             t = s.event_time + quiet
+            if quiet >= self.offline_after and wall > t:
+                t = wall
             if t > s.closed_time:
                 self._close(s, t, stamp, out)
             if quiet > self.horizon and s.kept:

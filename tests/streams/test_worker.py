@@ -51,13 +51,16 @@ def scripted() -> list[tuple[bytes, bytes]]:
     """A: seconds 0-59 with a gap at 20-29, then a late event; B: 0-14 with 7 sent after 9.
 
     Records are in the order the hosts would send them (both at 1 Hz), so A and B may share a
-    partition: the partition's event time is what decides lateness.
+    partition: each is judged by its own event time.
     """
     timed: list[tuple[float, bytes, bytes]] = []
     for i in range(60):
         if not 20 <= i < 30:
             timed.append((i, A.encode(), event(A, i, float(i))))
-    timed.append((40.5, A.encode(), event(A, 2.5, 99.0)))  # its window closed long ago: late
+    # 38 s behind A, its window closed long ago: beyond the test's 30 s horizon, late.
+    timed.append((40.5, A.encode(), event(A, 2.5, 99.0)))
+    # 17 s behind A: within the horizon, a correction of [30, 35).
+    timed.append((50.5, A.encode(), event(A, 33.5, 1.0)))
     b_order = [0, 1, 2, 3, 4, 5, 6, 8, 9, 7, 10, 11, 12, 13, 14]
     timed += [(sent + 0.1, B.encode(), event(B, i, 50.0 + i)) for sent, i in enumerate(b_order)]
     recs = [(key, value) for _, key, value in sorted(timed, key=lambda r: r[0])]
@@ -68,11 +71,12 @@ def scripted() -> list[tuple[bytes, bytes]]:
 
 async def test_worker_windows_dead_letters_and_status(kafka_bootstrap: str, topics: Topics) -> None:
     await produce(kafka_bootstrap, topics.raw, scripted())
-    proc = await start_worker(kafka_bootstrap, topics, f"test-{uuid.uuid4().hex[:8]}")
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    proc = await start_worker(kafka_bootstrap, topics, group, lateness_horizon="30")
     try:
         fives = [
             WindowAggregate.model_validate_json(v)
-            for v in await collect(kafka_bootstrap, topics.a5, 13)
+            for v in await collect(kafka_bootstrap, topics.a5, 14)
         ]
         hours = [
             WindowAggregate.model_validate_json(v)
@@ -96,7 +100,10 @@ async def test_worker_windows_dead_letters_and_status(kafka_bootstrap: str, topi
         log = await stop_worker(proc)
     assert proc.returncode == 0, log[-3000:]
 
-    a5 = sorted((f for f in fives if f.server_id == A), key=lambda f: f.window_start)
+    a5 = sorted(
+        (f for f in by_window([f.to_json_bytes() for f in fives]).values() if f.server_id == A),
+        key=lambda f: f.window_start,
+    )
     assert [int((f.window_start - T0).total_seconds()) for f in a5] == [
         0,
         5,
@@ -109,7 +116,9 @@ async def test_worker_windows_dead_letters_and_status(kafka_bootstrap: str, topi
         50,
         55,
     ]
-    assert all(f.count == 5 for f in a5)
+    assert [f.count for f in a5] == [5, 5, 5, 5, 6, 5, 5, 5, 5, 5]
+    corrected = a5[4]
+    assert (corrected.revision, corrected.cpu_usage.min, corrected.cpu_usage.last) == (1, 1.0, 34.0)
     assert a5[1].cpu_usage.avg == 7.0 and a5[1].cpu_usage.last == 9.0
     assert a5[0].network_rx == 50
     b5 = sorted((f for f in fives if f.server_id == B), key=lambda f: f.window_start)
@@ -118,14 +127,14 @@ async def test_worker_windows_dead_letters_and_status(kafka_bootstrap: str, topi
         (5, 57.0, 59.0),  # 7 arrived after 9, within grace: kept; last is second 9
         (5, 62.0, 64.0),
     ]
-    assert len(fives) == 13  # each window once
+    assert len(fives) == 14  # each window once, and the corrected one again
 
     by_server = {h.server_id: h for h in hours}
-    assert by_server[A].count == 50 and by_server[A].cpu_usage.avg == pytest.approx(
-        sum(i for i in range(60) if not 20 <= i < 30) / 50
+    assert by_server[A].count == 51 and by_server[A].cpu_usage.avg == pytest.approx(
+        (sum(i for i in range(60) if not 20 <= i < 30) + 1.0) / 51
     )
     assert by_server[B].count == 15 and len(hours) == 2
-    assert {d.server_id: d.count for d in days} == {A: 50, B: 15}
+    assert {d.server_id: d.count for d in days} == {A: 51, B: 15}
 
     assert sorted(d.reason.value for d in letters) == ["invalid_json", "late", "oversize"]
     late = next(d for d in letters if d.reason.value == "late")
@@ -256,10 +265,9 @@ async def test_ten_minute_backlog_after_downtime_equals_live(
     await produce(kafka_bootstrap, topics.raw, fleet_events(servers, t0, backlog))
     worker = await start_worker(kafka_bootstrap, topics, group)
     seconds = list(range(live + 600))
-    # Windows the backlog's event time closes: all but the last two per server.
-    expected = expected_windows(servers, t0, seconds, 5)
-    last = max(start for _, start in expected)
-    closed = {k: v for k, v in expected.items() if k[1] < last - timedelta(seconds=5)}
+    # Every window: the backlog's event time closes all but each server's last two, and the
+    # wall clock those once the worker has processed everything.
+    closed = expected_windows(servers, t0, seconds, 5)
     try:
         values = await collect(kafka_bootstrap, topics.a5, len(closed), 120, distinct=True)
         fives = by_window(values)

@@ -50,13 +50,18 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
         await producer.stop()
 
 
-async def start_worker(bootstrap: str, topics: Topics, group: str) -> asyncio.subprocess.Process:
+async def start_worker(
+    bootstrap: str, topics: Topics, group: str, **settings: str
+) -> asyncio.subprocess.Process:
+    """`fleetpulse stream` on `topics`; `settings` are more FLEETPULSE_* variables
+    (`lateness_horizon="30"`)."""
     env = {
         **os.environ,
         **topics.env(),
         "FLEETPULSE_KAFKA_BOOTSTRAP": bootstrap,
         "FLEETPULSE_STREAM_GROUP": group,
         "FLEETPULSE_OFFLINE_AFTER": "4",
+        **{f"FLEETPULSE_{k.upper()}": v for k, v in settings.items()},
     }
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "infra.cli", "stream",
@@ -123,11 +128,15 @@ def expected_windows(
 
 
 def by_window(values: list[bytes]) -> dict[tuple[str, datetime], WindowAggregate]:
-    """Windows by (server, start), asserting that a window emitted twice is identical."""
+    """Windows by (server, start), each at its highest revision (what the sink's upsert
+    leaves), asserting that a revision emitted twice is identical."""
+    revisions: dict[tuple[str, datetime, int], WindowAggregate] = {}
     windows: dict[tuple[str, datetime], WindowAggregate] = {}
     for v in values:
         agg = WindowAggregate.model_validate_json(v)
-        key = (agg.server_id, agg.window_start)
-        seen = windows.setdefault(key, agg)
+        seen = revisions.setdefault((agg.server_id, agg.window_start, agg.revision), agg)
         assert seen.model_dump(exclude={"emitted_at"}) == agg.model_dump(exclude={"emitted_at"})
+        key = (agg.server_id, agg.window_start)
+        if key not in windows or agg.revision > windows[key].revision:
+            windows[key] = agg
     return windows
