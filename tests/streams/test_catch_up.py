@@ -64,13 +64,12 @@ def with_forced_ticks(worker: StreamWorker, ahead: float) -> list[int]:
     async def fetched_then_tick(partitions: list[int]) -> None:
         await fetched(partitions)
         real = time.time
-        streams.app.time = types.SimpleNamespace(  # type: ignore[assignment]
-            time=lambda: real() + ahead, monotonic=time.monotonic
-        )
+        ahead_clock = types.SimpleNamespace(time=lambda: real() + ahead, monotonic=time.monotonic)
+        setattr(streams.app, "time", ahead_clock)  # noqa: B010 - the worker's clock only
         try:
             await worker._tick()
         finally:
-            streams.app.time = time
+            setattr(streams.app, "time", time)  # noqa: B010
         forced[0] += 1
 
     worker.restore_missing = fetched_then_tick  # type: ignore[method-assign]
