@@ -1,7 +1,8 @@
 """Batch upserts into the metric tables, and isolation of the rows the database rejects.
 
 Two ways to move a batch, both ending in `INSERT … ON CONFLICT (server_id, time) DO UPDATE`
-so that writing the same aggregate twice changes nothing:
+so that writing the same aggregate twice changes nothing, and a correction of a window (more
+samples) replaces its row while an earlier revision (fewer) never does:
 - `copy`: COPY the rows into a session-private staging table, then upsert from it;
 - `unnest`: one `INSERT … SELECT FROM unnest($1::type[], …)` with an array per column.
 Which is faster is measured by `benchmarks/sink_write.py` (BENCHMARKS.md); `auto` uses that
@@ -34,7 +35,13 @@ def _upsert_sql(table: TableSpec, source: str) -> str:
     cols = ", ".join(f'"{c}"' for c in table.names)
     key = ", ".join(f'"{c}"' for c in table.key)
     updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in table.names if c not in table.key)
-    return f"INSERT INTO {table.name} ({cols}) {source} ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    # A window's statistics only grow with its samples: a correction (a later revision) has
+    # at least the samples of the row it replaces. An earlier revision seen again after the
+    # stream's replay has fewer, and must not put the row back until the replay catches up.
+    return (
+        f"INSERT INTO {table.name} ({cols}) {source} ON CONFLICT ({key}) DO UPDATE SET {updates} "
+        f'WHERE {table.name}."sample_count" <= EXCLUDED."sample_count"'
+    )
 
 
 def _unnest_sql(table: TableSpec) -> str:
@@ -56,7 +63,8 @@ class BatchWriter:
     async def upsert(
         self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple[Any, ...]]
     ) -> None:
-        """Write `rows` (deduplicated by key: the last one wins). Raises what PostgreSQL raises."""
+        """Write `rows` (one per key: the most samples, then the last, wins). Raises what
+        PostgreSQL raises."""
         rows = _last_per_key(table, rows)
         if not rows:
             return
@@ -126,10 +134,15 @@ async def write_isolating(
 
 
 def _last_per_key(table: TableSpec, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """One row per key, the last given (an upsert cannot touch a row twice in one statement)."""
+    """One row per key (an upsert cannot touch a row twice in one statement): the one with
+    the most samples, the last given of those (the same rule as the upsert's)."""
+    n = table.names.index("sample_count")
     seen: dict[tuple[Any, Any], tuple[Any, ...]] = {}
     for row in rows:
-        seen[(row[0], row[1])] = row
+        key = (row[0], row[1])
+        held = seen.get(key)
+        if held is None or held[n] <= row[n]:
+            seen[key] = row
     if len(seen) == len(rows):
         return list(rows)
     return list(seen.values())

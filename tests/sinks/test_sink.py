@@ -225,6 +225,34 @@ async def test_delivered_twice_no_duplicates_no_changes(rig: Rig) -> None:
     assert len(after) == 20
 
 
+async def test_a_correction_replaces_its_row_and_an_earlier_revision_does_not(rig: Rig) -> None:
+    """The stream re-emits a window a late sample corrected (revision 1, one sample more);
+    after a replay it may send revision 0 again before revision 1: the row keeps the most
+    samples in the end, and at no point goes back to fewer."""
+    sid = rig.servers[1]
+    first = aggregate(sid, T0, count=4, cpu=10.0)
+    corrected = aggregate(sid, T0, count=5, cpu=26.0).model_copy(update={"revision": 1})
+    hour = aggregate(sid, T0.replace(minute=0), Resolution.ONE_HOUR, count=700, cpu=12.0)
+    hour_corrected = hour.model_copy(update={"revision": 1, "count": 701})
+    await rig.produce([first, hour, corrected, hour_corrected, first, hour])
+
+    async def settled() -> bool:
+        row = await rig.conn.fetchrow(
+            "SELECT sample_count FROM metrics_hourly WHERE server_id = $1", sid
+        )
+        return await count(rig.conn, "metrics_snapshots") == 1 and row is not None
+
+    await run_until(rig.sink(), settled)
+    snap = await rig.conn.fetchrow(
+        "SELECT sample_count, cpu_usage FROM metrics_snapshots WHERE server_id = $1", sid
+    )
+    assert snap is not None and (snap["sample_count"], snap["cpu_usage"]) == (5, 26.0)
+    hourly = await rig.conn.fetchval(
+        "SELECT sample_count FROM metrics_hourly WHERE server_id = $1", sid
+    )
+    assert hourly == 701
+
+
 async def test_unknown_server_and_junk_go_to_the_dlq_alone(rig: Rig) -> None:
     good, unknown = rig.servers[2], str(uuid.uuid4())
     aggs = [aggregate(good, T0 + timedelta(seconds=5 * i)) for i in range(30)]
