@@ -2,7 +2,11 @@
 
 Throughput: 300,000 simulator events (6,000 hosts x 50 s, ~400 bytes each) are written to a
 fresh 6-partition raw topic; then a worker starts and the clock runs until every 5 s window
-of the backlog has been emitted. Reported: time from process start to the first window out,
+the backlog's event time closes has been emitted. Each run's output is checked before it
+counts: every one of the 60,000 windows read back (at its highest revision) holds its 5
+samples, and the DLQ is empty; a run that falls short is reported as failed, never averaged
+in. `python -m benchmarks.stream catch-up [--runs N]` does only that check, N times (20 by
+default). Reported: time from process start to the first window out,
 the sustained rate (5 s windows emitted per second between 10 % and 90 % of the backlog,
 times the 5 events in each), the overall rate including startup, and the worker's CPU and
 peak memory. Delay: the simulator sends N hosts at 1 Hz in real time to a worker that keeps
@@ -13,6 +17,7 @@ its own topics and consumer group.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
@@ -21,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -36,6 +42,10 @@ SECONDS = 50
 EVENTS = HOSTS * SECONDS
 LIVE_HOSTS = 3000
 LIVE_SECONDS = 60
+
+
+class Shortfall(Exception):
+    """A run whose output lost data: it is a failure, not a figure."""
 
 
 @dataclass
@@ -72,7 +82,7 @@ async def _fill(bootstrap: str, topic: str) -> None:
     templates = [h.template for h in hosts]
     settings = SimulatorSettings(kafka_bootstrap=bootstrap, hosts=HOSTS)
     async with MetricProducer(settings, topic=topic) as producer:
-        t0 = int(time.time()) - 3600
+        t0 = (int(time.time()) - 3600) // 5 * 5  # whole windows: each host 10 of 5 samples
         for t in range(t0, t0 + SECONDS):
             ts = iso_second(t)
             for i, h in enumerate(hosts):
@@ -131,16 +141,55 @@ async def _watch(bootstrap: str, topic: str, proc: subprocess.Popen[bytes], targ
     )
 
 
-def throughput_run(bootstrap: str) -> Run:
+async def _check(bootstrap: str, outs: dict[str, str], timeout: float = 90) -> None:
+    """Read the 5 s topic back until every window of the backlog is there (the last of each
+    host closes by the idle clock): each must hold all its samples; the DLQ must be empty.
+    Raises `Shortfall` with what is missing."""
+    consumer = AIOKafkaConsumer(
+        outs["a5"], bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+    )
+    expected = HOSTS * SECONDS // 5
+    counts: dict[tuple[bytes, bytes], tuple[int, int]] = {}
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while len(counts) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=20_000)
+            for records in batch.values():
+                for r in records:
+                    w = orjson.loads(r.value)
+                    key = (w["server_id"], w["window_start"])
+                    rev = w.get("revision", 0)
+                    if key not in counts or rev >= counts[key][0]:
+                        counts[key] = (rev, w["count"])
+        dead = await _count(consumer, outs["dlq"])
+    finally:
+        await consumer.stop()
+    short = sum(1 for _, n in counts.values() if n != 5)
+    if len(counts) != expected or short or dead:
+        raise Shortfall(
+            f"{len(counts):,} of {expected:,} windows, {short:,} with fewer than 5 samples, "
+            f"{dead:,} dead letters"
+        )
+
+
+def throughput_run(bootstrap: str) -> Run | Shortfall:
+    """One backlog drained: its figures, or the `Shortfall` that disqualifies it."""
     raw, outs, env = _topics(uuid.uuid4().hex[:8])
     asyncio.run(create_topics(bootstrap, [TopicSpec(raw, 6, 3_600_000)]))
     asyncio.run(_fill(bootstrap, raw))
     asyncio.run(create_topics(bootstrap, [TopicSpec(n, 6, 3_600_000) for n in outs.values()]))
-    # All 5 s windows but the ones the idle clock closes at the end: (SECONDS/5 - 1) per host.
+    # Timed: all 5 s windows but the ones the idle clock closes at the end, (SECONDS/5 - 1)
+    # per host; the check then waits for those too.
     target = HOSTS * (SECONDS // 5 - 1)
     proc = _start_worker(bootstrap, env)
     try:
-        return asyncio.run(_watch(bootstrap, outs["a5"], proc, target))
+        figures = asyncio.run(_watch(bootstrap, outs["a5"], proc, target))
+        try:
+            asyncio.run(_check(bootstrap, outs))
+        except Shortfall as exc:
+            return exc
+        return figures
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -192,9 +241,32 @@ def delay_run(bootstrap: str) -> list[float]:
         asyncio.run(drop_topics(bootstrap, _names(raw, outs, env)))
 
 
+def catch_up(runs: int) -> int:
+    """The catch-up check alone, `runs` times; prints each run's verdict; 1 if any fell short."""
+    settings = stack_up()
+    failed = 0
+    for i in range(runs):
+        result = throughput_run(settings.kafka_bootstrap)
+        if isinstance(result, Shortfall):
+            failed += 1
+            print(f"run {i + 1}/{runs}: FAILED: {result}", flush=True)
+        else:
+            print(
+                f"run {i + 1}/{runs}: complete ({HOSTS * SECONDS // 5:,} windows of 5 samples, "
+                f"DLQ empty), {result.sustained:,.0f} events/s sustained",
+                flush=True,
+            )
+    print(f"{runs - failed} of {runs} catch-ups complete")
+    return 1 if failed else 0
+
+
 def run() -> str:
     settings = stack_up()
-    runs = [throughput_run(settings.kafka_bootstrap) for _ in range(3)]
+    results = [throughput_run(settings.kafka_bootstrap) for _ in range(3)]
+    runs = [r for r in results if isinstance(r, Run)]
+    failures = [str(r) for r in results if isinstance(r, Shortfall)]
+    if not runs:
+        raise RuntimeError(f"every stream run lost data: {'; '.join(failures)}")
     live = [delay_run(settings.kafka_bootstrap) for _ in range(3)]
     sustained = [r.sustained for r in runs]
     p50 = [percentile(d, 0.50) for d in live]
@@ -206,7 +278,10 @@ def run() -> str:
             f"Throughput: one `fleetpulse stream` worker through a backlog of {EVENTS:,} raw "
             f"events ({HOSTS:,} hosts x {SECONDS} s, ~400 bytes each) on 6 partitions, all "
             "three resolutions, checkpoints every 2 s; 3 runs. The broker runs on the same "
-            "2 cores.",
+            "2 cores. Every run's output checked first: all "
+            f"{HOSTS * SECONDS // 5:,} windows with 5 samples each, DLQ empty; "
+            f"{len(runs)} of {len(results)} runs passed"
+            + (f" (failed: {'; '.join(failures)})." if failures else "."),
             "",
             "| Measure | Median | Range |",
             "| --- | ---: | ---: |",
@@ -224,7 +299,7 @@ def run() -> str:
             f"Delay, live: {LIVE_HOSTS:,} simulated hosts at 1 Hz for {LIVE_SECONDS} s into a "
             "worker that keeps up; per 5 s window, `emitted_at - window_end` "
             f"({sum(len(d) for d in live):,} windows over 3 runs). A window closes when its "
-            "partition's event time passes its end plus the 5 s grace, so about 5 s of the "
+            "server's event time passes its end plus the 5 s grace, so about 5 s of the "
             "delay is the grace itself.",
             "",
             "| Measure | Median | Range |",
@@ -237,8 +312,25 @@ def run() -> str:
     )
 
 
-if __name__ == "__main__":
+def main() -> None:
     if sys.argv[1:2] == ["simulate"]:
         asyncio.run(_simulate(sys.argv[2], sys.argv[3], LIVE_HOSTS, LIVE_SECONDS))
-    else:
-        print(run())
+        return
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.stream",
+        description="The stream benchmark (no argument), or only its catch-up check.",
+    )
+    sub = parser.add_subparsers(dest="command")
+    check = sub.add_parser(
+        "catch-up",
+        help=f"drain a {EVENTS:,}-event 6-partition backlog N times; check every window",
+    )
+    check.add_argument("--runs", type=int, default=20, help="how many catch-ups (default 20)")
+    args = parser.parse_args()
+    if args.command == "catch-up":
+        sys.exit(catch_up(args.runs))
+    print(run())
+
+
+if __name__ == "__main__":
+    main()

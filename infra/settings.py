@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.settings import KafkaSettings, PostgresSettings
 
@@ -12,6 +12,21 @@ class StackSettings(KafkaSettings, PostgresSettings):
 
     kafka_controller_port: int = Field(
         default=19093, ge=1, le=65535, description="Port of the KRaft controller listener."
+    )
+    kafka_proxied_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of a second client listener for clients that reach the broker "
+        "through a TCP proxy or NAT (it advertises FLEETPULSE_KAFKA_PROXY_PORT, so their "
+        "connections keep going through it); 0 = none.",
+    )
+    kafka_proxy_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of that proxy, on the broker's host: what the second listener "
+        "advertises.",
     )
     kafka_heap: str = Field(default="512m", description="Java heap of the local broker (-Xmx).")
     kafka_start_timeout: float = Field(
@@ -36,6 +51,14 @@ class StackSettings(KafkaSettings, PostgresSettings):
         ge=0,
         description="archive_timeout in seconds: the longest WAL stays unarchived (RPO).",
     )
+
+    @model_validator(mode="after")
+    def _proxy_ports_together(self) -> StackSettings:
+        if bool(self.kafka_proxied_port) != bool(self.kafka_proxy_port):
+            raise ValueError(
+                "FLEETPULSE_KAFKA_PROXIED_PORT and FLEETPULSE_KAFKA_PROXY_PORT go together"
+            )
+        return self
 
     @property
     def kafka_port(self) -> int:

@@ -25,6 +25,9 @@ TEST_ENV = {
     "FLEETPULSE_HOME": str(ROOT / ".fleetpulse" / _HOME),
     "FLEETPULSE_KAFKA_BOOTSTRAP": f"127.0.0.1:{29092 + _STACK_N * 100}",
     "FLEETPULSE_KAFKA_CONTROLLER_PORT": str(29093 + _STACK_N * 100),
+    # A listener for clients behind a proxy a test starts and stops (tests/e2e/test_outage.py).
+    "FLEETPULSE_KAFKA_PROXIED_PORT": str(29094 + _STACK_N * 100),
+    "FLEETPULSE_KAFKA_PROXY_PORT": str(29095 + _STACK_N * 100),
     "FLEETPULSE_PG_PORT": str(55442 + _STACK_N * 100),
     "FLEETPULSE_PG_STORAGE": "auto",
     "FLEETPULSE_PG_SSLMODE": "verify-full",

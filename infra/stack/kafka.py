@@ -84,6 +84,15 @@ class KafkaBroker:
     def _write_config(self) -> None:
         s = self.settings
         host = s.kafka_host
+        listeners = [f"PLAINTEXT://{host}:{s.kafka_port}"]
+        advertised = list(listeners)
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        if s.kafka_proxied_port:
+            # Clients that connected through the proxy are told the proxy's address, so every
+            # later connection of theirs goes through it too.
+            listeners.append(f"PROXIED://{host}:{s.kafka_proxied_port}")
+            advertised.append(f"PROXIED://{host}:{s.kafka_proxy_port}")
+            protocols.append("PROXIED:PLAINTEXT")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.properties.write_text(
             "\n".join(
@@ -92,11 +101,10 @@ class KafkaBroker:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@{host}:{s.kafka_controller_port}",
-                    f"listeners=PLAINTEXT://{host}:{s.kafka_port},"
-                    f"CONTROLLER://{host}:{s.kafka_controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{host}:{s.kafka_port}",
+                    f"listeners={','.join(listeners)},CONTROLLER://{host}:{s.kafka_controller_port}",
+                    f"advertised.listeners={','.join(advertised)}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"listener.security.protocol.map={','.join(protocols)}",
                     "inter.broker.listener.name=PLAINTEXT",
                     f"log.dirs={self.data}",
                     # Topics are made by `fleetpulse topics create`, from schemas/topics.py.

@@ -49,6 +49,8 @@ def test_up_twice_down_leaves_nothing(tmp_path_factory: pytest.TempPathFactory) 
         "FLEETPULSE_HOME": str(home),
         "FLEETPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:28092",
         "FLEETPULSE_KAFKA_CONTROLLER_PORT": "28093",
+        "FLEETPULSE_KAFKA_PROXIED_PORT": "28094",
+        "FLEETPULSE_KAFKA_PROXY_PORT": "28095",
         "FLEETPULSE_PG_PORT": "25452",
     }
     try:
