@@ -5,6 +5,7 @@ revision, the lateness horizon, packing for the changelog."""
 from __future__ import annotations
 
 import math
+import tracemalloc
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -261,6 +262,18 @@ def test_packed_window_round_trips() -> None:
     aggregate = acc.to_aggregate(Resolution.FIVE_SECONDS, NOW)
     direct = WindowAggregate.model_validate_json(acc.to_json_bytes(Resolution.FIVE_SECONDS, STAMP))
     assert direct == aggregate.model_copy(update={"emitted_at": direct.emitted_at})
+
+
+def test_a_packed_window_costs_its_size_not_an_encoder_buffer() -> None:
+    """Kept windows are many (720 per server-hour): each must cost about its length."""
+    acc = WindowAcc.from_event(ev(0, 1.0), int(T0.timestamp()), 5, 7)
+    tracemalloc.start()
+    try:
+        packed = [acc.pack() for _ in range(1000)]
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held / len(packed) < len(packed[0]) + 200
 
 
 def test_committable_offset_is_the_oldest_open_window() -> None:
