@@ -14,8 +14,8 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import DeadLetter, WindowAggregate
-from streams.processor import Outputs, StreamProcessor
+from schemas import DeadLetter, DeadLetterReason, Resolution, WindowAggregate
+from streams.processor import PROGRESS_KEY, Outputs, StreamProcessor
 from streams.windows import Grace
 from tests.schemas.test_messages import event_dict
 from tests.streams.test_windows import SERVERS, T0
@@ -166,3 +166,27 @@ def test_the_scripted_input_has_corrections_and_late_letters() -> None:
     revised = {k[0] for k in by_window(reference.outputs) if k[3] > 0}
     assert revised >= {"5s"}
     assert {reason for reason, _ in letters(reference.outputs)} == {"late"}
+
+
+def test_a_changelog_of_the_previous_release_is_taken_over() -> None:
+    """A worker upgraded over a running group finds records of version 1 (one event time per
+    partition, open rollups, markers of emitted ones): the open hour goes on with what it
+    held, and a late sample for a 5 s window it had closed is refused (its content was not
+    kept), never turned into a window that holds only itself."""
+    hour = int(HOUR.timestamp())
+    start = hour - 3600
+    stats = [100.0, 10.0, 30.0, 20.0] * 3  # cpu, memory, disk: sum, min, max, last
+    v1_server = {"rollups": [["1h", start, 3600, 5, *stats, 50, 25, hour - 100.0, hour - 105]]}
+    v1 = {
+        PROGRESS_KEY: json.dumps({"watermark": hour - 100.0, "next_offset": 40}).encode(),
+        SERVERS[0].encode(): json.dumps(v1_server).encode(),
+    }
+    proc = StreamProcessor(source_topic="raw")
+    proc.restore(0, v1, WALL)
+    out = Outputs()
+    for offset, at in enumerate((3600 - 30.0, 3600 - 200.0, 3600 + 10.0), start=40):
+        proc.record(0, offset, None, _event(0, at, 50.0)[1], WALL, out)
+    [letter] = out.dead_letters  # 3400 s: a window the old worker had closed
+    assert letter.reason is DeadLetterReason.LATE and "released" in letter.error
+    [hourly] = [a.message() for a in out.aggregates if a.resolution is Resolution.ONE_HOUR]
+    assert (hourly.count, hourly.network_rx) == (6, 57)  # 5 from version 1, one new
