@@ -536,12 +536,14 @@ class PartitionWindows:
                         s.rollups[key] = WindowAcc.seeded_by(w, key[1], size)
                     else:
                         r.absorb(w)
-                        if r.revision >= 0:  # emitted already (not in normal operation)
+                        # Emitted already: the wall clock closed it while its server was
+                        # quiet (an hour that had ended), and the server has resumed.
+                        if r.revision >= 0:
                             self._emit(r, resolution, stamp, out)
+            self._release(s)  # what falls behind the horizon moves with closing windows
         for (resolution, _), r in s.rollups.items():
             if r.revision < 0 and r.end + self.grace.of(resolution) <= t:
                 self._emit(r, resolution, stamp, out)
-        self._release(s)
 
     def _emit(
         self, w: WindowAcc, resolution: Resolution, stamp: str, out: list[ClosedWindow]
