@@ -70,6 +70,8 @@ TARGET_P99 = 3.0
 RUNS = 3
 #: Fleet sizes tried after the target, one run each, up to the first that does not hold.
 LADDER = (7_500, 10_000, 12_500, 15_000, 17_500, 20_000)
+#: One run far past what this machine holds: windows must land late, and complete.
+OVERLOAD_HOSTS = 17_500
 COMPONENTS = ("simulate", "stream", "sink", "registry", "kafka", "postgres")
 LABELS = {
     "simulate": "simulator (`fleetpulse simulate`)",
@@ -371,7 +373,9 @@ def _say(r: Result) -> None:
     )
 
 
-def _report(target: list[Result], reference: Result, ladder: list[Result]) -> str:
+def _report(
+    target: list[Result], reference: Result, ladder: list[Result], overload: Result
+) -> str:
     def largest(replicas: int) -> str:
         held = [r.hosts for r in [*target, *ladder] if r.holds and r.replicas == replicas]
         return f"**{max(held):,}** hosts" if held else "none of the sizes tried"
@@ -452,6 +456,14 @@ def _report(target: list[Result], reference: Result, ladder: list[Result]) -> st
         f"Largest fleet that holds: {largest(1)} with one stream worker and one sink; "
         f"{largest(2)} with two of each.",
         "",
+        f"Past saturation, {overload.hosts:,} hosts with one worker and one sink, one run: "
+        f"the pipeline falls behind and windows land later (p50 {overload.p50:.1f} s, p99 "
+        f"{overload.p99:.1f} s after the window's end; stream worker at "
+        f"{overload.cpu['stream']:.0f} % of a core, machine {overload.busy:.0f} % busy); rows "
+        f"{overload.complete:,} of {overload.expected:,} complete, {overload.dead_letters} dead "
+        f"letters, simulator {'on time' if overload.on_time else 'behind'}: "
+        + ("LOST DATA." if overload.lost_data else "delayed, nothing dropped."),
+        "",
     ]
     return "\n".join(lines)
 
@@ -463,7 +475,7 @@ def median_run(runs: list[Result]) -> Result:
 
 def run() -> str:
     settings = stack_up()
-    database = asyncio.run(_prepare(settings, max(LADDER)))
+    database = asyncio.run(_prepare(settings, max(*LADDER, OVERLOAD_HOSTS)))
     try:
         print(f"end to end: {TARGET_HOSTS:,} hosts x {RUNS} runs …", file=sys.stderr)
         target = [one_run(settings, database, TARGET_HOSTS, GRACE) for _ in range(RUNS)]
@@ -481,9 +493,11 @@ def run() -> str:
                     break
             else:
                 break
+        overload = one_run(settings, database, OVERLOAD_HOSTS, GRACE)
+        _say(overload)
     finally:
         asyncio.run(drop_database(settings, database))
-    return _report(target, reference, ladder)
+    return _report(target, reference, ladder, overload)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ class StreamWorker:
             Resolution.ONE_HOUR: s.agg_1h_topic,
             Resolution.ONE_DAY: s.agg_1d_topic,
         }
+        self._sent = {r: SENT.labels(resolution=r.value) for r in Resolution}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.changelog_reader: AIOKafkaConsumer | None = None
@@ -342,7 +343,7 @@ class StreamWorker:
         for a in out.aggregates:
             topic = self.agg_topics[a.resolution]
             pending.append(await send(topic, a.value, key=a.server_id.encode()))
-            SENT.labels(resolution=a.resolution.value).inc()
+            self._sent[a.resolution].inc()
         for c in out.statuses:
             pending.append(await send(s.status_topic, c.to_json_bytes(), key=c.server_id.encode()))
         for d in out.dead_letters:
