@@ -373,9 +373,7 @@ def _say(r: Result) -> None:
     )
 
 
-def _report(
-    target: list[Result], reference: Result, ladder: list[Result], overload: Result
-) -> str:
+def _report(target: list[Result], reference: Result, ladder: list[Result], overload: Result) -> str:
     def largest(replicas: int) -> str:
         held = [r.hosts for r in [*target, *ladder] if r.holds and r.replicas == replicas]
         return f"**{max(held):,}** hosts" if held else "none of the sizes tried"
