@@ -129,9 +129,7 @@ class KafkaBroker:
             return
         cluster_id_file = self.dir / "cluster.id"
         if not cluster_id_file.exists():
-            # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
-            raw = uuid.uuid4().bytes
-            cluster_id_file.write_text(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+            cluster_id_file.write_text(new_cluster_id())
         run_checked(
             [
                 self._java(),
@@ -140,8 +138,9 @@ class KafkaBroker:
                 "kafka.tools.StorageTool",
                 "format",
                 "--ignore-formatted",
-                "-t",
-                cluster_id_file.read_text().strip(),
+                # `=`: an id that starts with "-" (one written before ids were chosen not to)
+                # is still an id, not an option.
+                f"--cluster-id={cluster_id_file.read_text().strip()}",
                 "-c",
                 str(self.properties),
             ],
@@ -238,6 +237,16 @@ class KafkaBroker:
             return ComponentStatus("kafka", False, None, address, detail)
         detail = "healthy" if self.healthy() else "starting or unhealthy"
         return ComponentStatus("kafka", True, proc.pid, address, f"{detail}, data in {self.data}")
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes in URL-safe base64 without padding, never starting
+    with "-" (which command lines take for an option; Kafka's own `Uuid.randomUuid` skips
+    those too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 async def _metadata_ok(bootstrap: str) -> bool:
