@@ -31,7 +31,7 @@ from tests.conftest import ROOT
 from tests.e2e.pipeline import PARTITIONS, Pipeline, register, running_pipeline, wait_for
 from tests.e2e.relay import Relay
 from tests.schemas.test_messages import event_dict
-from tests.streams.worker import produce
+from tests.streams.worker import produce, records_in
 
 pytestmark = pytest.mark.integration
 
@@ -162,7 +162,7 @@ async def test_an_agent_cut_off_for_two_minutes_and_a_host_behind_the_clock_lose
             await wait_for_rows(landed, lambda: rows(conn, list(expected)), expected, p)
         finally:
             await conn.close()
-        assert await dead_letters(bootstrap, p.topics.dlq) == 0, p.all_logs()
+        assert await records_in(bootstrap, p.topics.dlq, PARTITIONS) == 0, p.all_logs()
 
 
 async def rows(conn: asyncpg.Connection, servers: list[str]) -> dict[str, dict[datetime, int]]:
@@ -195,13 +195,3 @@ async def wait_for_rows(
             for sid, windows in expected.items()
         }
         pytest.fail(f"windows missing or short (expected, got): {wrong}\n{p.all_logs()}")
-
-
-async def dead_letters(bootstrap: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        return sum((await consumer.end_offsets(tps)).values())
-    finally:
-        await consumer.stop()

@@ -19,14 +19,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 import streams.app
 from infra.topics import create_topics
 from schemas.topics import TopicSpec
 from streams.app import StreamWorker
 from streams.settings import StreamSettings
-from tests.streams.worker import Topics, by_window, collect, fleet_events, produce
+from tests.streams.worker import Topics, by_window, collect, fleet_events, produce, records_in
 
 pytestmark = pytest.mark.integration
 
@@ -43,16 +42,6 @@ async def topics(kafka_bootstrap: str) -> AsyncIterator[Topics]:
     specs = [TopicSpec(n, PARTITIONS, 3_600_000) for n in vars(t).values()]
     await create_topics(kafka_bootstrap, specs)
     yield t
-
-
-async def end_offsets(bootstrap: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        return sum((await consumer.end_offsets(tps)).values())
-    finally:
-        await consumer.stop()
 
 
 def with_forced_ticks(worker: StreamWorker, ahead: float) -> list[int]:
@@ -107,7 +96,7 @@ async def test_catch_up_with_a_tick_between_fetch_and_processing_loses_nothing(
             await task
     fives = by_window(values)
     assert forced[0] >= PARTITIONS
-    assert await end_offsets(kafka_bootstrap, topics.dlq) == 0
+    assert await records_in(kafka_bootstrap, topics.dlq, PARTITIONS) == 0
     assert len(fives) == HOSTS * SECONDS // 5
     short = [(k, w.count) for k, w in fives.items() if w.count != 5 or w.revision != 0]
     assert short == []

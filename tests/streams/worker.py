@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import WindowAggregate
 from tests.conftest import ROOT
@@ -48,6 +48,18 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
         await producer.flush()
     finally:
         await producer.stop()
+
+
+async def records_in(bootstrap: str, topic: str, partitions: int) -> int:
+    """How many records `topic` (of `partitions` partitions) holds: the sum of its end
+    offsets (a DLQ that must stay empty, say)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
 
 
 async def start_worker(
