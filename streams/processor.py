@@ -30,15 +30,11 @@ from schemas import (
     ServerStatusChange,
     decode_raw_event,
 )
-from streams.windows import STATE_VERSION, ClosedWindow, Grace, PartitionWindows
+from streams.windows import STATE_VERSION, ClosedWindow, Grace, PartitionWindows, iso
 
 COMPONENT = "stream"
 #: Changelog key of a partition's progress record (server keys are UUIDs, never this).
 PROGRESS_KEY: Final = b"progress"
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -136,11 +132,11 @@ class StreamProcessor:
         self.status = StatusTracker(offline_after)
         self._retired = {"late_absorbed": 0, "late_dropped": 0}  # of partitions revoked
         self._wall = 0.0
-        self._stamp = _iso(0.0)
+        self._stamp = iso(0.0)
 
     def _stamp_of(self, wall: float) -> str:
         if wall != self._wall:
-            self._wall, self._stamp = wall, _iso(wall)
+            self._wall, self._stamp = wall, iso(wall)
         return self._stamp
 
     def _windows(self, partition: int) -> PartitionWindows:

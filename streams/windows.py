@@ -54,7 +54,7 @@ STATE_VERSION: Final = 2
 WINDOW_KEY_PREFIX: Final = b"w|"
 
 
-def _iso(ts: float) -> str:
+def iso(ts: float) -> str:
     """A UTC timestamp as the message models write it ("...Z")."""
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
@@ -241,8 +241,8 @@ class WindowAcc:
         doc = {
             "server_id": self.server_id,
             "resolution": resolution,
-            "window_start": _iso(self.start),
-            "window_end": _iso(self.start + self.size),
+            "window_start": iso(self.start),
+            "window_end": iso(self.start + self.size),
             "revision": max(0, self.revision),
             "count": n,
             "cpu_usage": self.cpu.stats_json(n, five),
@@ -251,7 +251,7 @@ class WindowAcc:
             "network_rx": self.rx,
             "network_tx": self.tx,
             "processes": processes,
-            "last_event_at": _iso(self.last_ts),
+            "last_event_at": iso(self.last_ts),
             "emitted_at": emitted_at,
         }
         return orjson.dumps(doc)
@@ -496,7 +496,6 @@ class PartitionWindows:
         w = None if packed is None else WindowAcc.unpack(s.server_id, packed)
         if w is None:  # nothing was in this window: it is emitted now, then complete
             w = WindowAcc.from_event(e, start, 5, offset)
-            w.first_offset = None
             self._emit(w, FIVE, stamp, out)
         elif offset > w.last_offset:  # (at or below: a newer record of it has it already)
             w.add(e, offset)
