@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infra.errors import FleetPulseError
 from infra.settings import StackSettings
+from runtime.errors import FleetPulseError
 
 if TYPE_CHECKING:
     from registry.settings import RegistrySettings
@@ -201,14 +201,9 @@ def _registry_settings() -> RegistrySettings:
 
 
 def _registry(args: argparse.Namespace) -> int:
-    from registry.errors import RegistryError
     from registry.service import serve
 
-    settings = _registry_settings()
-    try:
-        serve(settings)
-    except RegistryError as exc:
-        raise CommandError(str(exc)) from None
+    serve(_registry_settings())
     return 0
 
 
@@ -227,27 +222,19 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def _registry_create_admin(args: argparse.Namespace) -> int:
-    from registry.errors import RegistryError
     from registry.service import create_admin
 
     settings = _registry_settings()
     password = _read_password(args)
-    try:
-        user_id = asyncio.run(create_admin(settings, args.email, args.name or args.email, password))
-    except RegistryError as exc:
-        raise CommandError(str(exc)) from None
+    user_id = asyncio.run(create_admin(settings, args.email, args.name or args.email, password))
     print(f"admin {args.email} created (id {user_id})")
     return 0
 
 
 def _registry_rotate_key(args: argparse.Namespace) -> int:
-    from registry.errors import RegistryError
     from registry.service import rotate_key
 
-    try:
-        version, rows = asyncio.run(rotate_key(_registry_settings()))
-    except RegistryError as exc:
-        raise CommandError(str(exc)) from None
+    version, rows = asyncio.run(rotate_key(_registry_settings()))
     print(f"key version {version} active; {rows} server passwords re-encrypted")
     return 0
 

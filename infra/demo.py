@@ -40,7 +40,6 @@ from rich.table import Table
 
 from infra import stack
 from infra.db import migrate
-from infra.errors import FleetPulseError
 from infra.lag import group_lag, partitions
 from infra.settings import StackSettings
 from infra.topics import create_topics
@@ -50,6 +49,7 @@ from registry.crypto import load_keyring
 from registry.errors import RegistryError
 from registry.service import create_admin
 from registry.settings import RegistrySettings
+from runtime.errors import FleetPulseError
 from schemas import AGG_1D, AGG_1H, AGG_5S, DLQ, RAW
 from sinks.settings import SinkSettings
 from streams.settings import StreamSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from schemas.settings import KafkaSettings, PostgresSettings
+from runtime.settings import KafkaSettings, PostgresSettings
 
 
 class StackSettings(KafkaSettings, PostgresSettings):

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from schemas.admin import TopicResult, create_topics
+from runtime.topics import TopicResult, create_topics
 
 __all__ = ["TopicResult", "create_topics"]

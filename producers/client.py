@@ -31,9 +31,9 @@ from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from producers.settings import ProducerSettings
+from runtime.kafka import KeyPartitioner
 from schemas import RawMetricEvent
 from schemas.messages import describe_validation_error
-from schemas.topics import KeyPartitioner
 
 log = logging.getLogger(__name__)
 

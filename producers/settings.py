@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from runtime.settings import KafkaSettings
 from schemas.messages import MAX_PROCESSES, ServerId
-from schemas.settings import KafkaSettings
 from schemas.topics import RAW
 
 

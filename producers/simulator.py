@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from producers.agent.sampling import next_tick
 from producers.client import MetricProducer
 from producers.settings import SimulatorSettings
-from schemas.telemetry import serve_metrics
+from runtime.telemetry import serve_metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,9 @@
 """The registry's expected failures (the command line prints them as one line)."""
 
+from runtime.errors import FleetPulseError
 
-class RegistryError(RuntimeError):
+
+class RegistryError(FleetPulseError):
     """Base of the registry's expected failures; the message never holds a secret."""
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
-from schemas.settings import KafkaSettings, PostgresSettings
+from runtime.settings import KafkaSettings, PostgresSettings
 from schemas.topics import STATUS
 
 

@@ -24,9 +24,9 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
+from runtime.errors import Disposition, describe, postgres_disposition
 from schemas import DeadLetter, DeadLetterReason, WindowAggregate
 from schemas.messages import describe_validation_error
-from sinks.errors import Disposition, classify, describe
 from sinks.maintenance import maintain
 from sinks.rows import DAILY, HOURLY, SNAPSHOTS, TableSpec, to_row
 from sinks.settings import SinkSettings
@@ -229,7 +229,7 @@ class Sink:
                         self._conn = await self._connect_once()
                     return await self._write_once(self._conn)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    if classify(exc) is Disposition.PERMANENT:
+                    if postgres_disposition(exc) is Disposition.PERMANENT:
                         raise
                     ERRORS.inc()
                     log.warning(
@@ -344,7 +344,7 @@ async def run_sink(settings: SinkSettings) -> None:
     """Run a sink until SIGTERM or SIGINT."""
     import signal
 
-    from schemas.telemetry import serve_metrics
+    from runtime.telemetry import serve_metrics
 
     serve_metrics(settings.metrics_host, settings.metrics_port)
     sink = Sink(settings)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.settings import KafkaSettings, PostgresSettings
+from runtime.settings import KafkaSettings, PostgresSettings
 from schemas.topics import AGG_1D, AGG_1H, AGG_5S, DLQ
 
 

@@ -36,10 +36,11 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaTimeoutError
 from prometheus_client import Counter, Gauge
 
+from runtime.kafka import KeyPartitioner
+from runtime.telemetry import serve_metrics
+from runtime.topics import create_topics
 from schemas import Resolution
-from schemas.admin import create_topics
-from schemas.telemetry import serve_metrics
-from schemas.topics import KeyPartitioner, TopicSpec
+from schemas.topics import TopicSpec
 from streams.processor import Outputs, StreamProcessor
 from streams.settings import StreamSettings
 from streams.windows import Grace

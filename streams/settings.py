@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from schemas.settings import KafkaSettings
+from runtime.settings import KafkaSettings
 from schemas.topics import AGG_1D, AGG_1H, AGG_5S, DLQ, RAW, STATUS
 
 

@@ -17,8 +17,8 @@ from typing import Literal
 
 import asyncpg
 
-from infra.errors import FleetPulseError
-from schemas.settings import PostgresSettings
+from runtime.errors import FleetPulseError
+from runtime.settings import PostgresSettings
 
 SQL_DIR = Path(__file__).parent / "sql"
 #: Advisory lock key of the migration runner ("fleetpulse" → a fixed 63-bit number).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from infra.errors import FleetPulseError
+from runtime.errors import FleetPulseError
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from producers.agent.host import HostSampler
 from producers.agent.sampling import next_tick
 from producers.client import MetricProducer
 from producers.settings import AgentSettings
+from runtime.telemetry import serve_metrics
 from schemas import RawMetricEvent
-from schemas.telemetry import serve_metrics
 
 log = logging.getLogger(__name__)
 
