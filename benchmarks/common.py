@@ -62,7 +62,7 @@ def stack_up() -> StackSettings:
 
     settings = StackSettings()
     stack.up(settings)
-    asyncio.run(create_topics(settings.kafka_bootstrap))
+    asyncio.run(create_topics(settings))
     return settings
 
 

@@ -282,7 +282,7 @@ def one_run(
 ) -> Result:
     tag = uuid.uuid4().hex[:8]
     specs, topic_env = _topics(tag)
-    asyncio.run(create_topics(settings.kafka_bootstrap, specs))
+    asyncio.run(create_topics(settings, specs))
     asyncio.run(_truncate(settings, database))
     port = free_port()
     key = base64.b64encode(secrets.token_bytes(32)).decode()

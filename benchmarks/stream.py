@@ -34,6 +34,7 @@ from benchmarks.common import drop_topics, median, percentile, row, stack_up
 from infra.topics import create_topics
 from producers import MetricProducer, SimulatorSettings
 from producers.simulator import Simulator, fleet, iso_second
+from runtime.settings import KafkaSettings
 from schemas import WindowAggregate
 from schemas.topics import TopicSpec
 
@@ -176,9 +177,16 @@ async def _check(bootstrap: str, outs: dict[str, str], timeout: float = 90) -> N
 def throughput_run(bootstrap: str) -> Run | Shortfall:
     """One backlog drained: its figures, or the `Shortfall` that disqualifies it."""
     raw, outs, env = _topics(uuid.uuid4().hex[:8])
-    asyncio.run(create_topics(bootstrap, [TopicSpec(raw, 6, 3_600_000)]))
+    asyncio.run(
+        create_topics(KafkaSettings(kafka_bootstrap=bootstrap), [TopicSpec(raw, 6, 3_600_000)])
+    )
     asyncio.run(_fill(bootstrap, raw))
-    asyncio.run(create_topics(bootstrap, [TopicSpec(n, 6, 3_600_000) for n in outs.values()]))
+    asyncio.run(
+        create_topics(
+            KafkaSettings(kafka_bootstrap=bootstrap),
+            [TopicSpec(n, 6, 3_600_000) for n in outs.values()],
+        )
+    )
     # Timed: all 5 s windows but the ones the idle clock closes at the end, (SECONDS/5 - 1)
     # per host; the check then waits for those too.
     target = HOSTS * (SECONDS // 5 - 1)
@@ -222,7 +230,7 @@ async def _delays(bootstrap: str, topic: str, since: float) -> list[float]:
 def delay_run(bootstrap: str) -> list[float]:
     raw, outs, env = _topics(uuid.uuid4().hex[:8])
     specs = [TopicSpec(n, 6, 3_600_000) for n in (raw, *outs.values())]
-    asyncio.run(create_topics(bootstrap, specs))
+    asyncio.run(create_topics(KafkaSettings(kafka_bootstrap=bootstrap), specs))
     proc = _start_worker(bootstrap, env)
     try:
         time.sleep(5)  # joined and consuming

@@ -87,9 +87,7 @@ def _topics_create(args: argparse.Namespace) -> int:
     from infra.topics import create_topics
 
     settings = StackSettings()
-    results = asyncio.run(
-        create_topics(settings.kafka_bootstrap, client_id=settings.kafka_client_id)
-    )
+    results = asyncio.run(create_topics(settings))
     for r in results:
         verb = "created" if r.created else "exists"
         note = "" if r.partitions == r.spec.partitions else f" (spec says {r.spec.partitions})"

@@ -502,9 +502,7 @@ def run_demo(settings: StackSettings, options: DemoOptions) -> int:
         for st, started in stack.up(settings):
             verb = "started" if started else "already running"
             console.print(f"[green]✓[/] {st.name} {verb} at {st.address} (pid {st.pid})")
-    results = asyncio.run(
-        create_topics(settings.kafka_bootstrap, client_id=settings.kafka_client_id)
-    )
+    results = asyncio.run(create_topics(settings))
     console.print(f"[green]✓[/] topics: {', '.join(r.spec.name for r in results)}")
     mode = asyncio.run(_prepare_database(settings))
     console.print(f"[green]✓[/] migrations applied ({mode} storage)")

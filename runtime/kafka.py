@@ -3,9 +3,16 @@ factories whose tuning comes from the settings."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
+
+from runtime.backoff import Probe, parse_addresses, tcp_probe
+from runtime.settings import KafkaSettings
 
 _DEFAULT_PARTITIONER: Final = DefaultPartitioner()
 _PARTITION_CACHE_MAX: Final = 200_000
@@ -31,3 +38,66 @@ class KeyPartitioner:
         if p is None:
             p = self._cache[key] = int(_DEFAULT_PARTITIONER(key, all_partitions, all_partitions))
         return p
+
+
+def consumer(
+    settings: KafkaSettings,
+    role: str,
+    *topics: str,
+    group: str | None = None,
+    max_poll_records: int | None = None,
+    listener: ConsumerRebalanceListener | None = None,
+) -> AIOKafkaConsumer:
+    """A consumer for `role` (its client id is `<kafka_client_id>-<role>`), tuned by the
+    settings. With a `group`, offsets are committed by the caller only, never automatically,
+    and a new group starts from the earliest record: nothing is skipped."""
+    s = settings
+    client = AIOKafkaConsumer(
+        bootstrap_servers=s.kafka_bootstrap,
+        client_id=f"{s.kafka_client_id}-{role}",
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_poll_records,
+        fetch_max_bytes=s.kafka_fetch_max_bytes,
+        session_timeout_ms=s.kafka_session_timeout_ms,
+        heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+        request_timeout_ms=max(s.kafka_request_timeout_ms, s.kafka_session_timeout_ms + 5000),
+    )
+    if topics:
+        client.subscribe(list(topics), listener=listener)
+    return client
+
+
+def producer(
+    settings: KafkaSettings, role: str, *, partitioner: Callable[..., int] | None = None
+) -> AIOKafkaProducer:
+    """An idempotent `acks=all` producer for `role`, tuned by the settings (compression,
+    linger, batch size). Records with a key land where any stock client puts them."""
+    s = settings
+    return AIOKafkaProducer(
+        bootstrap_servers=s.kafka_bootstrap,
+        client_id=f"{s.kafka_client_id}-{role}",
+        acks="all",
+        enable_idempotence=True,
+        compression_type=None if s.compression == "none" else s.compression,
+        linger_ms=s.linger_ms,
+        max_batch_size=s.kafka_max_batch_bytes,
+        request_timeout_ms=s.kafka_request_timeout_ms,
+        partitioner=partitioner or KeyPartitioner(),
+    )
+
+
+def admin(settings: KafkaSettings, role: str = "admin") -> AIOKafkaAdminClient:
+    """An admin client (topic creation, offsets of groups)."""
+    s = settings
+    return AIOKafkaAdminClient(
+        bootstrap_servers=s.kafka_bootstrap,
+        client_id=f"{s.kafka_client_id}-{role}",
+        request_timeout_ms=s.kafka_request_timeout_ms,
+    )
+
+
+def broker_probe(settings: KafkaSettings) -> Probe:
+    """A cheap readiness check of the brokers (a TCP connect to any bootstrap address)."""
+    return tcp_probe(parse_addresses(settings.kafka_bootstrap))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "FLEETPULSE_"
@@ -37,13 +37,85 @@ class HomeSettings(BaseSettings):
 
 
 class KafkaSettings(HomeSettings):
-    """How to reach Kafka."""
+    """How to reach Kafka, and how every client of a service is tuned (`runtime/kafka.py`
+    builds the clients from these and nothing else)."""
 
     kafka_bootstrap: str = Field(
         default="127.0.0.1:19092",
         description="Kafka bootstrap servers, comma-separated host:port.",
     )
     kafka_client_id: str = Field(default="fleetpulse", description="Client id sent to Kafka.")
+    compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
+        default="lz4", description="Compression of record batches sent to Kafka."
+    )
+    linger_ms: int = Field(
+        default=5, ge=0, le=1000, description="How long a producer waits to fill a batch, ms."
+    )
+    kafka_max_batch_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="Largest record batch a producer builds per partition, bytes (256 KiB: a "
+        "second of a 10,000-host fleet's partition fits in a few).",
+    )
+    kafka_fetch_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes one consumer fetch returns (16 MiB: a full batch of raw events "
+        "with room to spare, without aiokafka's 50 MiB default held per consumer).",
+    )
+    kafka_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description="How long the group waits for a silent consumer before it reassigns its "
+        "partitions, ms.",
+    )
+    kafka_heartbeat_interval_ms: int = Field(
+        default=1_000, ge=100, description="Consumer heartbeat interval, ms."
+    )
+    kafka_request_timeout_ms: int = Field(
+        default=30_000, ge=1000, description="How long a client waits for a broker reply, ms."
+    )
+
+
+class RetrySettings(HomeSettings):
+    """The capped, jittered backoff of every retry loop (`runtime/backoff.py`)."""
+
+    retry_min: float = Field(
+        default=0.5, gt=0, description="First retry delay after a dependency failed, s."
+    )
+    retry_max: float = Field(default=30.0, gt=0, description="Longest retry delay, s.")
+    retry_probe_every: float = Field(
+        default=0.5,
+        gt=0,
+        description="While waiting out a retry delay, how often a cheap probe (a TCP connect) "
+        "checks whether the dependency is back, s; when it is, the retry happens at once.",
+    )
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Self:
+        if self.retry_max < self.retry_min:
+            raise ValueError("retry_max must be at least retry_min")
+        return self
+
+
+class TelemetrySettings(HomeSettings):
+    """Where a service serves /metrics and /health (`runtime/telemetry.py`)."""
+
+    metrics_host: str = Field(default="127.0.0.1", description="Address of /metrics and /health.")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of /metrics and /health; 0 = off."
+    )
+
+
+class ServiceSettings(RetrySettings, TelemetrySettings):
+    """What every long-running service has (`runtime/service.py`)."""
+
+    stop_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a service has, after SIGTERM/SIGINT, to finish the batch in hand "
+        "and flush before it is cancelled.",
+    )
 
 
 class PostgresSettings(HomeSettings):

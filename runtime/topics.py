@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 
+from runtime.kafka import admin as admin_client
+from runtime.settings import KafkaSettings
 from schemas.topics import ALL_TOPICS, TopicSpec
 
 
@@ -20,7 +22,7 @@ class TopicResult:
 
 
 async def create_topics(
-    bootstrap: str, specs: Iterable[TopicSpec] = ALL_TOPICS, *, client_id: str = "fleetpulse"
+    settings: KafkaSettings, specs: Iterable[TopicSpec] = ALL_TOPICS
 ) -> list[TopicResult]:
     """Create missing topics; report existing ones with their partition count.
 
@@ -28,7 +30,7 @@ async def create_topics(
     shrink a topic, so one with more is left alone and reported).
     """
     specs = list(specs)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{client_id}-admin")
+    admin = admin_client(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

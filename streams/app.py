@@ -236,7 +236,7 @@ class StreamWorker:
             # Small segments keep the uncompacted tail, and so a takeover's read, short.
             extra_config={"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"},
         )
-        await create_topics(s.kafka_bootstrap, [spec], client_id=s.kafka_client_id)
+        await create_topics(s, [spec])
 
     async def restore_missing(self, partitions: list[int]) -> None:
         """Restore the given partitions this worker owns but has not loaded yet (once each)."""

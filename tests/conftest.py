@@ -39,6 +39,7 @@ from infra.db import migrate  # noqa: E402
 from infra.settings import StackSettings  # noqa: E402
 from infra.stack import PostgresCluster  # noqa: E402
 from infra.topics import create_topics  # noqa: E402
+from runtime.settings import KafkaSettings  # noqa: E402
 from schemas.topics import TopicSpec  # noqa: E402
 from tests.containers import container_services, docker_requested  # noqa: E402
 
@@ -70,7 +71,7 @@ def service_settings(request: pytest.FixtureRequest) -> Iterator[StackSettings]:
 
 
 def _prepare(settings: StackSettings) -> None:
-    asyncio.run(create_topics(settings.kafka_bootstrap))
+    asyncio.run(create_topics(settings))
 
     async def _migrate() -> None:
         conn = await asyncpg.connect(**settings.connect_kwargs())
@@ -91,7 +92,7 @@ def kafka_bootstrap(service_settings: StackSettings) -> str:
 async def new_topic(kafka_bootstrap: str) -> AsyncIterator[TopicSpec]:
     """A topic of its own for one test: 3 partitions, named test.<random>."""
     spec = TopicSpec(name=f"test.{uuid.uuid4().hex[:12]}", partitions=3, retention_ms=3_600_000)
-    await create_topics(kafka_bootstrap, [spec])
+    await create_topics(KafkaSettings(kafka_bootstrap=kafka_bootstrap), [spec])
     yield spec
 
 

@@ -161,9 +161,7 @@ async def running_pipeline(
     service not killed must have exited 0."""
     s = uuid.uuid4().hex[:8]
     topics = Topics(*(f"e2e.{name}.{s}" for name in ("raw", "a5", "a1h", "a1d", "st", "dlq")))
-    await create_topics(
-        stack.kafka_bootstrap, [TopicSpec(n, PARTITIONS, 3_600_000) for n in vars(topics).values()]
-    )
+    await create_topics(stack, [TopicSpec(n, PARTITIONS, 3_600_000) for n in vars(topics).values()])
     database = await asyncio.to_thread(create_database, stack)
     settings = RegistrySettings(pg_database=database, registry_keys=SecretStr(TEST_KEYS))
     await create_admin(settings, ADMIN, "E2E", PASSWORD)

@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from infra.topics import create_topics
+from runtime.settings import KafkaSettings
 from schemas import RawMetricEvent, decode_raw_event
 from schemas.topics import TopicSpec
 from tests.schemas.test_messages import event_dict
@@ -91,12 +92,13 @@ async def test_produce_and_consume_keeps_per_server_order(
 
 async def test_topics_create_is_idempotent_and_applies_config(kafka_bootstrap: str) -> None:
     spec = TopicSpec(name=f"test.{uuid.uuid4().hex[:12]}", partitions=4, retention_ms=7_200_000)
-    first = await create_topics(kafka_bootstrap, [spec])
-    second = await create_topics(kafka_bootstrap, [spec])
+    first = await create_topics(KafkaSettings(kafka_bootstrap=kafka_bootstrap), [spec])
+    second = await create_topics(KafkaSettings(kafka_bootstrap=kafka_bootstrap), [spec])
     assert [(r.created, r.partitions) for r in first] == [(True, 4)]
     assert [(r.created, r.partitions) for r in second] == [(False, 4)]
     grown = await create_topics(
-        kafka_bootstrap, [TopicSpec(spec.name, partitions=6, retention_ms=spec.retention_ms)]
+        KafkaSettings(kafka_bootstrap=kafka_bootstrap),
+        [TopicSpec(spec.name, partitions=6, retention_ms=spec.retention_ms)],
     )
     assert grown[0].partitions == 6
 

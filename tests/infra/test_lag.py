@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.topics import create_topics
+from runtime.settings import KafkaSettings
 from schemas.topics import TopicSpec
 from tests.conftest import ROOT
 from tests.streams.worker import produce
@@ -25,7 +26,8 @@ async def test_lag_counts_what_each_group_has_not_committed(kafka_bootstrap: str
         f"lag.{n}.{s}" for n in ("raw", "a5", "a1h", "a1d", "st", "dlq")
     )
     await create_topics(
-        kafka_bootstrap, [TopicSpec(t, 2, 3_600_000) for t in (raw, a5, a1h, a1d, status, dlq)]
+        KafkaSettings(kafka_bootstrap=kafka_bootstrap),
+        [TopicSpec(t, 2, 3_600_000) for t in (raw, a5, a1h, a1d, status, dlq)],
     )
     await produce(kafka_bootstrap, raw, [(f"k{i}".encode(), b"{}") for i in range(10)])
     await produce(kafka_bootstrap, a5, [(b"k", b"{}")] * 3)

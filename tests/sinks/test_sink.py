@@ -102,7 +102,7 @@ async def rig(
     }
     dlq = f"test.dlq.{suffix}"
     await create_topics(
-        service_settings.kafka_bootstrap,
+        service_settings,
         [TopicSpec(t, 4, 3_600_000) for t in [*topics.values(), dlq]],
     )
     settings = SinkSettings(

@@ -22,6 +22,7 @@ import pytest
 
 import streams.app
 from infra.topics import create_topics
+from runtime.settings import KafkaSettings
 from schemas.topics import TopicSpec
 from streams.app import StreamWorker
 from streams.settings import StreamSettings
@@ -40,7 +41,7 @@ async def topics(kafka_bootstrap: str) -> AsyncIterator[Topics]:
     s = uuid.uuid4().hex[:8]
     t = Topics(f"c.raw.{s}", f"c.a5.{s}", f"c.a1h.{s}", f"c.a1d.{s}", f"c.st.{s}", f"c.dlq.{s}")
     specs = [TopicSpec(n, PARTITIONS, 3_600_000) for n in vars(t).values()]
-    await create_topics(kafka_bootstrap, specs)
+    await create_topics(KafkaSettings(kafka_bootstrap=kafka_bootstrap), specs)
     yield t
 
 

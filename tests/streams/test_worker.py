@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from infra.topics import create_topics
+from runtime.settings import KafkaSettings
 from schemas import DeadLetter, ServerStatusChange, WindowAggregate
 from schemas.topics import TopicSpec
 from tests.schemas.test_messages import event_dict
@@ -36,7 +37,10 @@ A, B = str(uuid.uuid4()), str(uuid.uuid4())
 async def topics(kafka_bootstrap: str) -> AsyncIterator[Topics]:
     s = uuid.uuid4().hex[:8]
     t = Topics(f"t.raw.{s}", f"t.a5.{s}", f"t.a1h.{s}", f"t.a1d.{s}", f"t.st.{s}", f"t.dlq.{s}")
-    await create_topics(kafka_bootstrap, [TopicSpec(n, 4, 3_600_000) for n in vars(t).values()])
+    await create_topics(
+        KafkaSettings(kafka_bootstrap=kafka_bootstrap),
+        [TopicSpec(n, 4, 3_600_000) for n in vars(t).values()],
+    )
     yield t
 
 

@@ -1,0 +1,128 @@
+"""The one lifecycle of a long-running FleetPulse service (all but the Faust stream worker,
+whose lifecycle Faust gives).
+
+    class Sink(Service):
+        name = "sink"
+        async def start(self) -> None: ...   # connect; raise to fail the start
+        async def run(self) -> None: ...     # work until `self.stopping` is set, then return
+        async def close(self) -> None: ...   # flush what is held, release clients
+
+    sys.exit(run_service(Sink(settings), stop_timeout=settings.stop_timeout))
+
+`run_service` calls `start()`, then `run()`. SIGTERM or SIGINT sets `stopping`; `run()` is
+expected to notice, finish the batch in hand and return. If it has not returned within
+`stop_timeout` it is cancelled (a second signal cancels it at once). `close()` runs in every
+case, bounded by the same timeout. Exit status: 0 after a clean stop, 1 after a fatal error
+(logged as one line, with the traceback only for an unexpected one), 1 as well when the
+service had to be cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import ClassVar
+
+from runtime.errors import FleetPulseError, describe
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+class Service:
+    """Base of a long-running service: `start`, `run` until `stopping`, `close`."""
+
+    name: ClassVar[str] = "service"
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask `run()` to finish (signal handlers call this; safe to call twice)."""
+        self.stopping.set()
+
+    async def start(self) -> None:
+        """Called once before `run()`; an exception here fails the service."""
+
+    async def run(self) -> None:
+        """Do the work until `stopping` is set, then return after the batch in hand."""
+        await self.stopping.wait()
+
+    async def close(self) -> None:
+        """Called once after `run()` returned or was cancelled: flush, release clients."""
+
+
+def run_service(service: Service, *, stop_timeout: float = 10.0) -> int:
+    """Run `service` in a new event loop until it stops; returns the exit status."""
+    return asyncio.run(serve(service, stop_timeout=stop_timeout))
+
+
+async def serve(service: Service, *, stop_timeout: float = 10.0) -> int:
+    """`run_service` in a running loop (tests call this)."""
+    loop = asyncio.get_running_loop()
+    runner: asyncio.Task[None] | None = None
+    signals_seen = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("%s stopping (%s)", service.name, sig.name)
+            service.stop()
+        elif runner is not None:
+            log.warning("%s: second %s, cancelling", service.name, sig.name)
+            runner.cancel()
+
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    status = EXIT_OK
+    try:
+        try:
+            await service.start()
+            runner = asyncio.create_task(service.run(), name=f"{service.name}-run")
+            stop_wait = asyncio.create_task(service.stopping.wait())
+            done, _ = await asyncio.wait({runner, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if runner not in done:
+                # Stopping: the run loop has `stop_timeout` to finish the batch in hand.
+                finished, _ = await asyncio.wait({runner}, timeout=stop_timeout)
+                if not finished:
+                    log.error(
+                        "%s did not stop within %.0f s: cancelled", service.name, stop_timeout
+                    )
+                    status = EXIT_FAILED
+                    runner.cancel()
+            stop_wait.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        except asyncio.CancelledError:
+            if signals_seen < 2:
+                raise
+            status = EXIT_FAILED
+        except FleetPulseError as exc:
+            log.error("%s failed: %s", service.name, exc)
+            status = EXIT_FAILED
+        except Exception as exc:
+            log.exception("%s failed: %s", service.name, describe(exc))
+            status = EXIT_FAILED
+        finally:
+            try:
+                await asyncio.wait_for(service.close(), stop_timeout)
+            except TimeoutError:
+                log.error("%s: close did not finish within %.0f s", service.name, stop_timeout)
+                status = EXIT_FAILED
+            except Exception as exc:
+                log.error("%s: close failed: %s", service.name, describe(exc))
+                status = EXIT_FAILED
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    if status == EXIT_OK:
+        log.info("%s stopped", service.name)
+    return status
