@@ -206,7 +206,12 @@ def throughput_run(bootstrap: str) -> Run | Shortfall:
 
 async def _simulate(bootstrap: str, topic: str, hosts: int, seconds: float) -> None:
     settings = SimulatorSettings(kafka_bootstrap=bootstrap, hosts=hosts)
-    await Simulator(settings, MetricProducer(settings, topic=topic)).run(seconds)
+    sim = Simulator(settings, MetricProducer(settings, topic=topic))
+    await sim.start()
+    try:
+        await sim.emit(seconds)
+    finally:
+        await sim.close()
 
 
 async def _delays(bootstrap: str, topic: str, since: float) -> list[float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import socket
 import sys
 import uuid
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from infra.settings import StackSettings
 from runtime.errors import FleetPulseError
+from runtime.logs import configure_logging
 
 if TYPE_CHECKING:
     from registry.settings import RegistrySettings
@@ -61,7 +61,8 @@ def _stack_status(args: argparse.Namespace) -> int:
 
 
 def _db_migrate(args: argparse.Namespace) -> int:
-    from infra.db import connect, migrate
+    from infra.db import migrate
+    from runtime.postgres import connect
 
     settings = StackSettings()
     storage = args.storage or settings.pg_storage
@@ -109,8 +110,9 @@ def _given(**options: Any) -> dict[str, Any]:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from producers.agent import run_agent, sample_once
+    from producers.agent import Agent, sample_once
     from producers.settings import AgentSettings
+    from runtime.service import run_service
 
     settings = AgentSettings(
         **_given(
@@ -134,13 +136,13 @@ def _agent(args: argparse.Namespace) -> int:
         raise CommandError(
             "the agent needs this host's server id: --server-id or FLEETPULSE_SERVER_ID"
         )
-    asyncio.run(run_agent(settings))
-    return 0
+    return run_service(Agent(settings), settings)
 
 
 def _simulate(args: argparse.Namespace) -> int:
     from producers.settings import SimulatorSettings
-    from producers.simulator import run_simulator, simulated_server_id
+    from producers.simulator import Simulator, simulated_server_id
+    from runtime.service import run_service
 
     settings = SimulatorSettings(
         **_given(hosts=args.hosts, seed=args.seed, metrics_port=args.metrics_port)
@@ -149,8 +151,7 @@ def _simulate(args: argparse.Namespace) -> int:
         for i in range(settings.hosts):
             print(simulated_server_id(settings.seed, i))
         return 0
-    asyncio.run(run_simulator(settings, duration=args.duration))
-    return 0
+    return run_service(Simulator(settings, duration=args.duration), settings)
 
 
 def _lag(args: argparse.Namespace) -> int:
@@ -178,18 +179,17 @@ def _stream(args: argparse.Namespace) -> int:
     from streams.app import StreamWorker
     from streams.settings import StreamSettings
 
-    # Faust parses its own command line: hand it a plain `worker` invocation.
-    sys.argv = [sys.argv[0], "worker"]
     StreamWorker(StreamSettings()).run()
     return 0
 
 
 def _sink(args: argparse.Namespace) -> int:
-    from sinks.service import run_sink
+    from runtime.service import run_service
+    from sinks.service import Sink
     from sinks.settings import SinkSettings
 
-    asyncio.run(run_sink(SinkSettings()))
-    return 0
+    settings = SinkSettings()
+    return run_service(Sink(settings), settings)
 
 
 def _registry_settings() -> RegistrySettings:
@@ -199,10 +199,11 @@ def _registry_settings() -> RegistrySettings:
 
 
 def _registry(args: argparse.Namespace) -> int:
-    from registry.service import serve
+    from registry.service import RegistryService
+    from runtime.service import run_service
 
-    serve(_registry_settings())
-    return 0
+    settings = _registry_settings()
+    return run_service(RegistryService(settings), settings)
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -238,7 +239,7 @@ def _registry_rotate_key(args: argparse.Namespace) -> int:
 
 
 def _db_maintain(args: argparse.Namespace) -> int:
-    from infra.db import connect
+    from runtime.postgres import connect
     from sinks.maintenance import maintain
     from sinks.settings import SinkSettings
 
@@ -415,11 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    configure_logging()
     handler: Handler = args.func
     try:
         return handler(args)

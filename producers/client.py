@@ -27,35 +27,18 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from producers.settings import ProducerSettings
+from runtime import kafka
+from runtime.backoff import Backoff
+from runtime.errors import KAFKA_ERRORS
 from runtime.kafka import KeyPartitioner
+from runtime.telemetry import Telemetry, telemetry
 from schemas import RawMetricEvent
 from schemas.messages import describe_validation_error
 
 log = logging.getLogger(__name__)
-
-EVENTS_SENT = Counter(
-    "fleetpulse_producer_events_sent", "Events acknowledged by Kafka.", ["client_id"]
-)
-EVENTS_DROPPED = Counter(
-    "fleetpulse_producer_events_dropped",
-    "Events dropped because the buffer overflowed while the broker was unreachable.",
-    ["client_id"],
-)
-SEND_ERRORS = Counter(
-    "fleetpulse_producer_errors",
-    "Failed deliveries (retried) and connection failures.",
-    ["client_id"],
-)
-BUFFERED = Gauge(
-    "fleetpulse_producer_buffered", "Events waiting to be acknowledged.", ["client_id"]
-)
-
-_BACKOFF_START = 0.2
-_BACKOFF_MAX = 5.0
 
 
 class InvalidEvent(ValueError):
@@ -84,8 +67,13 @@ class MetricProducer:
     keyed by server_id."""
 
     def __init__(
-        self, settings: ProducerSettings | None = None, *, topic: str | None = None
+        self,
+        settings: ProducerSettings | None = None,
+        *,
+        topic: str | None = None,
+        component: str = "producer",
     ) -> None:
+        """`component` names the telemetry (`fleetpulse_<component>_sent_total`, …)."""
         self.settings = settings or ProducerSettings()
         self.topic = topic or self.settings.raw_topic
         self._buffer: deque[_Record] = deque()
@@ -97,11 +85,20 @@ class MetricProducer:
         self._accepted = self._sent = self._dropped = self._errors = 0
         self._last_drop_log = 0.0
         self._partition_of = KeyPartitioner()
-        labels = {"client_id": self.settings.kafka_client_id}
-        self._m_sent = EVENTS_SENT.labels(**labels)
-        self._m_dropped = EVENTS_DROPPED.labels(**labels)
-        self._m_errors = SEND_ERRORS.labels(**labels)
-        self._m_buffered = BUFFERED.labels(**labels)
+        self.telemetry: Telemetry = telemetry(component)
+        self._kafka = self.telemetry.outage("kafka", log)
+        self._backoff = Backoff(
+            self.settings.retry_min,
+            self.settings.retry_max,
+            probe_every=self.settings.retry_probe_every,
+        )
+        self._probe = kafka.broker_probe(self.settings)
+        self.telemetry.declare(outputs=[self.topic], reasons=["overflow"], kinds=["kafka"])
+        self._m_received = self.telemetry.received
+        self._m_sent = self.telemetry.sent.labels(output=self.topic)
+        self._m_dropped = self.telemetry.dropped.labels(reason="overflow")
+        self._m_errors = self.telemetry.errors.labels(kind="kafka")
+        self._m_buffered = self.telemetry.lag
 
     # -- public API --------------------------------------------------------------------------
     async def __aenter__(self) -> MetricProducer:
@@ -137,6 +134,7 @@ class MetricProducer:
         if self._stopping:
             raise RuntimeError("the producer is stopping")
         self._accepted += 1
+        self._m_received.inc()
         if len(self._buffer) + self._in_flight >= self.settings.buffer_size:
             self._drop_oldest()
             if len(self._buffer) + self._in_flight >= self.settings.buffer_size:
@@ -163,7 +161,7 @@ class MetricProducer:
         if not delivered:
             log.warning(
                 "producer stopping with %d events undelivered after %.1f s",
-                len(self._buffer) + self._in_flight,
+                self._held(),
                 timeout,
             )
         if self._task is not None:
@@ -180,7 +178,7 @@ class MetricProducer:
             sent=self._sent,
             dropped=self._dropped,
             errors=self._errors,
-            buffered=len(self._buffer) + self._in_flight,
+            buffered=self._held(),
         )
 
     # -- internals ---------------------------------------------------------------------------
@@ -201,35 +199,23 @@ class MetricProducer:
                 self._dropped,
             )
 
-    def _new_client(self) -> AIOKafkaProducer:
-        s = self.settings
-        return AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap,
-            client_id=s.kafka_client_id,
-            acks="all",
-            enable_idempotence=True,
-            compression_type=None if s.compression == "none" else s.compression,
-            linger_ms=s.linger_ms,
-            max_batch_size=256 * 1024,
-            request_timeout_ms=30_000,
-        )
-
     async def _connect(self) -> AIOKafkaProducer:
-        """Start a Kafka client, retrying with capped backoff while the broker is away."""
-        backoff = _BACKOFF_START
+        """Start a Kafka client, retrying with backoff while the broker is away."""
         while True:
-            client = self._new_client()
+            client = kafka.producer(self.settings, "producer", partitioner=self._partition_of)
             try:
                 await client.start()
                 return client
-            except (KafkaError, OSError) as exc:
+            except KAFKA_ERRORS as exc:
                 self._errors += 1
                 self._m_errors.inc()
-                log.warning("Kafka not reachable (%s); retrying in %.1f s", exc, backoff)
+                self._kafka.failed(exc, detail=f"{self._held()} events held")
                 with contextlib.suppress(Exception):
                     await client.stop()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+                await self._backoff.wait(self._probe)
+
+    def _held(self) -> int:
+        return len(self._buffer) + self._in_flight
 
     async def _close_client(self) -> None:
         if self._producer is not None:
@@ -239,7 +225,6 @@ class MetricProducer:
 
     async def _run(self) -> None:
         """Hand buffered events to Kafka in order, one chunk at a time; retry failures."""
-        backoff = _BACKOFF_START
         while True:
             if not self._buffer:
                 self._wakeup.clear()
@@ -253,18 +238,19 @@ class MetricProducer:
                 for _ in range(min(len(self._buffer), self.settings.max_chunk))
             ]
             self._in_flight = len(chunk)
-            self._m_buffered.set(len(self._buffer) + self._in_flight)
-            failed = await self._deliver(self._producer, chunk)
+            self._m_buffered.set(self._held())
+            with self.telemetry.batch_seconds.time():
+                failed = await self._deliver(self._producer, chunk)
             self._in_flight = 0
             if failed:
                 # Put the undelivered back at the head, in order, and wait before retrying.
                 self._buffer.extendleft(reversed(failed))
                 while len(self._buffer) > self.settings.buffer_size:
                     self._drop_oldest()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+                await self._backoff.wait(self._probe)
             else:
-                backoff = _BACKOFF_START
+                self._backoff.reset()
+                self._kafka.ok()
 
     async def _deliver(self, client: AIOKafkaProducer, chunk: list[_Record]) -> list[_Record]:
         """Send a chunk and wait for every acknowledgement; return the records that failed.
@@ -321,7 +307,7 @@ class MetricProducer:
     def _count_errors(self, n: int, exc: BaseException | None) -> None:
         self._errors += n
         self._m_errors.inc(n)
-        log.warning("%d events not acknowledged (%s); retrying", n, exc)
+        self._kafka.failed(exc or "no acknowledgement", detail=f"{self._held()} events held")
 
 
 def _failed(exc: BaseException) -> asyncio.Future[Any]:

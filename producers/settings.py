@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from runtime.settings import KafkaSettings
+from runtime.settings import KafkaSettings, ServiceSettings
 from schemas.messages import MAX_PROCESSES, ServerId
 from schemas.topics import RAW
 
 
-class ProducerSettings(KafkaSettings):
+class ProducerSettings(KafkaSettings, ServiceSettings):
     """Delivery settings shared by the agent, the simulator and the producer library."""
 
     raw_topic: str = Field(default=RAW.name, description="Topic the raw events are sent to.")
@@ -23,12 +23,6 @@ class ProducerSettings(KafkaSettings):
             "overflow the oldest are dropped, counted and logged."
         ),
     )
-    compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
-        default="lz4", description="Compression of record batches sent to Kafka."
-    )
-    linger_ms: int = Field(
-        default=5, ge=0, le=1000, description="How long the client waits to fill a batch."
-    )
     max_chunk: int = Field(
         default=2000,
         ge=1,
@@ -37,19 +31,31 @@ class ProducerSettings(KafkaSettings):
     flush_timeout: float = Field(
         default=10.0, ge=0, description="Seconds a shutdown waits to deliver what is buffered."
     )
-    metrics_host: str = Field(
-        default="127.0.0.1", description="Address of the Prometheus /metrics endpoint."
+    # A producer retries sooner than the other services: it holds events in memory meanwhile.
+    retry_min: float = Field(
+        default=0.2, gt=0, description="First retry delay after the broker failed, s."
     )
-    metrics_port: int = Field(
-        default=0,
-        ge=0,
-        le=65535,
-        description="Port of the Prometheus /metrics endpoint; 0 turns it off.",
+    retry_max: float = Field(default=5.0, gt=0, description="Longest retry delay, s.")
+    stop_timeout: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds a service has, after SIGTERM/SIGINT, to stop; more than "
+        "`flush_timeout`, so the flush is never cut short.",
     )
+
+    @model_validator(mode="after")
+    def _flush_within_stop(self) -> Self:
+        if self.flush_timeout >= self.stop_timeout:
+            raise ValueError("flush_timeout must be less than stop_timeout")
+        return self
 
 
 class AgentSettings(ProducerSettings):
     """The host agent (`fleetpulse agent`)."""
+
+    metrics_port: int = Field(
+        default=9471, ge=0, le=65535, description="Port of /metrics and /health; 0 = off."
+    )
 
     server_id: ServerId | None = Field(
         default=None,
@@ -66,6 +72,10 @@ class AgentSettings(ProducerSettings):
 
 class SimulatorSettings(ProducerSettings):
     """The fleet simulator (`fleetpulse simulate`)."""
+
+    metrics_port: int = Field(
+        default=9472, ge=0, le=65535, description="Port of /metrics and /health; 0 = off."
+    )
 
     hosts: int = Field(default=200, ge=1, le=1_000_000, description="Simulated hosts.")
     buffer_size: int = Field(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from datetime import UTC, datetime
 from producers.agent.sampling import next_tick
 from producers.client import MetricProducer
 from producers.settings import SimulatorSettings
-from runtime.telemetry import serve_metrics
+from runtime.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -166,66 +165,88 @@ class SimulatorStats:
     ticks_skipped: int = 0
 
 
-class Simulator:
+class Simulator(Service):
     """Emits one event per host per second until stopped (or `duration` seconds)."""
 
-    def __init__(self, settings: SimulatorSettings, producer: MetricProducer | None = None) -> None:
+    name = "simulator"
+
+    def __init__(
+        self,
+        settings: SimulatorSettings,
+        producer: MetricProducer | None = None,
+        duration: float | None = None,
+    ) -> None:
+        super().__init__()
         self.settings = settings
+        self.duration = duration
         self.hosts = fleet(settings.seed, settings.hosts, settings.sim_processes)
         self._templates = [h.template for h in self.hosts]
-        self.producer = producer or MetricProducer(settings)
+        self.producer = producer or MetricProducer(settings, component=self.name)
         self.stats = SimulatorStats()
-        self._stop = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     async def _wait_until(self, wall: float) -> bool:
         """Sleep until wall-clock `wall`; True if stopped meanwhile."""
         try:
-            await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, wall - time.time()))
+            await asyncio.wait_for(self.stopping.wait(), timeout=max(0.0, wall - time.time()))
             return True
         except TimeoutError:
             return False
 
-    async def run(self, duration: float | None = None) -> SimulatorStats:
+    async def start(self) -> None:
         await self.producer.start()
+
+    async def run(self) -> None:
+        """Emit until stopped or `duration` has passed (then the service stops itself)."""
+        await self.emit(self.duration)
+        self.stop()
+
+    async def close(self) -> None:
+        await self.producer.stop()
+        stats, p = self.stats, self.producer.stats
+        log.info(
+            "simulator stopped: %d seconds, %d events, %d late seconds, %d skipped; "
+            "%d sent, %d dropped",
+            stats.ticks,
+            stats.events,
+            stats.ticks_late,
+            stats.ticks_skipped,
+            p.sent,
+            p.dropped,
+        )
+
+    async def emit(self, duration: float | None = None) -> SimulatorStats:
+        """Emit for `duration` seconds (None: until stopped); the producer must be started."""
         s = self.settings
         end = None if duration is None else time.time() + duration
         tick = int(next_tick(time.time()))
         last_report = time.monotonic()
         reported_events = 0
         log.info("simulating %d hosts (seed %d) to %s", s.hosts, s.seed, s.kafka_bootstrap)
-        try:
-            while not await self._wait_until(tick):
-                if end is not None and tick >= end:
-                    break
-                lag = time.time() - tick
-                if lag > s.max_lag:
-                    skip = int(lag)
-                    self.stats.ticks_skipped += skip
-                    log.warning("%.1f s behind the clock: skipping %d seconds of data", lag, skip)
-                    tick += skip
-                await self._emit(tick)
-                done = time.time() - tick
-                if done > 1.0:
-                    self.stats.ticks_late += 1
-                    log.warning(
-                        "falling behind: second %s took until +%.2f s", iso_second(tick), done
-                    )
-                tick += 1
-                if time.monotonic() - last_report >= 10:
-                    rate = (self.stats.events - reported_events) / (time.monotonic() - last_report)
-                    log.info(
-                        "%.0f events/s, %d sent, %d buffered, %d dropped",
-                        rate,
-                        self.producer.stats.sent,
-                        self.producer.stats.buffered,
-                        self.producer.stats.dropped,
-                    )
-                    last_report, reported_events = time.monotonic(), self.stats.events
-        finally:
-            await self.producer.stop()
+        while not await self._wait_until(tick):
+            if end is not None and tick >= end:
+                break
+            lag = time.time() - tick
+            if lag > s.max_lag:
+                skip = int(lag)
+                self.stats.ticks_skipped += skip
+                log.warning("%.1f s behind the clock: skipping %d seconds of data", lag, skip)
+                tick += skip
+            await self._emit(tick)
+            done = time.time() - tick
+            if done > 1.0:
+                self.stats.ticks_late += 1
+                log.warning("falling behind: second %s took until +%.2f s", iso_second(tick), done)
+            tick += 1
+            if time.monotonic() - last_report >= 10:
+                rate = (self.stats.events - reported_events) / (time.monotonic() - last_report)
+                log.info(
+                    "%.0f events/s, %d sent, %d buffered, %d dropped",
+                    rate,
+                    self.producer.stats.sent,
+                    self.producer.stats.buffered,
+                    self.producer.stats.dropped,
+                )
+                last_report, reported_events = time.monotonic(), self.stats.events
         return self.stats
 
     async def _emit(self, t: int) -> None:
@@ -239,23 +260,3 @@ class Simulator:
             await asyncio.sleep(0)  # let the sender hand this slice to Kafka
         self.stats.ticks += 1
         self.stats.events += len(self.hosts)
-
-
-async def run_simulator(settings: SimulatorSettings, duration: float | None = None) -> None:
-    serve_metrics(settings.metrics_host, settings.metrics_port)
-    sim = Simulator(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, sim.stop)
-    stats = await sim.run(duration)
-    p = sim.producer.stats
-    log.info(
-        "simulator stopped: %d seconds, %d events, %d late seconds, %d skipped; "
-        "%d sent, %d dropped",
-        stats.ticks,
-        stats.events,
-        stats.ticks_late,
-        stats.ticks_skipped,
-        p.sent,
-        p.dropped,
-    )

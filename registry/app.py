@@ -27,6 +27,7 @@ from registry.crypto import Keyring
 from registry.security import Passwords
 from registry.settings import RegistrySettings
 from registry.status import StatusConsumer
+from runtime import postgres
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ _DUPLICATES = {
     "servers_pkey": "id: a server with this id exists",
     "users_pkey": "id: a user with this id exists",
 }
-STOP_TIMEOUT = 10.0
 #: Seconds between purges of expired sessions and stale failed-login counts.
 HOUSEKEEPING_EVERY = 600.0
 #: Largest request body read; the biggest valid one is a few kilobytes.
@@ -138,9 +138,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(
-            **settings.connect_kwargs(), min_size=1, max_size=settings.registry_pool_size
+        pool = await postgres.create_pool(
+            settings, min_size=1, max_size=settings.registry_pool_size
         )
+        # Each shutdown step gets a quarter of the stop timeout (uvicorn's drain has a half).
+        step_timeout = settings.stop_timeout / 4
         registry = Registry(settings, pool, keyring, passwords or Passwords())
         app.state.registry = registry
         consumer: StatusConsumer | None = None
@@ -158,10 +160,10 @@ def create_app(
             if consumer is not None and task is not None:
                 consumer.stop()
                 try:
-                    await asyncio.wait_for(task, STOP_TIMEOUT)
+                    await asyncio.wait_for(task, step_timeout)
                 except TimeoutError:
-                    log.warning("status consumer did not stop within %.0f s", STOP_TIMEOUT)
-            await asyncio.wait_for(pool.close(), STOP_TIMEOUT)
+                    log.warning("status consumer did not stop within %.0f s", step_timeout)
+            await asyncio.wait_for(pool.close(), step_timeout)
 
     app = FastAPI(
         title="FleetPulse registry",

@@ -1,7 +1,8 @@
 """`fleetpulse registry` and its administration commands.
 
-- `serve()`: the HTTP API under uvicorn (HTTPS when a certificate is configured); SIGTERM or
-  SIGINT drain requests, stop the status consumer (bounded) and close the pool.
+- `RegistryService`: the HTTP API under uvicorn (HTTPS when a certificate is configured), in
+  the common lifecycle: SIGTERM or SIGINT drain requests, stop the status consumer (bounded)
+  and close the pool.
 - `create_admin()`: the first admin (or another one), with the password hashed like any other.
 - `rotate_key()`: a new key version, then every stored password re-encrypted under it in one
   transaction (all rows or none).
@@ -10,10 +11,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import signal
+from collections.abc import Iterator
 
 import asyncpg
+import uvicorn
 
 from registry import store
 from registry.crypto import Keyring, load_keyring, write_key_file
@@ -21,57 +24,75 @@ from registry.errors import RegistryError
 from registry.permissions import Role
 from registry.security import Passwords
 from registry.settings import RegistrySettings
+from runtime.postgres import connect
+from runtime.service import Service
 
 log = logging.getLogger(__name__)
 
 
-def serve(settings: RegistrySettings) -> None:
-    """Run the API until SIGTERM/SIGINT."""
-    import uvicorn
+class RegistryService(Service):
+    """The HTTP API under uvicorn, in the common lifecycle (uvicorn's own signal handling is
+    off: the lifecycle's SIGTERM/SIGINT ask it to drain)."""
 
-    from registry.app import create_app
+    name = "registry"
 
-    asyncio.run(_preflight(settings))
-    keyring = load_keyring(settings, create=True)
-    app = create_app(settings, keyring)
-    # uvicorn handles SIGTERM/SIGINT (drain, lifespan shutdown) and then raises the signal again
-    # under the handler found at start; this one lets a clean shutdown end with status 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _after_shutdown)
-    log.info(
-        "registry on %s://%s:%d (OpenAPI at /docs), database %s",
-        settings.scheme,
-        settings.registry_host,
-        settings.registry_port,
-        settings.describe(),
-    )
-    uvicorn.run(
-        app,
-        host=settings.registry_host,
-        port=settings.registry_port,
-        ssl_certfile=settings.registry_tls_cert,
-        ssl_keyfile=settings.registry_tls_key,
-        log_config=None,  # the command line's logging; uvicorn's access lines carry no bodies
-        timeout_graceful_shutdown=10,
-        server_header=False,
-    )
+    def __init__(self, settings: RegistrySettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.server: _Server | None = None
+
+    async def start(self) -> None:
+        from registry.app import create_app
+
+        s = self.settings
+        await _preflight(s)
+        app = create_app(s, load_keyring(s, create=True))
+        config = uvicorn.Config(
+            app,
+            host=s.registry_host,
+            port=s.registry_port,
+            ssl_certfile=s.registry_tls_cert,
+            ssl_keyfile=s.registry_tls_key,
+            log_config=None,  # the command line's logging; uvicorn's access lines carry no bodies
+            # Requests in progress get most of the stop timeout; the lifespan's shutdown the rest.
+            timeout_graceful_shutdown=max(1, int(s.stop_timeout / 2)),
+            server_header=False,
+        )
+        self.server = _Server(config)
+
+    async def run(self) -> None:
+        server = self.server
+        assert server is not None
+        serving = asyncio.create_task(server.serve(), name="uvicorn")
+        stopping = asyncio.create_task(self.stopping.wait())
+        s = self.settings
+        log.info(
+            "registry on %s://%s:%d (OpenAPI at /docs), database %s",
+            s.scheme,
+            s.registry_host,
+            s.registry_port,
+            s.describe(),
+        )
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        server.should_exit = True
+        try:
+            await serving
+        except SystemExit:  # uvicorn's answer to a port it cannot bind
+            raise RegistryError(
+                f"cannot serve on {s.registry_host}:{s.registry_port} (see the line above)"
+            ) from None
 
 
-def _after_shutdown(signum: int, frame: object) -> None:
-    log.info("registry stopped (%s)", signal.Signals(signum).name)
-
-
-async def _connect(settings: RegistrySettings) -> asyncpg.Connection:
-    try:
-        conn: asyncpg.Connection = await asyncpg.connect(**settings.connect_kwargs())
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise RegistryError(f"cannot connect to {settings.describe()}: {exc}") from None
-    return conn
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the service lifecycle owns SIGTERM/SIGINT
 
 
 async def _preflight(settings: RegistrySettings) -> None:
     """Fail with one line, before uvicorn starts, when the database is not ready."""
-    conn = await _connect(settings)
+    conn = await connect(settings)
     try:
         ready = await conn.fetchval("SELECT to_regclass('sessions') IS NOT NULL")
     finally:
@@ -97,7 +118,7 @@ async def create_admin(settings: RegistrySettings, email: str, name: str, passwo
         raise RegistryError(f"invalid admin: {msg}") from None
     load_keyring(settings, create=True)
     password_hash = await Passwords().hash(password)
-    conn = await _connect(settings)
+    conn = await connect(settings)
     try:
         row = await store.create_user(
             conn, email=email, name=name, password_hash=password_hash, role=Role.ADMIN
@@ -141,7 +162,7 @@ async def rotate_key(settings: RegistrySettings) -> tuple[int, int]:
         keyring = keyring.with_new_key()
         write_key_file(settings.key_path, keyring)
         log.info("added key version %d to %s", keyring.current, settings.key_path)
-    conn = await _connect(settings)
+    conn = await connect(settings)
     try:
         rows = await reencrypt_all(conn, keyring, keyring)
     finally:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
-from runtime.settings import KafkaSettings, PostgresSettings
+from runtime.settings import KafkaSettings, PostgresSettings, ServiceSettings
 from schemas.topics import STATUS
 
 
-class RegistrySettings(KafkaSettings, PostgresSettings):
+class RegistrySettings(KafkaSettings, PostgresSettings, ServiceSettings):
     """The HTTP API for users, the server inventory and metric reads, and the status consumer."""
 
     registry_host: str = Field(default="127.0.0.1", description="Address the HTTP API binds to.")
@@ -68,10 +68,13 @@ class RegistrySettings(KafkaSettings, PostgresSettings):
         description="Kafka consumer group of the registry's status consumer.",
     )
     status_topic: str = Field(default=STATUS.name, description="Topic of server status changes.")
-    retry_min: float = Field(
-        default=0.5, gt=0, description="First retry delay after a Kafka or database error, s."
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="A separate port for /metrics and /health; 0 = none (the API serves "
+        "/metrics and /health itself).",
     )
-    retry_max: float = Field(default=30.0, gt=0, description="Longest retry delay, s.")
 
     @model_validator(mode="after")
     def _tls_needs_both(self) -> RegistrySettings:

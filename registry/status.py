@@ -16,22 +16,25 @@ import logging
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
-from prometheus_client import Counter, Gauge
-from pydantic import ValidationError
 
 from registry.settings import RegistrySettings
 from registry.store import Conn, Connection
-from schemas.messages import ServerState, ServerStatusChange, describe_validation_error
+from runtime import kafka
+from runtime.backoff import Backoff
+from runtime.errors import POSTGRES_ERRORS
+from runtime.postgres import probe as postgres_probe
+from runtime.telemetry import telemetry
+from schemas.messages import InvalidMessage, ServerState, ServerStatusChange, decode_message
 
 log = logging.getLogger(__name__)
 
-RECEIVED = Counter("fleetpulse_registry_received", "Status messages consumed.")
-SENT = Counter("fleetpulse_registry_sent", "Status changes applied to servers.")
-DROPPED = Counter(
-    "fleetpulse_registry_dropped", "Status messages skipped.", ["reason"]
-)  # invalid, unknown_or_stale
-ERRORS = Counter("fleetpulse_registry_errors", "Kafka or database errors (retried).")
-LAG = Gauge("fleetpulse_registry_lag", "Status messages behind the end of the assigned partitions.")
+TELEMETRY = telemetry("registry")
+TELEMETRY.declare(
+    outputs=["servers"],
+    reasons=["invalid_json", "validation", "unknown_or_stale"],
+    kinds=["kafka", "postgres"],
+)
+_SENT = TELEMETRY.sent.labels(output="servers")
 
 _APPLY = """
     UPDATE servers SET
@@ -63,17 +66,15 @@ class StatusConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._positions: dict[TopicPartition, int] = {}  # next offset to read, for the lag
         self._stop = asyncio.Event()
+        self._kafka = TELEMETRY.outage("kafka", log)
+        self._database = TELEMETRY.outage("postgres", log)
+        self._backoff = Backoff(
+            settings.retry_min, settings.retry_max, probe_every=settings.retry_probe_every
+        )
 
     async def start(self) -> None:
         s = self.settings
-        self._consumer = AIOKafkaConsumer(
-            s.status_topic,
-            bootstrap_servers=s.kafka_bootstrap,
-            client_id=f"{s.kafka_client_id}-registry",
-            group_id=s.registry_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
+        self._consumer = kafka.consumer(s, "registry", s.status_topic, group=s.registry_group)
         await self._consumer.start()
 
     def stop(self) -> None:
@@ -88,7 +89,8 @@ class StatusConsumer:
 
     async def run(self) -> None:
         """Start (retrying while Kafka is away), then consume until `stop()`."""
-        backoff = self.settings.retry_min
+        kafka_ready = kafka.broker_probe(self.settings)
+        database_ready = postgres_probe(self.settings)
         while not self._stop.is_set():
             try:
                 if self._consumer is None:
@@ -99,53 +101,66 @@ class StatusConsumer:
                         self.settings.registry_group,
                     )
                 await self._poll()
-                backoff = self.settings.retry_min
-            except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                ERRORS.inc()
-                log.warning("status consumer: %s; retrying in %.1f s", type(exc).__name__, backoff)
-                if isinstance(exc, KafkaError) and self._consumer is not None:
-                    await self.close()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), backoff)
-                backoff = min(backoff * 2, self.settings.retry_max)
+            except KafkaError as exc:  # fetching or committing
+                await self._kafka_failed(exc)
+                await self._backoff.wait(kafka_ready, self._stop)
+            except POSTGRES_ERRORS as exc:  # applying (the consumer is up, or start failed)
+                if self._consumer is None:
+                    await self._kafka_failed(exc)
+                    await self._backoff.wait(kafka_ready, self._stop)
+                    continue
+                TELEMETRY.errors.labels(kind="postgres").inc()
+                self._database.failed(exc)
+                await self._backoff.wait(database_ready, self._stop)
+            else:
+                self._kafka.ok()
+                self._backoff.reset()
         await self.close()
+
+    async def _kafka_failed(self, exc: BaseException) -> None:
+        TELEMETRY.errors.labels(kind="kafka").inc()
+        self._kafka.failed(exc)
+        if self._consumer is not None:
+            await self.close()
 
     async def _poll(self) -> None:
         assert self._consumer is not None
         batch = await self._consumer.getmany(timeout_ms=500, max_records=500)
         if batch:
-            async with self.pool.acquire() as conn:
-                for tp, records in batch.items():
-                    for record in records:
-                        await self._take(conn, record)
-                    self._positions[tp] = records[-1].offset + 1
-            # Only after the database has every change of the batch.
-            await self._consumer.commit()
+            with TELEMETRY.batch_seconds.time():
+                async with self.pool.acquire() as conn:
+                    for tp, records in batch.items():
+                        for record in records:
+                            await self._take(conn, record)
+                        self._positions[tp] = records[-1].offset + 1
+                self._database.ok()
+                # Only after the database has every change of the batch.
+                await self._consumer.commit()
         lag = 0
         for tp in self._consumer.assignment():
             high, position = self._consumer.highwater(tp), self._positions.get(tp)
             if high is not None and position is not None:
                 lag += max(0, high - position)
-        LAG.set(lag)
+        TELEMETRY.lag.set(lag)
 
     async def _take(self, conn: Connection, record: ConsumerRecord) -> None:
-        RECEIVED.inc()
+        TELEMETRY.received.inc()
         try:
-            change = ServerStatusChange.model_validate_json(record.value or b"")
-        except ValidationError as exc:
+            change = decode_message(ServerStatusChange, record.value)
+        except InvalidMessage as exc:
             self.skipped += 1
-            DROPPED.labels(reason="invalid").inc()
+            TELEMETRY.dropped.labels(reason=exc.reason.value).inc()
             log.warning(
                 "skipped invalid status message %s[%d]@%d: %s",
                 record.topic,
                 record.partition,
                 record.offset,
-                describe_validation_error(exc)[:300],
+                exc.detail[:300],
             )
             return
         if await apply_status(conn, change):
             self.applied += 1
-            SENT.inc()
+            _SENT.inc()
         else:
             self.skipped += 1
-            DROPPED.labels(reason="unknown_or_stale").inc()
+            TELEMETRY.dropped.labels(reason="unknown_or_stale").inc()

@@ -130,6 +130,8 @@ def configure_logging(level: int = logging.INFO, interval: float = DEFAULT_INTER
     if not root.handlers:
         logging.basicConfig(level=level, format=LOG_FORMAT)
     root.setLevel(level)
+    # aiokafka's warnings are about its own retries (which ours report as outages).
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     for handler in root.handlers:
         if not any(isinstance(f, QuietRepeats) for f in handler.filters):
             handler.addFilter(QuietRepeats(interval))

@@ -7,10 +7,11 @@ whose lifecycle Faust gives).
         async def run(self) -> None: ...     # work until `self.stopping` is set, then return
         async def close(self) -> None: ...   # flush what is held, release clients
 
-    sys.exit(run_service(Sink(settings), stop_timeout=settings.stop_timeout))
+    sys.exit(run_service(Sink(settings), settings))
 
-`run_service` calls `start()`, then `run()`. SIGTERM or SIGINT sets `stopping`; `run()` is
-expected to notice, finish the batch in hand and return. If it has not returned within
+`run_service` serves the service's /metrics and /health (`runtime/telemetry.py`, on the
+settings' `metrics_port`), calls `start()`, then `run()`. SIGTERM or SIGINT sets `stopping`;
+`run()` is expected to notice, finish the batch in hand and return. If it has not returned within
 `stop_timeout` it is cancelled (a second signal cancels it at once). `close()` runs in every
 case, bounded by the same timeout. Exit status: 0 after a clean stop, 1 after a fatal error
 (logged as one line, with the traceback only for an unexpected one), 1 as well when the
@@ -26,6 +27,8 @@ import signal
 from typing import ClassVar
 
 from runtime.errors import FleetPulseError, describe
+from runtime.settings import ServiceSettings
+from runtime.telemetry import serve_telemetry, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,14 @@ class Service:
         """Called once after `run()` returned or was cancelled: flush, release clients."""
 
 
-def run_service(service: Service, *, stop_timeout: float = 10.0) -> int:
+def run_service(service: Service, settings: ServiceSettings) -> int:
     """Run `service` in a new event loop until it stops; returns the exit status."""
-    return asyncio.run(serve(service, stop_timeout=stop_timeout))
+    server = serve_telemetry(telemetry(service.name), settings.metrics_host, settings.metrics_port)
+    try:
+        return asyncio.run(serve(service, stop_timeout=settings.stop_timeout))
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 async def serve(service: Service, *, stop_timeout: float = 10.0) -> int:

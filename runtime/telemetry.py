@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from http.server import ThreadingHTTPServer
@@ -48,6 +49,21 @@ class Telemetry:
     batch_seconds: Histogram
     dependencies: dict[str, Outage] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+
+    def declare(
+        self,
+        outputs: Iterable[str] = (),
+        reasons: Iterable[str] = (),
+        kinds: Iterable[str] = (),
+    ) -> None:
+        """Create the labelled series up front, so /metrics shows them at 0 from the start
+        (a rate over a series that appears late misses its first increase)."""
+        for output in outputs:
+            self.sent.labels(output=output)
+        for reason in reasons:
+            self.dropped.labels(reason=reason)
+        for kind in kinds:
+            self.errors.labels(kind=kind)
 
     def outage(self, name: str, log: logging.Logger) -> Outage:
         """The tracker of dependency `name` (one per name), shown on /health."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Final
+from typing import Annotated, Final, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -232,6 +232,9 @@ class DeadLetter(_Message):
         return base64.b64decode(self.payload_b64)
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 class InvalidMessage(ValueError):
     """A message that fails to decode; `reason` says which dead-letter reason applies."""
 
@@ -250,6 +253,21 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def decode_message(model: type[M], data: bytes | None) -> M:
+    """Validate a message's bytes against `model`.
+
+    Raises `InvalidMessage` with reason `invalid_json` (not JSON at all) or `validation`.
+    """
+    try:
+        return model.model_validate_json(data or b"")
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise InvalidMessage(
+                DeadLetterReason.INVALID_JSON, describe_validation_error(exc)
+            ) from None
+        raise InvalidMessage(DeadLetterReason.VALIDATION, describe_validation_error(exc)) from None
+
+
 def decode_raw_event(data: bytes) -> RawMetricEvent:
     """Validate raw bytes from `metrics.raw.v1`.
 
@@ -260,14 +278,7 @@ def decode_raw_event(data: bytes) -> RawMetricEvent:
             DeadLetterReason.OVERSIZE,
             f"{len(data)} bytes is over the {MAX_RAW_EVENT_BYTES}-byte limit",
         )
-    try:
-        return RawMetricEvent.model_validate_json(data)
-    except ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise InvalidMessage(
-                DeadLetterReason.INVALID_JSON, describe_validation_error(exc)
-            ) from None
-        raise InvalidMessage(DeadLetterReason.VALIDATION, describe_validation_error(exc)) from None
+    return decode_message(RawMetricEvent, data)
 
 
 #: Every message model, by the file stem of its JSON Schema under `schemas/json/`.

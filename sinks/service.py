@@ -21,12 +21,14 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from prometheus_client import Counter, Gauge
-from pydantic import ValidationError
 
-from runtime.errors import Disposition, describe, postgres_disposition
-from schemas import DeadLetter, DeadLetterReason, WindowAggregate
-from schemas.messages import describe_validation_error
+from runtime import kafka, postgres
+from runtime.backoff import Backoff
+from runtime.errors import POSTGRES_ERRORS, Disposition, describe, postgres_disposition
+from runtime.service import Service
+from runtime.telemetry import telemetry
+from schemas import DeadLetter, DeadLetterReason, InvalidMessage, WindowAggregate
+from schemas.messages import decode_message
 from sinks.maintenance import maintain
 from sinks.rows import DAILY, HOURLY, SNAPSHOTS, TableSpec, to_row
 from sinks.settings import SinkSettings
@@ -34,13 +36,9 @@ from sinks.writer import BatchWriter, Item, write_isolating
 
 log = logging.getLogger(__name__)
 
-ROWS_WRITTEN = Counter("fleetpulse_sink_rows_written", "Rows upserted.", ["table"])
-RECEIVED = Counter("fleetpulse_sink_received", "Aggregate messages consumed.")
-DEAD_LETTERS = Counter("fleetpulse_sink_dropped", "Messages sent to the DLQ.", ["reason"])
-ERRORS = Counter("fleetpulse_sink_errors", "Transient database errors (batch retried).")
-LAG = Gauge("fleetpulse_sink_lag", "Messages behind the end of the assigned partitions.")
-
 COMPONENT = "sink"
+TELEMETRY = telemetry(COMPONENT)
+_RETRIED: tuple[type[BaseException], ...] = (*POSTGRES_ERRORS, postgres.DatabaseUnavailable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +67,9 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
 
-class Sink:
+class Sink(Service):
+    name = COMPONENT
+
     def __init__(
         self,
         settings: SinkSettings,
@@ -79,6 +79,7 @@ class Sink:
         tables: dict[str, TableSpec] | None = None,
     ) -> None:
         """Topics, dead-letter topic and the table of each topic default to the settings'."""
+        super().__init__()
         self.settings = settings
         self.topics = topics or (
             settings.agg_5s_topic,
@@ -102,37 +103,37 @@ class Sink:
         self._conn: asyncpg.Connection | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: AIOKafkaProducer | None = None
-        self._stop = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._next_maintenance = 0.0
+        self._database = TELEMETRY.outage("postgres", log)
+        self._backoff = Backoff(
+            settings.retry_min, settings.retry_max, probe_every=settings.retry_probe_every
+        )
+        TELEMETRY.declare(
+            outputs=[t.name for t in self.tables.values()],
+            reasons=[r.value for r in DeadLetterReason],
+            kinds=["postgres"],
+        )
+        self._errors = TELEMETRY.errors.labels(kind="postgres")
+        self._sent = {t.name: TELEMETRY.sent.labels(output=t.name) for t in self.tables.values()}
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        self._dlq = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap,
-            client_id=f"{s.kafka_client_id}-sink-dlq",
-            acks="all",
-            enable_idempotence=True,
-        )
+        self._dlq = kafka.producer(s, "sink-dlq")
         await self._dlq.start()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
-            client_id=f"{s.kafka_client_id}-sink",
-            group_id=s.sink_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        self._consumer = kafka.consumer(
+            s,
+            "sink",
+            *self.topics,
+            group=s.sink_group,
             max_poll_records=s.batch_rows,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
+            listener=_FlushOnRevoke(self),
         )
-        self._consumer.subscribe(list(self.topics), listener=_FlushOnRevoke(self))
         await self._consumer.start()
-        self._conn = await self._connect()
-
-    def stop(self) -> None:
-        """Ask `run()` to finish: it flushes what it holds and returns."""
-        self._stop.set()
+        self._conn = await postgres.connect_retrying(
+            s, self._backoff, self._database, self.stopping
+        )
 
     async def close(self) -> None:
         if self._consumer is not None:
@@ -144,14 +145,17 @@ class Sink:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._conn.close(), 5)
+        log.info(
+            "sink closed: %d rows written, %d dead letters", self.rows_written, self.dead_letters
+        )
 
     async def run(self) -> None:
-        """Consume, batch and write until `stop()`."""
+        """Consume, batch and write until `stop()`, then flush what is held."""
         assert self._consumer is not None
         s = self.settings
         age = s.batch_age_ms / 1000
         log.info("sink consuming %s as group %s", ", ".join(self.topics), s.sink_group)
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             wait = (
                 age if self._first_at is None else max(0.0, self._first_at + age - time.monotonic())
             )
@@ -172,20 +176,15 @@ class Sink:
 
     # -- consuming ---------------------------------------------------------------------------
     async def _take(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        RECEIVED.inc()
+        TELEMETRY.received.inc()
         self._offsets[tp] = self._positions[tp] = record.offset + 1
         if self._first_at is None:
             self._first_at = time.monotonic()
         source = Source(record.topic, record.partition, record.offset, record.key, record.value)
         try:
-            agg = WindowAggregate.model_validate_json(record.value)
-        except ValidationError as exc:
-            reason = (
-                DeadLetterReason.INVALID_JSON
-                if any(e["type"] == "json_invalid" for e in exc.errors())
-                else DeadLetterReason.VALIDATION
-            )
-            await self._dead_letter(source, reason, describe_validation_error(exc))
+            agg = decode_message(WindowAggregate, record.value)
+        except InvalidMessage as exc:
+            await self._dead_letter(source, exc.reason, exc.detail)
             return
         table = self.tables[record.topic]
         self._items.setdefault(table.name, []).append(Item(to_row(agg), source))
@@ -201,7 +200,8 @@ class Sink:
         async with self._flush_lock:
             if not self._offsets:
                 return
-            rejected = await self._write_with_retry()
+            with TELEMETRY.batch_seconds.time():
+                rejected = await self._write_with_retry()
             for item, exc in rejected:
                 await self._dead_letter(item.source, DeadLetterReason.DB_REJECTED, describe(exc))
             assert self._consumer is not None
@@ -219,38 +219,39 @@ class Sink:
             self._first_at = None
 
     async def _write_with_retry(self) -> list[tuple[Item[Source], BaseException]]:
-        backoff = self.settings.retry_min
         paused = False
-        assert self._consumer is not None
+        consumer = self._consumer
+        assert consumer is not None
+        ready = postgres.probe(self.settings)
+
+        async def probe() -> bool:
+            # Polling the paused consumer keeps the group membership (max.poll.interval).
+            await consumer.getmany(timeout_ms=0)
+            return await ready()
+
         try:
             while True:
                 try:
                     if self._conn is None or self._conn.is_closed():
-                        self._conn = await self._connect_once()
-                    return await self._write_once(self._conn)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                        self._conn = await postgres.connect(self.settings)
+                    rejected = await self._write_once(self._conn)
+                    self._database.ok()
+                    self._backoff.reset()
+                    return rejected
+                except _RETRIED as exc:
                     if postgres_disposition(exc) is Disposition.PERMANENT:
                         raise
-                    ERRORS.inc()
-                    log.warning(
-                        "database unavailable (%s); %d rows held, retrying in %.1f s",
-                        describe(exc),
-                        self._pending,
-                        backoff,
-                    )
+                    self._errors.inc()
+                    self._database.failed(exc, detail=f"{self._pending} rows held")
                     await self._drop_connection()
                     if not paused:
                         # Stop fetching: memory stays at the batch in hand.
-                        self._consumer.pause(*self._consumer.assignment())
+                        consumer.pause(*consumer.assignment())
                         paused = True
-                    # Polling the paused consumer waits like a sleep and keeps the group
-                    # membership alive (max.poll.interval).
-                    await self._consumer.getmany(timeout_ms=int(backoff * 1000))
-                    backoff = min(backoff * 2, self.settings.retry_max)
+                    await self._backoff.wait(probe)
         finally:
             if paused:
-                self._consumer.resume(*self._consumer.assignment())
-                log.info("database back; resuming")
+                consumer.resume(*consumer.assignment())
 
     async def _write_once(
         self, conn: asyncpg.Connection
@@ -262,7 +263,7 @@ class Sink:
                 rejected += await write_isolating(self.writer, conn, by_name[name], items)
         for name, items in self._items.items():
             n = len(items) - sum(1 for i, _ in rejected if i in items)
-            ROWS_WRITTEN.labels(table=name).inc(n)
+            self._sent[name].inc(n)
             self.rows_written += n
         return rejected
 
@@ -280,7 +281,7 @@ class Sink:
         )
         await self._dlq.send_and_wait(self.dlq_topic, letter.to_json_bytes(), key=source.key)
         self.dead_letters += 1
-        DEAD_LETTERS.labels(reason=reason.value).inc()
+        TELEMETRY.dropped.labels(reason=reason.value).inc()
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s",
             source.topic,
@@ -291,20 +292,6 @@ class Sink:
         )
 
     # -- database connection -----------------------------------------------------------------
-    async def _connect_once(self) -> asyncpg.Connection:
-        conn: asyncpg.Connection = await asyncpg.connect(**self.settings.connect_kwargs())
-        return conn
-
-    async def _connect(self) -> asyncpg.Connection:
-        backoff = self.settings.retry_min
-        while True:
-            try:
-                return await self._connect_once()
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("cannot connect to %s (%s); retrying", self.settings.describe(), exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.retry_max)
-
     async def _drop_connection(self) -> None:
         if self._conn is not None:
             self._conn.terminate()
@@ -321,7 +308,7 @@ class Sink:
             position = self._positions.get(tp)
             if high is not None and position is not None:
                 total += max(0, high - position)
-        LAG.set(total)
+        TELEMETRY.lag.set(total)
         return total
 
     async def _maybe_maintain(self) -> None:
@@ -332,30 +319,9 @@ class Sink:
         try:
             report = await maintain(self._conn, self.settings)
             log.info("maintenance: %s", report.summary())
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except POSTGRES_ERRORS as exc:
             log.warning(
                 "maintenance failed (%s); next try in %.0f s",
                 describe(exc),
                 self.settings.maintain_every,
             )
-
-
-async def run_sink(settings: SinkSettings) -> None:
-    """Run a sink until SIGTERM or SIGINT."""
-    import signal
-
-    from runtime.telemetry import serve_metrics
-
-    serve_metrics(settings.metrics_host, settings.metrics_port)
-    sink = Sink(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, sink.stop)
-    await sink.start()
-    try:
-        await sink.run()
-    finally:
-        await sink.close()
-        log.info(
-            "sink stopped: %d rows written, %d dead letters", sink.rows_written, sink.dead_letters
-        )

@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from runtime.settings import KafkaSettings, PostgresSettings
+from runtime.settings import KafkaSettings, PostgresSettings, ServiceSettings
 from schemas.topics import AGG_1D, AGG_1H, AGG_5S, DLQ
 
 
-class SinkSettings(KafkaSettings, PostgresSettings):
+class SinkSettings(KafkaSettings, PostgresSettings, ServiceSettings):
     """The database writer for the aggregate topics."""
 
     sink_group: str = Field(
@@ -33,10 +33,6 @@ class SinkSettings(KafkaSettings, PostgresSettings):
             "measured in BENCHMARKS.md, falling back when COPY is not available)."
         ),
     )
-    retry_min: float = Field(
-        default=0.5, gt=0, description="First retry delay after a database error, s."
-    )
-    retry_max: float = Field(default=30.0, gt=0, description="Longest retry delay, s.")
     maintain_every: float = Field(
         default=3600.0, gt=0, description="Seconds between partition maintenance runs in the sink."
     )
@@ -54,5 +50,6 @@ class SinkSettings(KafkaSettings, PostgresSettings):
     agg_1h_topic: str = Field(default=AGG_1H.name, description="Topic of hourly windows.")
     agg_1d_topic: str = Field(default=AGG_1D.name, description="Topic of daily windows.")
     dlq_topic: str = Field(default=DLQ.name, description="Dead-letter topic.")
-    metrics_host: str = Field(default="127.0.0.1", description="Address of /metrics.")
-    metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of /metrics; 0 = off.")
+    metrics_port: int = Field(
+        default=9474, ge=0, le=65535, description="Port of /metrics and /health; 0 = off."
+    )

@@ -1,12 +1,14 @@
 """`fleetpulse stream`: the Faust worker around `StreamProcessor`.
 
-Faust is the runtime: worker lifecycle and signals, timers, the web server. The raw topic is
-read in batches by an aiokafka consumer in the same consumer group protocol
-(`FLEETPULSE_STREAM_GROUP`), because Faust's per-message stream costs more than the whole
-windowing (about 2,500 events/s through a Faust agent on the development machine, against
-about 15,000 in batches). The windowing is ours (`streams/windows.py`): Faust's windowed
-tables lose data (a last-closed window shared by all partitions, closing by wall clock during
-catch-up, late events dropped silently).
+- Faust runs the worker: its lifecycle and signals, the 1 s and 10 s timers, and its web
+  server, which serves /metrics and /health in the common vocabulary (`runtime/telemetry.py`).
+- aiokafka, through `runtime/kafka.py`, reads the raw topic in batches (in the consumer group
+  `FLEETPULSE_STREAM_GROUP`) and writes the outputs and the changelog. Faust's per-message
+  stream costs more than the whole windowing (about 2,500 events/s through a Faust agent on
+  the development machine, against about 15,000 in batches).
+- The windowing is ours (`streams/windows.py`): Faust's windowed tables lose data (a
+  last-closed window shared by all partitions, closing by wall clock during catch-up, late
+  events dropped silently).
 
 Outputs of each batch are sent as they are made. Every `FLEETPULSE_STREAM_CHECKPOINT_INTERVAL`
 a checkpoint runs in three steps, each waiting for the previous one to be acknowledged: every
@@ -28,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
+from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -36,10 +40,11 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaTimeoutError
 from prometheus_client import Counter, Gauge
 
-from runtime.kafka import KeyPartitioner
-from runtime.telemetry import serve_metrics
+from runtime import kafka
+from runtime.logs import configure_logging
+from runtime.telemetry import health_body, metrics_body, telemetry
 from runtime.topics import create_topics
-from schemas import Resolution
+from schemas import DeadLetterReason, Resolution
 from schemas.topics import TopicSpec
 from streams.processor import Outputs, StreamProcessor
 from streams.settings import StreamSettings
@@ -47,11 +52,7 @@ from streams.windows import Grace
 
 log = logging.getLogger(__name__)
 
-RECEIVED = Counter("fleetpulse_stream_received", "Raw records consumed.")
-SENT = Counter(
-    "fleetpulse_stream_sent", "Windows emitted (first time or corrected).", ["resolution"]
-)
-DROPPED = Counter("fleetpulse_stream_dropped", "Records sent to the DLQ.", ["reason"])
+TELEMETRY = telemetry("stream")
 LATE_ABSORBED = Counter(
     "fleetpulse_stream_late_absorbed",
     "Late samples absorbed as corrections of closed windows (within the lateness horizon).",
@@ -92,8 +93,9 @@ class StreamWorker:
             datadir=str(datadir),
             topic_allow_declare=False,
             topic_disable_leader=True,
-            web_enabled=s.stream_web_port > 0,
-            web_port=s.stream_web_port or 6066,
+            web_enabled=_can_listen(s.metrics_host, s.metrics_port),
+            web_bind=s.metrics_host,
+            web_port=s.metrics_port or 6066,
             producer_acks=-1,
         )
         # Faust's own consumer has nothing to read: the raw batches come through `_consume`.
@@ -109,7 +111,13 @@ class StreamWorker:
             Resolution.ONE_HOUR: s.agg_1h_topic,
             Resolution.ONE_DAY: s.agg_1d_topic,
         }
-        self._sent = {r: SENT.labels(resolution=r.value) for r in Resolution}
+        TELEMETRY.declare(
+            outputs=[r.value for r in Resolution],
+            reasons=[r.value for r in DeadLetterReason],
+            kinds=["kafka"],
+        )
+        self._sent = {r: TELEMETRY.sent.labels(output=r.value) for r in Resolution}
+        self._sent_status = TELEMETRY.sent.labels(output="status")
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.changelog_reader: AIOKafkaConsumer | None = None
@@ -127,40 +135,19 @@ class StreamWorker:
         self.app.task(self._consume)
         self.app.timer(1.0)(self._tick)
         self.app.timer(10.0)(self._report)
+        self.app.page("/metrics")(_metrics_page)
+        self.app.page("/health")(_health_page)
 
     async def _consume(self) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
-            client_id=f"{s.kafka_client_id}-stream",
-            group_id=s.stream_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=s.stream_batch,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-            fetch_max_bytes=16 * 1024 * 1024,
+        configure_logging()  # again: Faust's worker set up its own handlers
+        consumer = kafka.consumer(
+            s, "stream", group=s.stream_group, max_poll_records=s.stream_batch
         )
         # Outputs and state go through a plain idempotent producer: Faust's per-message send
         # costs several times more, and every output is awaited before the commit anyway.
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap,
-            client_id=f"{s.kafka_client_id}-stream-out",
-            acks="all",
-            enable_idempotence=True,
-            # zstd: aiokafka's lz4 runs at level 9, six times slower than zstd's default level
-            # here, for a worse ratio.
-            compression_type="zstd",
-            linger_ms=5,
-            max_batch_size=256 * 1024,
-            partitioner=KeyPartitioner(),
-        )
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
-            client_id=f"{s.kafka_client_id}-stream-changelog",
-            enable_auto_commit=False,
-            fetch_max_bytes=16 * 1024 * 1024,
-        )
+        producer = kafka.producer(s, "stream-out")
+        reader = kafka.consumer(s, "stream-changelog")
         await producer.start()
         await reader.start()
         self.producer, self.changelog_reader = producer, reader
@@ -210,13 +197,15 @@ class StreamWorker:
             now = time.time()
             out = Outputs()
             record = self.processor.record
+            started = time.perf_counter()
             for tp, records in batch.items():
                 p = tp.partition
                 for r in records:
                     record(p, r.offset, r.key, r.value, now, out)
                 self.events_in += len(records)
-                RECEIVED.inc(len(records))
+                TELEMETRY.received.inc(len(records))
             await self._publish(out)
+            TELEMETRY.batch_seconds.observe(time.perf_counter() - started)
 
     async def _ensure_changelog(self, producer: AIOKafkaProducer) -> None:
         """Create the group's changelog, one partition per raw partition, if it is missing."""
@@ -320,6 +309,7 @@ class StreamWorker:
         open_windows = sum(w.open_windows() for w in partitions)
         kept = sum(w.kept_windows() for w in partitions)
         KEPT.set(kept)
+        TELEMETRY.lag.set(self._lag())
         counts = self.processor.counts()
         LATE_ABSORBED.inc(counts["late_absorbed"] - self._late_absorbed)
         self._late_absorbed = counts["late_absorbed"]
@@ -332,6 +322,19 @@ class StreamWorker:
             counts["late_absorbed"],
             counts["late_dropped"],
         )
+
+    def _lag(self) -> int:
+        """Raw records between what this worker has processed and the end of its partitions
+        (as of the last fetch)."""
+        consumer = self.consumer
+        if consumer is None:
+            return 0
+        total = 0
+        for tp in consumer.assignment():
+            high, done = consumer.highwater(tp), self.processor.next_offsets.get(tp.partition)
+            if high is not None and done is not None:
+                total += max(0, high - done)
+        return total
 
     async def _publish(self, out: Outputs) -> None:
         """Send the outputs; checkpoint when the interval has passed."""
@@ -347,10 +350,11 @@ class StreamWorker:
             self._sent[a.resolution].inc()
         for c in out.statuses:
             pending.append(await send(s.status_topic, c.to_json_bytes(), key=c.server_id.encode()))
+            self._sent_status.inc()
         for d in out.dead_letters:
             key = d.key.encode() if d.key is not None else None
             pending.append(await send(s.dlq_topic, d.to_json_bytes(), key=key))
-            DROPPED.labels(reason=d.reason.value).inc()
+            TELEMETRY.dropped.labels(reason=d.reason.value).inc()
         if time.monotonic() - self.last_checkpoint >= s.stream_checkpoint_interval:
             await self._checkpoint()
 
@@ -384,10 +388,34 @@ class StreamWorker:
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
+            TELEMETRY.errors.labels(kind="kafka").inc()
             log.warning("offsets not committed after a rebalance (%s); the new owner replays", exc)
 
     def run(self) -> None:
-        """Run the worker until SIGTERM/SIGINT (Faust handles the signals)."""
-        serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
+        """Run the worker until SIGTERM/SIGINT (Faust handles the signals; exits the process)."""
         worker = faust.Worker(self.app, loglevel="INFO", quiet=True)
         worker.execute_from_commandline()
+
+
+async def _metrics_page(web: Any, request: Any) -> Any:
+    body, content_type = metrics_body()
+    return web.bytes(body, headers={"Content-Type": content_type})
+
+
+async def _health_page(web: Any, request: Any) -> Any:
+    status, body = health_body(TELEMETRY)
+    return web.bytes(body, content_type="application/json", status=status)
+
+
+def _can_listen(host: str, port: int) -> bool:
+    """Whether Faust's web server can bind host:port (a taken port would stop the worker:
+    metrics are not worth that, so it is logged and the web server stays off)."""
+    if not port:
+        return False
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            log.warning("metrics endpoint %s:%d not started: %s", host, port, exc)
+            return False
+    return True

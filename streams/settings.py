@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
-from runtime.settings import KafkaSettings
+from runtime.settings import KafkaSettings, TelemetrySettings
 from schemas.topics import AGG_1D, AGG_1H, AGG_5S, DLQ, RAW, STATUS
 
 
-class StreamSettings(KafkaSettings):
+class StreamSettings(KafkaSettings, TelemetrySettings):
     """The Faust worker that windows raw events."""
+
+    compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
+        default="zstd",
+        # aiokafka's lz4 runs at level 9, six times slower than zstd's default level on the
+        # worker's outputs, for a worse ratio.
+        description="Compression of the batches the worker sends (outputs, changelog).",
+    )
 
     stream_group: str = Field(
         default="fleetpulse-stream",
@@ -42,10 +51,11 @@ class StreamSettings(KafkaSettings):
         "saved to the changelog, offsets committed. Longer: less overhead, more replay after "
         "a crash.",
     )
-    metrics_host: str = Field(default="127.0.0.1", description="Address of /metrics.")
-    metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of /metrics; 0 = off.")
-    stream_web_port: int = Field(
-        default=0, ge=0, le=65535, description="Faust web server port (/metrics); 0 = off."
+    metrics_port: int = Field(
+        default=9473,
+        ge=0,
+        le=65535,
+        description="Port of Faust's web server, which serves /metrics and /health; 0 = off.",
     )
 
     raw_topic: str = Field(default=RAW.name, description="Input topic of raw events.")

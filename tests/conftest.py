@@ -31,6 +31,9 @@ TEST_ENV = {
     "FLEETPULSE_PG_PORT": str(55442 + _STACK_N * 100),
     "FLEETPULSE_PG_STORAGE": "auto",
     "FLEETPULSE_PG_SSLMODE": "verify-full",
+    # Services started by tests serve no /metrics unless a test asks for it on a port of its
+    # own (the defaults would collide between the workers one test starts).
+    "FLEETPULSE_METRICS_PORT": "0",
 }
 os.environ.update(TEST_ENV)
 

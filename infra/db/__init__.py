@@ -1,21 +1,11 @@
 """Database migrations for FleetPulse (`fleetpulse db migrate`)."""
 
-from infra.db.migrate import (
-    DatabaseUnavailable,
-    Migration,
-    MigrationError,
-    MigrationReport,
-    connect,
-    load_migrations,
-    migrate,
-)
+from infra.db.migrate import Migration, MigrationError, MigrationReport, load_migrations, migrate
 
 __all__ = [
-    "DatabaseUnavailable",
     "Migration",
     "MigrationError",
     "MigrationReport",
-    "connect",
     "load_migrations",
     "migrate",
 ]

@@ -18,7 +18,6 @@ from typing import Literal
 import asyncpg
 
 from runtime.errors import FleetPulseError
-from runtime.settings import PostgresSettings
 
 SQL_DIR = Path(__file__).parent / "sql"
 #: Advisory lock key of the migration runner ("fleetpulse" → a fixed 63-bit number).
@@ -30,21 +29,6 @@ StorageMode = Literal["postgres", "timescaledb"]
 
 class MigrationError(FleetPulseError):
     """The migrations cannot be applied as they are; the message says why."""
-
-
-class DatabaseUnavailable(FleetPulseError):
-    """No connection to the database; the message says where and why (never the password)."""
-
-
-async def connect(settings: PostgresSettings) -> asyncpg.Connection:
-    """A connection as the application role, with the configured TLS mode."""
-    try:
-        return await asyncpg.connect(**settings.connect_kwargs())
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {settings.describe()}: {exc} "
-            "(is the stack up? `fleetpulse stack up`)"
-        ) from None
 
 
 @dataclass(frozen=True)

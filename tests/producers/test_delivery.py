@@ -19,6 +19,7 @@ from infra.settings import StackSettings
 from infra.stack import KafkaBroker
 from producers import AgentSettings, MetricProducer, ProducerSettings
 from producers.agent import Agent
+from runtime.service import serve
 from schemas import RAW, RawMetricEvent, decode_raw_event
 from schemas.topics import TopicSpec
 from tests.conftest import ROOT
@@ -66,10 +67,10 @@ def _assert_consecutive(events: list[RawMetricEvent]) -> None:
 async def test_agent_sends_one_event_per_second(kafka_bootstrap: str, new_topic: TopicSpec) -> None:
     settings = _agent_settings(kafka_bootstrap)
     agent = Agent(settings, MetricProducer(settings, topic=new_topic.name))
-    task = asyncio.create_task(agent.run())
+    task = asyncio.create_task(serve(agent, stop_timeout=settings.stop_timeout))
     await asyncio.sleep(5.5)
     agent.stop()
-    await task
+    assert await task == 0
     assert agent.producer.stats.sent == agent.samples
     records = await read_all(kafka_bootstrap, new_topic.name, agent.samples)
     events = [decode_raw_event(v) for _, v in records]
@@ -89,7 +90,7 @@ async def test_broker_outage_loses_nothing_and_overflow_is_counted(
         ProducerSettings(kafka_bootstrap=bootstrap, buffer_size=5), topic=new_topic.name
     )
     await tiny.start()
-    task = asyncio.create_task(agent.run())
+    task = asyncio.create_task(serve(agent, stop_timeout=settings.stop_timeout))
     broker = KafkaBroker(stack_settings)
     try:
         await asyncio.sleep(2.5)
@@ -102,7 +103,7 @@ async def test_broker_outage_loses_nothing_and_overflow_is_counted(
         await asyncio.to_thread(broker.start)
     await asyncio.sleep(3)
     agent.stop()
-    await task
+    assert await task == 0
     assert await tiny.flush(30)
     await tiny.stop()
     stats = agent.producer.stats
