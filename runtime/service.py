@@ -109,6 +109,8 @@ async def serve(service: Service, *, stop_timeout: float = 10.0) -> int:
             stop_wait.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
+            if runner.cancelled():  # the timeout, or a second signal
+                status = EXIT_FAILED
         except asyncio.CancelledError:
             if signals_seen < 2:
                 raise
