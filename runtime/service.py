@@ -15,7 +15,8 @@ settings' `metrics_port`), calls `start()`, then `run()`. SIGTERM or SIGINT sets
 `stop_timeout` it is cancelled (a second signal cancels it at once). `close()` runs in every
 case, bounded by the same timeout. Exit status: 0 after a clean stop, 1 after a fatal error
 (logged as one line, with the traceback only for an unexpected one), 1 as well when the
-service had to be cancelled.
+service had to be cancelled. A `FleetPulseError` from `start()` (no database, a port taken)
+is raised to the caller, which prints it as one line.
 """
 
 from __future__ import annotations
@@ -72,67 +73,95 @@ def run_service(service: Service, settings: ServiceSettings) -> int:
 async def serve(service: Service, *, stop_timeout: float = 10.0) -> int:
     """`run_service` in a running loop (tests call this)."""
     loop = asyncio.get_running_loop()
-    runner: asyncio.Task[None] | None = None
-    signals_seen = 0
-
-    def on_signal(sig: signal.Signals) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            log.info("%s stopping (%s)", service.name, sig.name)
-            service.stop()
-        elif runner is not None:
-            log.warning("%s: second %s, cancelling", service.name, sig.name)
-            runner.cancel()
-
+    signals = _Signals(service)
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, on_signal, sig)
+            loop.add_signal_handler(sig, signals.received, sig)
             installed.append(sig)
-    status = EXIT_OK
     try:
         try:
             await service.start()
-            runner = asyncio.create_task(service.run(), name=f"{service.name}-run")
-            stop_wait = asyncio.create_task(service.stopping.wait())
-            done, _ = await asyncio.wait({runner, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if runner not in done:
-                # Stopping: the run loop has `stop_timeout` to finish the batch in hand.
-                finished, _ = await asyncio.wait({runner}, timeout=stop_timeout)
-                if not finished:
-                    log.error(
-                        "%s did not stop within %.0f s: cancelled", service.name, stop_timeout
-                    )
-                    status = EXIT_FAILED
-                    runner.cancel()
-            stop_wait.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-            if runner.cancelled():  # the timeout, or a second signal
-                status = EXIT_FAILED
-        except asyncio.CancelledError:
-            if signals_seen < 2:
-                raise
-            status = EXIT_FAILED
-        except FleetPulseError as exc:
-            log.error("%s failed: %s", service.name, exc)
-            status = EXIT_FAILED
+        except FleetPulseError:
+            # A service that cannot start (no database, a port taken, a bad key) is the
+            # caller's error: the command line prints it as one line, exit status 1.
+            await _close(service, stop_timeout)
+            raise
         except Exception as exc:
-            log.exception("%s failed: %s", service.name, describe(exc))
+            log.exception("%s failed to start: %s", service.name, describe(exc))
+            await _close(service, stop_timeout)
+            return EXIT_FAILED
+        status = await _run(service, stop_timeout, signals)
+        if not await _close(service, stop_timeout):
             status = EXIT_FAILED
-        finally:
-            try:
-                await asyncio.wait_for(service.close(), stop_timeout)
-            except TimeoutError:
-                log.error("%s: close did not finish within %.0f s", service.name, stop_timeout)
-                status = EXIT_FAILED
-            except Exception as exc:
-                log.error("%s: close failed: %s", service.name, describe(exc))
-                status = EXIT_FAILED
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
     if status == EXIT_OK:
         log.info("%s stopped", service.name)
     return status
+
+
+class _Signals:
+    """The first SIGTERM/SIGINT asks the service to stop; the second cancels its run."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.count = 0
+        self.runner: asyncio.Task[None] | None = None
+
+    def received(self, sig: signal.Signals) -> None:
+        self.count += 1
+        name = self.service.name
+        if self.count == 1:
+            log.info("%s stopping (%s)", name, sig.name)
+            self.service.stop()
+        elif self.runner is not None:
+            log.warning("%s: second %s, cancelling", name, sig.name)
+            self.runner.cancel()
+
+
+async def _run(service: Service, stop_timeout: float, signals: _Signals) -> int:
+    """`service.run()` until it returns, or is cancelled `stop_timeout` after the stop was
+    asked; the exit status."""
+    runner = signals.runner = asyncio.create_task(service.run(), name=f"{service.name}-run")
+    stop_wait = asyncio.create_task(service.stopping.wait())
+    status = EXIT_OK
+    try:
+        done, _ = await asyncio.wait({runner, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if runner not in done:
+            # Stopping: the run loop has `stop_timeout` to finish the batch in hand.
+            finished, _ = await asyncio.wait({runner}, timeout=stop_timeout)
+            if not finished:
+                log.error("%s did not stop within %.0f s: cancelled", service.name, stop_timeout)
+                runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        if runner.cancelled():  # the timeout, or a second signal
+            status = EXIT_FAILED
+    except asyncio.CancelledError:
+        if signals.count < 2:
+            raise
+        status = EXIT_FAILED
+    except FleetPulseError as exc:
+        log.error("%s failed: %s", service.name, exc)
+        status = EXIT_FAILED
+    except Exception as exc:
+        log.exception("%s failed: %s", service.name, describe(exc))
+        status = EXIT_FAILED
+    finally:
+        stop_wait.cancel()
+    return status
+
+
+async def _close(service: Service, timeout: float) -> bool:
+    """`service.close()`, bounded; False if it failed or timed out (logged)."""
+    try:
+        await asyncio.wait_for(service.close(), timeout)
+    except TimeoutError:
+        log.error("%s: close did not finish within %.0f s", service.name, timeout)
+        return False
+    except Exception as exc:
+        log.error("%s: close failed: %s", service.name, describe(exc))
+        return False
+    return True

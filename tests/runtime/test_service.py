@@ -97,6 +97,17 @@ async def test_a_failed_start_exits_non_zero() -> None:
     assert service.closed and not service.in_batch.is_set()
 
 
+async def test_an_expected_start_failure_is_raised_for_the_command_line() -> None:
+    class NoDatabase(Batches):
+        async def start(self) -> None:
+            raise FleetPulseError("cannot connect to postgresql://fleetpulse@127.0.0.1:1/x")
+
+    service = NoDatabase()
+    with pytest.raises(FleetPulseError, match="cannot connect"):
+        await serve(service, stop_timeout=2)
+    assert service.closed and not service.in_batch.is_set()
+
+
 async def test_signal_handlers_are_removed_afterwards() -> None:
     service = Batches()
     service.stop()

@@ -35,9 +35,9 @@ class Rig:
     dlq: str
     servers: list[str]
 
-    def sink(self) -> Sink:
+    def sink(self, **settings: object) -> Sink:
         return Sink(
-            self.settings,
+            self.settings.model_copy(update=settings),
             topics=tuple(self.topics.values()),
             dlq_topic=self.dlq,
             tables={
@@ -309,3 +309,36 @@ async def test_postgres_restart_mid_stream_loses_nothing(
         await task
         await sink.close()
     assert len(stamps) == 150 and {r["n"] for r in stamps} == {1}
+
+
+async def test_sink_resumes_as_soon_as_the_database_is_back(
+    rig: Rig, stack_settings: StackSettings
+) -> None:
+    """With a first retry delay of 8 s the sink would sit out the whole step; its probe sees
+    PostgreSQL accept connections again and the held rows land within about a second."""
+    sid = rig.servers[0]
+    cluster = PostgresCluster(stack_settings)
+    sink = rig.sink(retry_min=8.0, retry_max=30.0, retry_probe_every=0.25)
+    await sink.start()
+    task = asyncio.create_task(sink.run())
+    try:
+        await asyncio.to_thread(cluster.stop)
+        await rig.produce([aggregate(sid, T0 + timedelta(seconds=5 * i)) for i in range(20)])
+        await asyncio.sleep(2)  # the sink has failed and is in its first 8 s delay
+        await asyncio.to_thread(cluster.start)  # returns once connections are accepted
+        back = time.monotonic()
+        conn = await asyncpg.connect(**rig.settings.connect_kwargs())
+        try:
+            async with asyncio.timeout(30):
+                while True:
+                    if await count(conn, "metrics_snapshots") >= 20:
+                        break
+                    await asyncio.sleep(0.1)
+            landed = time.monotonic() - back
+        finally:
+            await conn.close()
+    finally:
+        sink.stop()
+        await task
+        await sink.close()
+    assert landed < 4, f"rows landed {landed:.1f} s after the database was back"
