@@ -34,6 +34,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from pydantic import SecretStr
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -44,9 +45,10 @@ from infra.lag import group_lag, partitions
 from infra.settings import StackSettings
 from infra.topics import create_topics
 from producers.simulator import simulated_server_id
-from registry import store
+from registry import inventory
 from registry.crypto import load_keyring
-from registry.errors import RegistryError
+from registry.errors import Conflict
+from registry.models import ServerCategory, ServerCreate
 from registry.service import create_admin
 from registry.settings import RegistrySettings
 from runtime.errors import FleetPulseError
@@ -131,46 +133,48 @@ async def register_servers(
 ) -> tuple[int, int]:
     """This machine and the simulated hosts in `servers`; returns (added, already there).
 
-    The rows are made like `POST /servers` makes them (the SSH password encrypted with the
-    registry's key, bound to the row's id); demo hosts get a random password nobody needs.
+    The rows are made by `registry.inventory`, as `POST /servers` makes them (the SSH password
+    encrypted with the registry's key, bound to the row's id), all in one transaction; demo
+    hosts get a random password nobody needs.
     """
     keyring = load_keyring(settings, create=True)
-    wanted = [(own_id, socket.getfqdn(), "this machine", "127.0.0.1", "physical")]
+    wanted = [(own_id, socket.getfqdn(), "this machine", "127.0.0.1", ServerCategory.PHYSICAL)]
     wanted += [
         (
             simulated_server_id(seed, i),
             f"sim-{i:04d}-{simulated_server_id(seed, i)[:8]}.fleetpulse.demo",
             f"simulated {i}",
             _simulated_address(i),
-            "virtual",
+            ServerCategory.VIRTUAL,
         )
         for i in range(hosts)
     ]
     conn = await asyncpg.connect(**settings.connect_kwargs())
     try:
-        known = {r["id"] for r in await conn.fetch("SELECT id FROM servers")}
-        hostnames = {r["hostname"] for r in await conn.fetch("SELECT hostname FROM servers")}
-        added = 0
+        rows = await conn.fetch("SELECT id, hostname FROM servers")
+        known = {r["id"] for r in rows}
+        hostnames = {r["hostname"] for r in rows}
+        new = []
         for server_id, hostname, name, address, category in wanted:
             if server_id in known:
                 continue
             if hostname in hostnames:  # another id took this name: keep both apart
                 hostname = f"{hostname}-{server_id[:8]}"
-            values = {
-                "id": server_id,
-                "name": name,
-                "hostname": hostname,
-                "ip_address": address,
-                "port": 22,
-                "username": "fleetpulse",
-                "encrypted_password": keyring.encrypt(secrets.token_urlsafe(24), server_id),
-                "server_category": category,
-            }
-            await store.create_server(conn, values)
-            added += 1
+            new.append(
+                ServerCreate(
+                    id=uuid.UUID(server_id),
+                    name=name,
+                    hostname=hostname,
+                    ip_address=ipaddress.ip_address(address),
+                    username="fleetpulse",
+                    password=SecretStr(secrets.token_urlsafe(24)),
+                    server_category=category,
+                )
+            )
+        await inventory.create_servers(conn, keyring, new)
     finally:
         await conn.close()
-    return added, len(wanted) - added
+    return len(new), len(wanted) - len(new)
 
 
 async def ensure_admin(settings: RegistrySettings, paths: DemoPaths) -> str | None:
@@ -184,7 +188,7 @@ async def ensure_admin(settings: RegistrySettings, paths: DemoPaths) -> str | No
     password = secrets.token_urlsafe(18)
     try:
         await create_admin(settings, ADMIN_EMAIL, "Demo admin", password)
-    except RegistryError:
+    except Conflict:
         return None  # created by an earlier run whose password file was removed
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,8 +1,9 @@
 """The registry's FastAPI application: routes, error answers, lifespan (pool, status consumer).
 
 Error answers are 4xx and never echo what was sent: validation errors name the field and say
-what is wrong without the input (a password must not come back in an error), constraint
-violations become 409/422, an unreachable database 503.
+what is wrong without the input (a password must not come back in an error), the refusals of
+`registry.accounts` and `registry.inventory` get their status from `REFUSALS` (the one place
+that chooses it), other constraint violations become 422, an unreachable database 503.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 from fastapi import FastAPI, HTTPException, Request, status
@@ -24,6 +25,16 @@ from registry import store
 from registry.api.deps import Registry
 from registry.api.main import ROUTERS
 from registry.crypto import Keyring
+from registry.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    LockedOut,
+    NotFound,
+    RegistryError,
+    Unauthenticated,
+    WrongPassword,
+)
 from registry.security import Passwords
 from registry.settings import RegistrySettings
 from registry.status import StatusConsumer
@@ -31,12 +42,15 @@ from runtime import postgres
 
 log = logging.getLogger(__name__)
 
-#: What a unique constraint's violation means, by constraint name.
-_DUPLICATES = {
-    "users_email_key": "email: a user with this e-mail exists",
-    "servers_hostname_key": "hostname: a server with this hostname exists",
-    "servers_pkey": "id: a server with this id exists",
-    "users_pkey": "id: a user with this id exists",
+#: The answer to each refusal of an account or inventory operation.
+REFUSALS: Final[dict[type[RegistryError], int]] = {
+    WrongPassword: status.HTTP_400_BAD_REQUEST,
+    Unauthenticated: status.HTTP_401_UNAUTHORIZED,
+    Forbidden: status.HTTP_403_FORBIDDEN,
+    NotFound: status.HTTP_404_NOT_FOUND,
+    Conflict: status.HTTP_409_CONFLICT,
+    Invalid: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    LockedOut: status.HTTP_429_TOO_MANY_REQUESTS,
 }
 #: Seconds between purges of expired sessions and stale failed-login counts.
 HOUSEKEEPING_EVERY = 600.0
@@ -91,10 +105,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, detail, errors=errors)
 
 
-async def _unique_violation(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, asyncpg.UniqueViolationError)
-    detail = _DUPLICATES.get(exc.constraint_name or "", "already exists")
-    return _error(status.HTTP_409_CONFLICT, detail)
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RegistryError)
+    code = next(REFUSALS[c] for c in type(exc).__mro__ if c in REFUSALS)
+    headers = {}
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, LockedOut):
+        headers["Retry-After"] = str(exc.retry_after)
+    return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
 
 
 async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
@@ -173,7 +192,8 @@ def create_app(
     )
     app.add_middleware(BodyLimit)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(asyncpg.UniqueViolationError, _unique_violation)
+    for refusal in REFUSALS:
+        app.add_exception_handler(refusal, _refused)
     app.add_exception_handler(asyncpg.IntegrityConstraintViolationError, _integrity_error)
     app.add_exception_handler(asyncpg.DataError, _data_error)
     for unavailable in (

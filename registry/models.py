@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -23,6 +23,7 @@ from pydantic import (
     StrictBool,
 )
 
+from registry.errors import Invalid
 from registry.permissions import Role
 from sinks.read import SeriesPoint
 
@@ -144,6 +145,21 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Update(_In):
+    """A PATCH body: a field left out keeps its value; `null` is refused but in `NULLABLE`."""
+
+    NULLABLE: ClassVar[frozenset[str]] = frozenset()
+
+    def changes(self) -> dict[str, Any]:
+        """Column → value of each field sent (enums and addresses as text), the password left
+        out: the caller hashes or encrypts it. `Invalid` for a null its column refuses."""
+        sent = self.model_dump(mode="json", exclude_unset=True, exclude={"password"})
+        for key, value in sent.items():
+            if value is None and key not in self.NULLABLE:
+                raise Invalid(f"{key}: may not be null")
+        return sent
+
+
 # -- auth -----------------------------------------------------------------------------------------
 class LoginRequest(_In):
     email: Annotated[
@@ -176,7 +192,7 @@ class UserCreate(_In):
     )
 
 
-class UserUpdate(_In):
+class UserUpdate(_Update):
     email: Email | None = None
     name: Name | None = None
     password: Password | None = None
@@ -223,7 +239,9 @@ class ServerCreate(_In):
     server_category: ServerCategory = ServerCategory.PHYSICAL
 
 
-class ServerUpdate(_In):
+class ServerUpdate(_Update):
+    NULLABLE = frozenset({"ip_address"})
+
     name: Name | None = None
     hostname: Hostname | None = None
     ip_address: IpAddress | None = None

@@ -18,14 +18,15 @@ from collections.abc import Iterator
 import asyncpg
 import uvicorn
 
-from registry import store
+from registry import accounts
 from registry.crypto import Keyring, load_keyring, write_key_file
-from registry.errors import RegistryError
+from registry.errors import Conflict, Invalid, RegistryError
 from registry.permissions import Role
 from registry.security import Passwords
 from registry.settings import RegistrySettings
 from runtime.postgres import connect
 from runtime.service import Service
+from schemas.messages import describe_validation_error
 
 log = logging.getLogger(__name__)
 
@@ -104,35 +105,30 @@ async def _preflight(settings: RegistrySettings) -> None:
 
 
 async def create_admin(settings: RegistrySettings, email: str, name: str, password: str) -> str:
-    """Create an admin; returns its id. Also makes sure the encryption key exists."""
-    from pydantic import TypeAdapter, ValidationError
+    """Create an admin (`registry.accounts.create_user`); returns its id. Also makes sure the
+    encryption key exists."""
+    from pydantic import SecretStr, ValidationError
 
-    from registry.models import Email, Name, Password
+    from registry.models import UserCreate
 
     try:
-        email = TypeAdapter(Email).validate_python(email)
-        name = TypeAdapter(Name).validate_python(name)
-        TypeAdapter(Password).validate_python(password)
+        body = UserCreate(email=email, name=name, password=SecretStr(password), role=Role.ADMIN)
     except ValidationError as exc:
-        msg = "; ".join(e["msg"] for e in exc.errors(include_input=False, include_url=False))
-        raise RegistryError(f"invalid admin: {msg}") from None
+        raise Invalid(f"invalid admin: {describe_validation_error(exc)}") from None
     load_keyring(settings, create=True)
-    password_hash = await Passwords().hash(password)
     conn = await connect(settings)
     try:
-        row = await store.create_user(
-            conn, email=email, name=name, password_hash=password_hash, role=Role.ADMIN
-        )
-    except asyncpg.UniqueViolationError:
-        raise RegistryError(f"a user with e-mail {email} exists already") from None
+        user = await accounts.create_user(conn, Passwords(), body)
+    except Conflict:
+        # The operator typed the address: naming it again says which one.
+        raise Conflict(f"a user with e-mail {body.email} exists already") from None
     except asyncpg.UndefinedTableError:
         raise RegistryError(
             "the database has no users table: run `fleetpulse db migrate`"
         ) from None
     finally:
         await conn.close()
-    user_id: str = row["id"]
-    return user_id
+    return user.id
 
 
 async def reencrypt_all(conn: asyncpg.Connection, old: Keyring, new: Keyring) -> int:

@@ -1,12 +1,16 @@
 """The registry's SQL: users, sessions, failed logins and servers (asyncpg, no ORM).
 
-Functions take a connection (or the pool) and return records; constraint violations surface as
-asyncpg's errors and become 409/422 answers in one place (`registry.app`).
+Functions take a connection (or the pool) and return records; the rules and the transactions
+around them are the callers' (`registry.accounts`, `registry.inventory`). A write that breaks a
+unique constraint raises `Conflict` naming the field; other constraint violations surface as
+asyncpg's errors. `found()` turns a missing row into `NotFound`.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +18,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from registry.errors import Conflict, NotFound
 from registry.permissions import Role
 
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -29,6 +34,14 @@ SERVER_COLUMNS = (
 )
 
 
+#: What a unique constraint's violation means, by constraint name (no value is echoed).
+_DUPLICATES = {
+    "users_email_key": "email: a user with this e-mail exists",
+    "servers_hostname_key": "hostname: a server with this hostname exists",
+    "servers_pkey": "id: a server with this id exists",
+    "users_pkey": "id: a user with this id exists",
+}
+
 #: Enum columns take their text parameter with a cast.
 _CASTS = {
     "role": "::user_role",
@@ -39,6 +52,32 @@ _CASTS = {
 
 def _param(column: str, n: int) -> str:
     return f"${n}{_CASTS.get(column, '')}"
+
+
+@asynccontextmanager
+async def transaction(conn: Conn) -> AsyncIterator[Connection]:
+    """A transaction on `conn`, or on a connection taken from the pool for its duration."""
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as held, held.transaction():
+            yield held
+    else:
+        async with conn.transaction():
+            yield conn
+
+
+def found(row: asyncpg.Record | None, what: str) -> asyncpg.Record:
+    """`row`, or `NotFound` ("<what> not found") when a lookup or an update found none."""
+    if row is None:
+        raise NotFound(f"{what} not found")
+    return row
+
+
+async def _write(conn: Conn, query: str, *args: Any) -> asyncpg.Record | None:
+    try:
+        row: asyncpg.Record | None = await conn.fetchrow(query, *args)
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(_DUPLICATES.get(exc.constraint_name or "", "already exists")) from None
+    return row
 
 
 # Table and column names below come from this module and the API models (which forbid unknown
@@ -62,7 +101,8 @@ async def _list(
 
 async def _insert(conn: Conn, table: str, columns: str, values: dict[str, Any]) -> asyncpg.Record:
     params = ", ".join(_param(c, n) for n, c in enumerate(values, 1))
-    row: asyncpg.Record | None = await conn.fetchrow(
+    row = await _write(
+        conn,
         f"INSERT INTO {table} ({', '.join(values)}) VALUES ({params}) RETURNING {columns}",
         *values.values(),
     )
@@ -76,10 +116,12 @@ async def _update(
     if not changes:
         return await _get(conn, table, columns, row_id)
     sets = ", ".join(f"{c} = {_param(c, n)}" for n, c in enumerate(changes, 2))
-    row: asyncpg.Record | None = await conn.fetchrow(
-        f"UPDATE {table} SET {sets} WHERE id = $1 RETURNING {columns}", row_id, *changes.values()
+    return await _write(
+        conn,
+        f"UPDATE {table} SET {sets} WHERE id = $1 RETURNING {columns}",
+        row_id,
+        *changes.values(),
     )
-    return row
 
 
 async def _delete(conn: Conn, table: str, row_id: str) -> bool:
@@ -117,15 +159,14 @@ async def list_users(conn: Conn, skip: int, limit: int) -> tuple[list[asyncpg.Re
     return await _list(conn, "users", USER_COLUMNS, "created_at, id", skip, limit)
 
 
-async def update_user(
-    conn: Connection, user_id: str, changes: dict[str, Any]
-) -> asyncpg.Record | None:
-    """Apply `changes` (column → value); deactivating or a new password ends the sessions."""
-    async with conn.transaction():
-        row = await _update(conn, "users", USER_COLUMNS, user_id, changes)
-        if row is not None and (changes.get("active") is False or "password_hash" in changes):
-            await conn.execute("DELETE FROM sessions WHERE user_id = $1", user_id)
-        return row
+async def update_user(conn: Conn, user_id: str, changes: dict[str, Any]) -> asyncpg.Record | None:
+    """Apply `changes` (column → value); None when there is no such user."""
+    return await _update(conn, "users", USER_COLUMNS, user_id, changes)
+
+
+async def end_sessions(conn: Conn, user_id: str) -> None:
+    """End every session of the user."""
+    await conn.execute("DELETE FROM sessions WHERE user_id = $1", user_id)
 
 
 async def delete_user(conn: Conn, user_id: str) -> bool:
@@ -178,25 +219,23 @@ async def record_failure(
 async def start_session(
     conn: Connection, user_id: str, token_hash: bytes, ttl: timedelta, new_hash: str | None
 ) -> datetime:
-    """Record a successful login: the session, `last_login_at`, a rehash, cleared failures."""
-    async with conn.transaction():
-        expires: datetime = await conn.fetchval(
-            "INSERT INTO sessions (token_hash, user_id, expires_at) "
-            "VALUES ($1, $2, now() + $3::interval) RETURNING expires_at",
-            token_hash,
-            user_id,
-            ttl,
-        )
-        await conn.execute(
-            "UPDATE users SET last_login_at = now(), "
-            "password_hash = coalesce($2, password_hash) WHERE id = $1",
-            user_id,
-            new_hash,
-        )
-        await conn.execute(
-            "DELETE FROM sessions WHERE user_id = $1 AND expires_at <= now()", user_id
-        )
-        return expires
+    """Record a successful login: the session, `last_login_at`, a rehash (when `new_hash`), and
+    the user's expired sessions gone. Run it in a `transaction()`."""
+    expires: datetime = await conn.fetchval(
+        "INSERT INTO sessions (token_hash, user_id, expires_at) "
+        "VALUES ($1, $2, now() + $3::interval) RETURNING expires_at",
+        token_hash,
+        user_id,
+        ttl,
+    )
+    await conn.execute(
+        "UPDATE users SET last_login_at = now(), "
+        "password_hash = coalesce($2, password_hash) WHERE id = $1",
+        user_id,
+        new_hash,
+    )
+    await conn.execute("DELETE FROM sessions WHERE user_id = $1 AND expires_at <= now()", user_id)
+    return expires
 
 
 async def clear_failures(conn: Conn, email: str) -> None:

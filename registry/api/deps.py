@@ -1,8 +1,9 @@
 """Dependencies of the routes: the registry's resources, the caller's session, permissions.
 
-A route states what it needs in its signature, e.g.
-`user: Annotated[CurrentUser, require(Permission.SERVERS_MANAGE)]`; `Requires` is the only
-place a permission is checked, against `registry.permissions.ROLE_PERMISSIONS`.
+A route states what it needs in its signature, e.g. `pool: PoolDep, keyring: KeyringDep,
+user: Annotated[CurrentUser, require(Permission.SERVERS_MANAGE)]`; `Requires` is the only
+place a route's permission is checked (by `registry.accounts.authorize`, against
+`registry.permissions.ROLE_PERMISSIONS`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from registry import store
+from registry import accounts
+from registry.accounts import Session
 from registry.crypto import Keyring
+from registry.errors import Unauthenticated
 from registry.models import Message, ValidationProblem
-from registry.permissions import Permission, allowed
-from registry.security import Passwords, token_hash
+from registry.permissions import Permission
+from registry.security import Passwords
 from registry.settings import RegistrySettings
 from registry.store import CurrentUser
 
@@ -40,6 +43,28 @@ def get_registry(request: Request) -> Registry:
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 
+
+def get_pool(registry: RegistryDep) -> asyncpg.Pool:
+    return registry.pool
+
+
+def get_keyring(registry: RegistryDep) -> Keyring:
+    return registry.keyring
+
+
+def get_passwords(registry: RegistryDep) -> Passwords:
+    return registry.passwords
+
+
+def get_settings(registry: RegistryDep) -> RegistrySettings:
+    return registry.settings
+
+
+PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+KeyringDep = Annotated[Keyring, Depends(get_keyring)]
+PasswordsDep = Annotated[Passwords, Depends(get_passwords)]
+SettingsDep = Annotated[RegistrySettings, Depends(get_settings)]
+
 Skip = Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip.")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Most rows returned.")]
 
@@ -59,29 +84,13 @@ AUTHENTICATED: Responses = {
 _bearer = HTTPBearer(auto_error=False, description="The token from `POST /login`.")
 
 
-def unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"}
-    )
-
-
-@dataclass(frozen=True)
-class Session:
-    user: CurrentUser
-    token_hash: bytes
-
-
 async def get_session(
-    registry: RegistryDep,
+    pool: PoolDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Session:
     if credentials is None:
-        raise unauthorized("not authenticated: send Authorization: Bearer <token>")
-    digest = token_hash(credentials.credentials)
-    user = await store.session_user(registry.pool, digest)
-    if user is None:
-        raise unauthorized("invalid or expired token")
-    return Session(user, digest)
+        raise Unauthenticated("not authenticated: send Authorization: Bearer <token>")
+    return await accounts.session(pool, credentials.credentials)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -94,12 +103,7 @@ class Requires:
         self.permission = permission
 
     async def __call__(self, session: SessionDep) -> CurrentUser:
-        if not allowed(session.user.role, self.permission):
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                detail=f"forbidden: needs permission {self.permission.value}",
-            )
-        return session.user
+        return accounts.authorize(session.user, self.permission)
 
     def __repr__(self) -> str:
         return f"Requires({self.permission.value})"

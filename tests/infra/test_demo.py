@@ -10,17 +10,23 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from infra.demo import DemoPaths
+from infra.db import migrate
+from infra.demo import DemoPaths, ensure_admin, register_servers
 from infra.settings import StackSettings
 from infra.stack.process import free_port
 from producers.simulator import simulated_server_id
+from registry.crypto import Keyring
+from registry.settings import RegistrySettings
+from runtime.errors import FleetPulseError
 from tests.conftest import ROOT
+from tests.registry.conftest import KEY_1, registry_settings
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +98,60 @@ def test_demo_lands_rows_and_ctrl_c_leaves_no_child(
     assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
     assert password_file.read_text().strip() in out  # printed to the operator, once
     assert f"/servers/{own_id}/metrics?" in out
+
+
+@pytest.fixture
+async def demo_registry(
+    stack_settings: StackSettings, fresh_database: str, app_conn: asyncpg.Connection
+) -> RegistrySettings:
+    """The registry's settings for a migrated database of the test's own."""
+    await migrate(app_conn)
+    return registry_settings(stack_settings, fresh_database)
+
+
+async def test_the_admin_is_made_once_and_a_database_away_is_an_error(
+    demo_registry: RegistrySettings, tmp_path: Path
+) -> None:
+    paths = DemoPaths(tmp_path)
+    password = await ensure_admin(demo_registry, paths)
+    assert password and paths.admin_password.read_text().strip() == password
+    assert await ensure_admin(demo_registry, paths) == password  # read back, not made again
+    # The file gone, the admin is still there: that conflict is "exists already".
+    paths.admin_password.unlink()
+    assert await ensure_admin(demo_registry, paths) is None
+    assert not paths.admin_password.exists()
+    # Any other failure is the failure it is (whichever error says the database is away).
+    away = demo_registry.model_copy(update={"pg_port": free_port()})
+    with pytest.raises(FleetPulseError, match="cannot connect to"):
+        await ensure_admin(away, paths)
+    assert not paths.admin_password.exists()
+
+
+async def test_servers_are_registered_through_the_inventory_once(
+    demo_registry: RegistrySettings, app_conn: asyncpg.Connection
+) -> None:
+    own_id = str(uuid.uuid4())
+    taken = f"sim-0001-{simulated_server_id(7, 1)[:8]}.fleetpulse.demo"
+    await app_conn.execute(
+        "INSERT INTO servers (id, name, hostname, port, username, encrypted_password) "
+        "VALUES ($1, 'other', $2, 22, 'u', 'x')",
+        str(uuid.uuid4()),
+        taken,
+    )
+    assert await register_servers(demo_registry, own_id, 3, 7) == (4, 0)
+    assert await register_servers(demo_registry, own_id, 3, 7) == (0, 4)
+    keyring = Keyring({1: KEY_1})
+    ids = [own_id, *(simulated_server_id(7, i) for i in range(3))]
+    rows = await app_conn.fetch(
+        "SELECT id, hostname, server_category::text AS category, encrypted_password "
+        "FROM servers WHERE id = ANY($1::text[])",
+        ids,
+    )
+    by_id = {r["id"]: r for r in rows}
+    assert set(by_id) == set(ids)
+    assert by_id[own_id]["category"] == "physical"
+    assert {by_id[i]["category"] for i in ids[1:]} == {"virtual"}
+    # Another id held the hostname: the new row's name carries its own id.
+    assert by_id[ids[2]]["hostname"] == f"{taken}-{ids[2][:8]}"
+    for server_id, row in by_id.items():
+        assert len(keyring.decrypt(row["encrypted_password"], server_id)) == 32

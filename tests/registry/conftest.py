@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,12 +21,14 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from argon2 import PasswordHasher
 from pydantic import SecretStr
 
 from infra.db import migrate
 from infra.settings import StackSettings
 from registry.app import create_app
 from registry.crypto import Keyring
+from registry.security import Passwords
 from registry.service import create_admin
 from registry.settings import RegistrySettings
 from tests.conftest import superuser_connect
@@ -121,6 +124,24 @@ def registry_db(stack_settings: StackSettings) -> Iterator[str]:
     name = create_database(stack_settings)
     yield name
     drop_database(stack_settings, name)
+
+
+@pytest.fixture
+async def registry_conn(app_conn: asyncpg.Connection) -> asyncpg.Connection:
+    """A connection to a database of the test's own, with the registry's tables."""
+    await migrate(app_conn)
+    return app_conn
+
+
+@pytest.fixture(scope="session")
+def passwords() -> Passwords:
+    """Argon2id at its cheapest parameters: the tests check the rules, not the cost."""
+    return Passwords(PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
+@pytest.fixture(scope="session")
+def keyring() -> Keyring:
+    return Keyring({1: KEY_1})
 
 
 class ServerThread:
@@ -222,6 +243,14 @@ def api(registry_server: ServerThread) -> Api:
 @pytest.fixture(scope="session")
 def admin_token(api: Api) -> str:
     return api.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+
+
+@contextmanager
+def refused(kind: type[Exception], message: str) -> Iterator[None]:
+    """The block must raise `kind` with exactly `message`."""
+    with pytest.raises(kind) as caught:
+        yield
+    assert str(caught.value) == message
 
 
 def unique(prefix: str) -> str:

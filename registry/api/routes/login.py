@@ -1,17 +1,23 @@
-"""Logging in and out: opaque bearer tokens, stored as hashes, with expiry and lockout."""
+"""Logging in and out: opaque bearer tokens, stored as hashes, with expiry and lockout (the
+rules are `registry.accounts`')."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, Response, status
 
-from registry import store
-from registry.api.deps import AUTHENTICATED, RegistryDep, SessionDep, require, unauthorized
+from registry import accounts
+from registry.api.deps import (
+    AUTHENTICATED,
+    PasswordsDep,
+    PoolDep,
+    SessionDep,
+    SettingsDep,
+    require,
+)
 from registry.models import LoginRequest, Message, Token, ValidationProblem
 from registry.permissions import Permission
-from registry.security import new_token, token_hash
 from registry.store import CurrentUser
 
 router = APIRouter(tags=["login"])
@@ -27,48 +33,19 @@ router = APIRouter(tags=["login"])
         429: {"model": Message},
     },
 )
-async def login(body: LoginRequest, registry: RegistryDep) -> Token:
+async def login(
+    body: LoginRequest, pool: PoolDep, passwords: PasswordsDep, settings: SettingsDep
+) -> Token:
     """Log in with e-mail and password; returns a bearer token (public route)."""
-    s = registry.settings
-    email = body.email.lower()
-    locked = await store.locked_for(registry.pool, email)
-    if locked > 0:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail="too many failed logins for this e-mail; try again later",
-            headers={"Retry-After": str(int(locked) + 1)},
-        )
-    record = await store.login_record(registry.pool, email)
-    password = body.password.get_secret_value()
-    # Verified even for an unknown e-mail (against a dummy hash): the same cost either way.
-    ok = await registry.passwords.verify(record["password_hash"] if record else None, password)
-    if not ok or record is None or not record["active"]:
-        await store.record_failure(
-            registry.pool,
-            email,
-            max_failures=s.login_max_failures,
-            window=s.login_window,
-            lockout=s.login_lockout,
-        )
-        raise unauthorized("wrong e-mail or password, or the account is deactivated")
-    new_hash = None
-    if registry.passwords.needs_rehash(record["password_hash"]):
-        new_hash = await registry.passwords.hash(password)
-    token = new_token()
-    async with registry.pool.acquire() as conn:
-        expires = await store.start_session(
-            conn, record["id"], token_hash(token), timedelta(hours=s.session_hours), new_hash
-        )
-    await store.clear_failures(registry.pool, email)
-    return Token(access_token=token, expires_at=expires)
+    return await accounts.login(pool, passwords, settings, body)
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=AUTHENTICATED)
 async def logout(
-    registry: RegistryDep,
+    pool: PoolDep,
     session: SessionDep,
     _user: Annotated[CurrentUser, require(Permission.SELF)],
 ) -> Response:
     """End this session: the token stops working at once."""
-    await store.end_session(registry.pool, session.token_hash)
+    await accounts.logout(pool, session)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

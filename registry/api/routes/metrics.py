@@ -11,7 +11,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import HTMLResponse
 
-from registry import store
+from registry import inventory
 from registry.api.deps import (
     AUTHENTICATED,
     BAD_REQUEST,
@@ -20,9 +20,8 @@ from registry.api.deps import (
     RegistryDep,
     require,
 )
-from registry.api.routes.servers import not_found
 from registry.chart import render_chart
-from registry.models import EARLIEST, LATEST, MetricSeries
+from registry.models import EARLIEST, LATEST, MetricSeries, ServerPublic
 from registry.permissions import Permission
 from registry.store import CurrentUser
 from sinks.read import ReadError, read_series
@@ -75,16 +74,14 @@ SeriesQueryDep = Annotated[SeriesQuery, Depends(series_query)]
 
 async def _series(
     registry: Registry, server_id: UUID, query: SeriesQuery
-) -> tuple[MetricSeries, asyncpg.Record]:
+) -> tuple[MetricSeries, ServerPublic]:
     """The series and the server's row; 404 for an unknown server, 400/422 for a bad range."""
     step = query.step
     end = query.end or datetime.now(UTC)
     _check_time("to", end)
     start = query.start or end - timedelta(hours=1)
     _check_time("from", start)
-    server = await store.get_server(registry.pool, str(server_id))
-    if server is None:
-        raise not_found()
+    server = await inventory.get_server(registry.pool, str(server_id))
     try:
         async with registry.pool.acquire() as conn:
             points = await read_series(
@@ -141,4 +138,4 @@ async def read_chart(
     of CPU, memory, disk and network (nothing fetched from elsewhere). Authenticated like every
     route, with the bearer token in the header: save the page (`curl -o`) and open the file."""
     series, server = await _series(registry, server_id, query)
-    return HTMLResponse(render_chart(series, server["name"]))
+    return HTMLResponse(render_chart(series, server.name))
