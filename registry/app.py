@@ -39,6 +39,7 @@ from registry.security import Passwords
 from registry.settings import RegistrySettings
 from registry.status import StatusConsumer
 from runtime import postgres
+from runtime.errors import POSTGRES_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ async def _housekeeping(registry: Registry) -> None:
             )
             if sessions or failures:
                 log.info("purged %d expired sessions, %d stale login counts", sessions, failures)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except POSTGRES_ERRORS as exc:
             log.warning("housekeeping failed (%s); next try later", type(exc).__name__)
         await asyncio.sleep(HOUSEKEEPING_EVERY)
 

@@ -351,7 +351,8 @@ def test_the_database_connection_is_tls_verified(api: Api) -> None:
     (row,) = api.sql("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
     assert row["ssl"] is True
     r = api.request("GET", "/health")
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.json()["component"] == "registry" and r.json()["dependencies"]["postgres"] == "up"
 
 
 def test_openapi_docs_and_prometheus_metrics_are_served(api: Api) -> None:
