@@ -598,16 +598,28 @@ class PartitionWindows:
                 self._dirty.add(s.server_id)
 
     def checkpoint(self, covered: int) -> Iterator[tuple[bytes, bytes | None]]:
-        """Changelog records of everything changed since the last checkpoint: kept windows
-        first (a server record durable means its windows are), then server records, each
-        accounting for the offsets below `covered`."""
+        """Changelog records of everything changed since the last checkpoint, in the order
+        that keeps any prefix of them consistent (a crash may cut a checkpoint short):
+        1. kept windows written or corrected: a server record durable means its windows are;
+        2. server records, each accounting for the offsets below `covered`;
+        3. tombstones of released windows, last: a window is gone only once the server
+           record that released it (its later event time) is durable. Before it, a late
+           sample restored against the older record would find its window missing and
+           emit a window holding only itself."""
         windows, self._dirty_windows = self._dirty_windows, {}
-        yield from windows.items()
+        released = []
+        for key, value in windows.items():
+            if value is None:
+                released.append(key)
+            else:
+                yield key, value
         dirty, self._dirty = self._dirty, set()
         for server_id in dirty:
             s = self.servers[server_id]
             s.covered = max(s.covered, covered)
             yield server_id.encode(), orjson.dumps(s.to_json())
+        for key in released:
+            yield key, None
 
     def restore(self, records: dict[bytes, bytes], wall: float) -> None:
         """Start from the changelog (latest value per key, tombstones removed) at `wall`:

@@ -190,3 +190,54 @@ def test_a_changelog_of_the_previous_release_is_taken_over() -> None:
     assert letter.reason is DeadLetterReason.LATE and "released" in letter.error
     [hourly] = [a.message() for a in out.aggregates if a.resolution is Resolution.ONE_HOUR]
     assert (hourly.count, hourly.network_rx) == (6, 57)  # 5 from version 1, one new
+
+
+def _restarted(records: list[tuple[bytes, bytes]], kafka: Kafka) -> StreamProcessor:
+    proc = StreamProcessor(source_topic="raw", grace=Grace(5, 10, 15), lateness_horizon=120)
+    proc.restore(0, kafka.state(), WALL)
+    return proc
+
+
+def _feed(proc: StreamProcessor, records: list[tuple[bytes, bytes]], lo: int, hi: int) -> Outputs:
+    out = Outputs()
+    for offset in range(lo, hi):
+        key, value = records[offset]
+        proc.record(0, offset, key, value, WALL, out)
+    return out
+
+
+def _acknowledged(out: Outputs) -> list[WindowAggregate | DeadLetter]:
+    return [*(a.message() for a in out.aggregates), *out.dead_letters]
+
+
+def test_a_checkpoint_cut_short_anywhere_keeps_every_kept_window() -> None:
+    """A late sample corrects a closed window, then the server's event time jumps beyond the
+    horizon and releases it; the checkpoint after that is cut short at every possible record.
+    Its tombstones come after the server records that release the windows, so a restart
+    never finds the window gone under the older record and emits one holding only the late
+    sample (a crash-and-restart run found that)."""
+    records = scripted_records([], [2202], [])
+    late = 103  # the re-send of a sample 30 s behind its server, for a window closed at 102
+    jump = 122  # past the first records of the midnight span: the 23:00 windows are released
+    expected = by_window(run(records, None).outputs)
+    probe = _restarted(records, Kafka())
+    _feed(probe, records, 0, late - 1)
+    probe.checkpoint(0)
+    _feed(probe, records, late - 1, jump)
+    cut_points = len(probe.checkpoint(0)) + 1
+    assert cut_points > 5
+    for cut in range(cut_points):
+        kafka = Kafka()
+        proc = _restarted(records, kafka)
+        kafka.outputs += _acknowledged(_feed(proc, records, 0, late - 1))
+        kafka.changelog += proc.checkpoint(0)
+        kafka.committed = proc.committable(0) or 0
+        kafka.outputs += _acknowledged(_feed(proc, records, late - 1, jump))
+        kafka.changelog += proc.checkpoint(0)[:cut]  # the crash
+        proc = _restarted(records, kafka)
+        out = _feed(proc, records, kafka.committed, len(records))
+        kafka.outputs += [*_acknowledged(out), *(a.message() for a in proc.idle(0, FAR).aggregates)]
+        got = by_window(kafka.outputs)
+        assert got.keys() == expected.keys(), cut
+        for key, contents in got.items():
+            assert set(contents) == set(expected[key]), (cut, key)
