@@ -21,7 +21,7 @@ from __future__ import annotations
 from enum import Enum
 
 import asyncpg
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, NodeNotReadyError
 
 
 class FleetPulseError(Exception):
@@ -92,6 +92,22 @@ def http_disposition(status: int | None) -> Disposition:
     if status is None or status >= 500 or status in _HTTP_TRANSIENT:
         return Disposition.TRANSIENT
     return Disposition.PERMANENT
+
+
+#: SQLSTATEs that mean the server is away or coming back (a probe can tell when it is back).
+_PG_AWAY = frozenset({"57P01", "57P02", "57P03"})  # admin/crash shutdown, cannot connect now
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """Whether `exc` says the dependency could not be reached at all (refused, lost, timed
+    out, shutting down), as opposed to answering with a transient refusal (disk full, a
+    serialization conflict): only then is a TCP probe a sign that a retry may succeed."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        return sqlstate[:2] == "08" or sqlstate in _PG_AWAY
+    if isinstance(exc, KafkaError):
+        return isinstance(exc, KafkaConnectionError | NodeNotReadyError | KafkaTimeoutError)
+    return isinstance(exc, (*_CONNECTION_ERRORS, asyncpg.InterfaceError, DependencyUnavailable))
 
 
 def describe(exc: BaseException) -> str:

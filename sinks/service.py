@@ -24,7 +24,13 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from runtime import kafka, postgres
 from runtime.backoff import Backoff
-from runtime.errors import POSTGRES_ERRORS, Disposition, describe, postgres_disposition
+from runtime.errors import (
+    POSTGRES_ERRORS,
+    Disposition,
+    describe,
+    is_connection_failure,
+    postgres_disposition,
+)
 from runtime.service import Service
 from runtime.telemetry import telemetry
 from schemas import DeadLetter, DeadLetterReason, InvalidMessage, WindowAggregate
@@ -224,9 +230,13 @@ class Sink(Service):
         assert consumer is not None
         ready = postgres.probe(self.settings)
 
-        async def probe() -> bool:
+        async def keep_membership() -> bool:
             # Polling the paused consumer keeps the group membership (max.poll.interval).
             await consumer.getmany(timeout_ms=0)
+            return False
+
+        async def probe() -> bool:
+            await keep_membership()
             return await ready()
 
         try:
@@ -248,7 +258,12 @@ class Sink(Service):
                         # Stop fetching: memory stays at the batch in hand.
                         consumer.pause(*consumer.assignment())
                         paused = True
-                    await self._backoff.wait(probe)
+                    # Probed only when the database is away: a transient refusal from a
+                    # running one (disk full, too many connections) waits the full delay.
+                    if is_connection_failure(exc):
+                        await self._backoff.wait(probe)
+                    else:
+                        await self._backoff.wait(keep_membership)
         finally:
             if paused:
                 consumer.resume(*consumer.assignment())

@@ -10,6 +10,7 @@ from runtime.errors import (
     Disposition,
     describe,
     http_disposition,
+    is_connection_failure,
     kafka_disposition,
     postgres_disposition,
 )
@@ -69,3 +70,23 @@ def test_describe_names_the_sqlstate() -> None:
         "ForeignKeyViolationError [23503]: bad row"
     )
     assert describe(TimeoutError()) == "TimeoutError"
+
+
+@pytest.mark.parametrize(
+    ("exc", "away"),
+    [
+        (ConnectionRefusedError(111, "refused"), True),
+        (TimeoutError(), True),
+        (asyncpg.ConnectionDoesNotExistError("lost"), True),  # 08003
+        (asyncpg.CannotConnectNowError("starting"), True),  # 57P03
+        (asyncpg.AdminShutdownError("restart"), True),  # 57P01
+        (kafka.KafkaConnectionError("refused"), True),
+        (kafka.NodeNotReadyError("starting"), True),
+        (asyncpg.DiskFullError("full"), False),  # the server answers: wait the full delay
+        (asyncpg.SerializationError("retry"), False),
+        (asyncpg.TooManyConnectionsError("busy"), False),
+        (kafka.NotLeaderForPartitionError(), False),
+    ],
+)
+def test_connection_failures_are_told_from_refusals(exc: BaseException, away: bool) -> None:
+    assert is_connection_failure(exc) is away
