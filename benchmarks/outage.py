@@ -85,6 +85,10 @@ async def _prepare(settings: StackSettings, agent_id: str) -> str:
     conn = await asyncpg.connect(**settings.connect_kwargs(database=name))
     try:
         await migrate(conn, storage="postgres")
+        await conn.execute(  # what the end-to-end benchmark's row check reads
+            "ALTER TABLE metrics_snapshots ADD COLUMN landed_at timestamptz "
+            "DEFAULT clock_timestamp()"
+        )
         ids = [agent_id, *(simulated_server_id(SEED, i) for i in range(HOSTS))]
         records = [(sid, f"h-{i}", f"h-{i}.bench", 22, "b", "v1:x") for i, sid in enumerate(ids)]
         columns = ["id", "name", "hostname", "port", "username", "encrypted_password"]
