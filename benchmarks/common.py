@@ -15,7 +15,7 @@ import psutil
 from infra import stack
 from infra.settings import StackSettings
 from infra.stack import PostgresCluster
-from infra.topics import create_topics
+from runtime.topics import create_topics
 
 
 def machine() -> str:

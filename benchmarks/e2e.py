@@ -55,8 +55,8 @@ from infra.db import migrate
 from infra.demo import Child, DemoPaths, start_children, stop_children
 from infra.settings import StackSettings
 from infra.stack.process import free_port
-from infra.topics import create_topics
 from producers.simulator import simulated_server_id
+from runtime.topics import create_topics
 from schemas.topics import AGG_1D, AGG_1H, AGG_5S, DLQ, RAW, STATUS, TopicSpec
 
 SEED = 7

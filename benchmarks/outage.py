@@ -37,8 +37,8 @@ from infra.demo import Child, DemoPaths, start_children, stop_children
 from infra.settings import StackSettings
 from infra.stack import KafkaBroker
 from infra.stack.process import free_port
-from infra.topics import create_topics
 from producers.simulator import simulated_server_id
+from runtime.topics import create_topics
 
 HOSTS = 2_000
 WARMUP = 20  # s before the broker stops

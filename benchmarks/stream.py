@@ -31,10 +31,10 @@ import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.common import drop_topics, median, percentile, row, stack_up
-from infra.topics import create_topics
 from producers import MetricProducer, SimulatorSettings
 from producers.simulator import Simulator, fleet, iso_second
 from runtime.settings import KafkaSettings
+from runtime.topics import create_topics
 from schemas import WindowAggregate
 from schemas.topics import TopicSpec
 

@@ -85,7 +85,7 @@ def _db_migrate(args: argparse.Namespace) -> int:
 
 
 def _topics_create(args: argparse.Namespace) -> int:
-    from infra.topics import create_topics
+    from runtime.topics import create_topics
 
     settings = StackSettings()
     results = asyncio.run(create_topics(settings))

@@ -43,7 +43,6 @@ from infra import stack
 from infra.db import migrate
 from infra.lag import group_lag, partitions
 from infra.settings import StackSettings
-from infra.topics import create_topics
 from producers.simulator import simulated_server_id
 from registry import inventory
 from registry.crypto import load_keyring
@@ -52,6 +51,7 @@ from registry.models import ServerCategory, ServerCreate
 from registry.service import create_admin
 from registry.settings import RegistrySettings
 from runtime.errors import FleetPulseError
+from runtime.topics import create_topics
 from schemas import AGG_1D, AGG_1H, AGG_5S, DLQ, RAW
 from sinks.settings import SinkSettings
 from streams.settings import StreamSettings

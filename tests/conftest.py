@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,12 +38,14 @@ TEST_ENV = {
 }
 os.environ.update(TEST_ENV)
 
+
 from infra import stack  # noqa: E402 - settings read the environment set above
 from infra.db import migrate  # noqa: E402
 from infra.settings import StackSettings  # noqa: E402
 from infra.stack import PostgresCluster  # noqa: E402
-from infra.topics import create_topics  # noqa: E402
+from infra.stack.process import free_port  # noqa: E402
 from runtime.settings import KafkaSettings  # noqa: E402
+from runtime.topics import create_topics  # noqa: E402
 from schemas.topics import TopicSpec  # noqa: E402
 from tests.containers import container_services, docker_requested  # noqa: E402
 
@@ -134,3 +137,69 @@ async def app_conn(
         yield conn
     finally:
         await conn.close()
+
+
+PGLITE = ROOT / "infra" / "pglite"
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[int]:
+    """Start the stand-in on a free port; yield the port."""
+    if not (PGLITE / "node_modules").exists():
+        pytest.fail("infra/pglite/node_modules is missing: run `make test` (it runs npm ci)")
+    port = free_port()
+    proc = subprocess.Popen(
+        ["node", "server.mjs", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=PGLITE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until `ready host:port` (or exit)
+        if not line.startswith("ready"):
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            pytest.fail(f"the TimescaleDB stand-in did not start: {line!r} {err[-2000:]}")
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+async def ts_conn(standin: int) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=standin,
+        user="postgres",
+        password="postgres",  # the stand-in's fixed test credentials
+        database="postgres",
+        ssl=False,
+        timeout=60,
+    )
+    try:
+        yield conn
+    finally:
+        conn.terminate()
+
+
+_OURS = (
+    "FLEETPULSE_HOME",
+    "FLEETPULSE_KAFKA_BOOTSTRAP",
+    "FLEETPULSE_KAFKA_CONTROLLER_PORT",
+    "FLEETPULSE_PG_PORT",
+    "FLEETPULSE_PG_STORAGE",
+    "FLEETPULSE_PG_SSLMODE",
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in _OURS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch

@@ -21,12 +21,13 @@ from pydantic import SecretStr
 
 from infra.settings import StackSettings
 from infra.stack.process import free_port
-from infra.topics import create_topics
 from registry.service import create_admin
 from registry.settings import RegistrySettings
+from runtime.topics import create_topics
 from schemas.topics import TopicSpec
 from tests.conftest import ROOT
-from tests.registry.conftest import TEST_KEYS, create_database, drop_database, server_body
+from tests.factories import TEST_KEYS, server_body
+from tests.registry.harness import create_database, drop_database
 from tests.streams.worker import Topics
 
 ADMIN, PASSWORD = "e2e@fleetpulse.test", "e2e-password-Kq3"

@@ -20,7 +20,7 @@ import pytest
 
 from infra.settings import StackSettings
 from tests.e2e.pipeline import Pipeline, register, running_pipeline, wait_for
-from tests.schemas.test_messages import event_dict
+from tests.factories import event_dict
 from tests.streams.worker import produce
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ from registry.crypto import Keyring
 from registry.settings import RegistrySettings
 from runtime.errors import FleetPulseError
 from tests.conftest import ROOT
-from tests.registry.conftest import KEY_1, registry_settings
+from tests.factories import KEY_1, registry_settings
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from infra.topics import create_topics
 from runtime.settings import KafkaSettings
+from runtime.topics import create_topics
 from schemas.topics import TopicSpec
 from tests.conftest import ROOT
 from tests.streams.worker import produce

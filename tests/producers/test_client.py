@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from producers import InvalidEvent, MetricProducer, ProducerSettings
-from tests.schemas.test_messages import SERVER_ID, event_dict
+from tests.factories import SERVER_ID, event_dict
 
 
 def _unreachable(buffer_size: int) -> ProducerSettings:

@@ -27,7 +27,8 @@ from registry.permissions import Permission, Role
 from registry.security import Passwords
 from registry.settings import RegistrySettings
 from registry.store import CurrentUser
-from tests.registry.conftest import refused, registry_settings
+from tests.factories import registry_settings
+from tests.registry.harness import refused
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.registry.conftest import Api, server_body, server_with_rows
+from tests.factories import server_body
+from tests.registry.harness import Api, server_with_rows
 
 pytestmark = pytest.mark.integration
 

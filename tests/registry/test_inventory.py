@@ -14,7 +14,8 @@ from registry import inventory
 from registry.crypto import Keyring
 from registry.errors import Conflict, DecryptionError, Invalid, NotFound
 from registry.models import ServerCategory, ServerCreate, ServerType, ServerUpdate
-from tests.registry.conftest import refused, unique
+from tests.factories import unique
+from tests.registry.harness import refused
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 from registry.app import create_app
 from registry.crypto import Keyring
 from registry.settings import RegistrySettings
-from tests.registry.conftest import Api
+from tests.registry.harness import Api
 
 pytestmark = pytest.mark.integration
 

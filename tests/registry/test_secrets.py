@@ -10,15 +10,8 @@ import uuid
 
 import pytest
 
-from tests.registry.conftest import (
-    ADMIN_EMAIL,
-    ADMIN_PASSWORD,
-    KEY_1,
-    Api,
-    Recorder,
-    new_user,
-    server_body,
-)
+from tests.factories import ADMIN_EMAIL, ADMIN_PASSWORD, KEY_1, server_body
+from tests.registry.harness import Api, Recorder, new_user
 
 pytestmark = pytest.mark.integration
 

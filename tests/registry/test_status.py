@@ -18,7 +18,7 @@ from infra.settings import StackSettings
 from registry.status import StatusConsumer, apply_status
 from schemas.messages import ServerState, ServerStatusChange
 from schemas.topics import TopicSpec
-from tests.registry.conftest import registry_settings
+from tests.factories import registry_settings
 
 pytestmark = pytest.mark.integration
 

@@ -25,23 +25,7 @@ from schemas import (
     decode_raw_event,
 )
 from schemas.messages import MAX_DEAD_LETTER_PAYLOAD_BYTES
-
-SERVER_ID = "6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"
-
-
-def event_dict(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "server_id": SERVER_ID,
-        "timestamp": "2026-11-25T10:00:01+00:00",
-        "cpu_usage": 12.5,
-        "memory_usage": 40.0,
-        "disk_usage": 71.2,
-        "network_rx": 1200,
-        "network_tx": 800,
-        "processes": [{"pid": 1, "name": "init", "cpu_usage": 0.1, "memory_usage": 0.2}],
-    }
-    base.update(overrides)
-    return base
+from tests.factories import SERVER_ID, event_dict
 
 
 def decode(d: dict[str, Any]) -> RawMetricEvent:

@@ -10,7 +10,6 @@ import pytest
 
 from infra.db import migrate
 from sinks import SinkSettings, maintain
-from tests.infra.test_timescaledb import standin, ts_conn  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +53,7 @@ async def test_partitions_ahead_and_retention(app_conn: asyncpg.Connection) -> N
 
 
 async def test_timescaledb_policies_are_checked_not_added(
-    ts_conn: asyncpg.Connection,  # noqa: F811
+    ts_conn: asyncpg.Connection,
 ) -> None:
     await migrate(ts_conn)
     jobs_before = await ts_conn.fetchval("SELECT count(*) FROM timescaledb_information.jobs")

@@ -15,7 +15,6 @@ from schemas import Resolution
 from sinks.read import ReadError, read_series
 from sinks.rows import DAILY, HOURLY, SNAPSHOTS, to_row
 from sinks.writer import BatchWriter, Item, write_isolating
-from tests.infra.test_timescaledb import standin, ts_conn  # noqa: F401 - fixtures
 from tests.sinks.helpers import T0, add_server, aggregate
 
 pytestmark = pytest.mark.integration
@@ -85,7 +84,7 @@ async def test_gap_filled_series_on_postgres(app_conn: asyncpg.Connection) -> No
     await _check_series(app_conn)
 
 
-async def test_gap_filled_series_on_timescaledb(ts_conn: asyncpg.Connection) -> None:  # noqa: F811
+async def test_gap_filled_series_on_timescaledb(ts_conn: asyncpg.Connection) -> None:
     await migrate(ts_conn)
     writer = BatchWriter("auto")
     writer.method = "copy"  # force the COPY attempt: the stand-in has no COPY, auto falls back

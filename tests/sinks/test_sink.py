@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from infra.db import migrate
 from infra.settings import StackSettings
 from infra.stack import PostgresCluster
-from infra.topics import create_topics
+from runtime.topics import create_topics
 from schemas import DeadLetter, Resolution, WindowAggregate
 from schemas.topics import TopicSpec
 from sinks import Sink, SinkSettings

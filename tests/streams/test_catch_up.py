@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import streams.app
-from infra.topics import create_topics
 from runtime.settings import KafkaSettings
+from runtime.topics import create_topics
 from schemas.topics import TopicSpec
 from streams.app import StreamWorker
 from streams.settings import StreamSettings

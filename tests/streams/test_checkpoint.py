@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from schemas import DeadLetter, DeadLetterReason, Resolution, WindowAggregate
 from streams.processor import PROGRESS_KEY, Outputs, StreamProcessor
 from streams.windows import Grace
-from tests.schemas.test_messages import event_dict
+from tests.factories import event_dict
 from tests.streams.test_windows import SERVERS, T0
 
 WALL = (T0 + timedelta(days=3)).timestamp()  # emission time: constant, so content compares

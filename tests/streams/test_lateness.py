@@ -12,7 +12,7 @@ from datetime import timedelta
 from schemas import DeadLetterReason, Resolution, WindowAggregate
 from streams.processor import Outputs, StreamProcessor
 from streams.windows import Grace
-from tests.schemas.test_messages import event_dict
+from tests.factories import event_dict
 from tests.streams.test_windows import SERVERS, T0
 
 BASE = T0.timestamp()

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from schemas import MAX_RAW_EVENT_BYTES, DeadLetterReason, Resolution, ServerState
 from streams.processor import StreamProcessor
-from tests.schemas.test_messages import event_dict
+from tests.factories import event_dict
 from tests.streams.test_windows import SERVERS, T0
 
 BASE = T0.timestamp()

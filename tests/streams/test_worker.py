@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from infra.topics import create_topics
 from runtime.settings import KafkaSettings
+from runtime.topics import create_topics
 from schemas import DeadLetter, ServerStatusChange, WindowAggregate
 from schemas.topics import TopicSpec
-from tests.schemas.test_messages import event_dict
+from tests.factories import event_dict
 from tests.streams.worker import (
     Topics,
     by_window,

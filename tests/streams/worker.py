@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import WindowAggregate
 from tests.conftest import ROOT
-from tests.schemas.test_messages import event_dict
+from tests.factories import event_dict
 
 
 @dataclass

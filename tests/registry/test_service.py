@@ -23,7 +23,7 @@ from infra.stack.tls import ensure_certificates
 from registry.crypto import Keyring, parse_keys
 from registry.settings import RegistrySettings
 from tests.conftest import ROOT
-from tests.registry.conftest import create_database, drop_database
+from tests.registry.harness import create_database, drop_database
 
 pytestmark = pytest.mark.integration
 

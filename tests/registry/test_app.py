@@ -16,14 +16,8 @@ from argon2 import PasswordHasher
 from registry import store
 from registry.crypto import Keyring
 from registry.security import DEFAULT_HASHER, token_hash
-from tests.registry.conftest import (
-    ADMIN_EMAIL,
-    KEY_1,
-    Api,
-    new_user,
-    server_body,
-    unique,
-)
+from tests.factories import ADMIN_EMAIL, KEY_1, server_body, unique
+from tests.registry.harness import Api, new_user
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 
 from schemas.export import JSON_DIR, render_schemas
 from schemas.messages import MESSAGE_MODELS
-from tests.schemas.test_messages import event_dict
+from tests.factories import event_dict
 
 
 def test_committed_schemas_are_current() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import uuid
@@ -10,14 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from infra.topics import create_topics
-from runtime.settings import KafkaSettings
+from infra.stack.kafka import new_cluster_id
 from schemas import RawMetricEvent, decode_raw_event
 from schemas.topics import TopicSpec
-from tests.schemas.test_messages import event_dict
+from tests.factories import event_dict
 
 pytestmark = pytest.mark.integration
 
@@ -90,28 +88,6 @@ async def test_produce_and_consume_keeps_per_server_order(
         assert mine == sorted(mine) and len(mine) == 40
 
 
-async def test_topics_create_is_idempotent_and_applies_config(kafka_bootstrap: str) -> None:
-    spec = TopicSpec(name=f"test.{uuid.uuid4().hex[:12]}", partitions=4, retention_ms=7_200_000)
-    first = await create_topics(KafkaSettings(kafka_bootstrap=kafka_bootstrap), [spec])
-    second = await create_topics(KafkaSettings(kafka_bootstrap=kafka_bootstrap), [spec])
-    assert [(r.created, r.partitions) for r in first] == [(True, 4)]
-    assert [(r.created, r.partitions) for r in second] == [(False, 4)]
-    grown = await create_topics(
-        KafkaSettings(kafka_bootstrap=kafka_bootstrap),
-        [TopicSpec(spec.name, partitions=6, retention_ms=spec.retention_ms)],
-    )
-    assert grown[0].partitions == 6
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        [resp] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, spec.name)])
-        entries = {e[0]: e[1] for e in resp.resources[0][4]}
-    finally:
-        await admin.close()
-    assert entries["retention.ms"] == "7200000"
-
-
 async def test_broker_refuses_automatic_topic_creation(kafka_bootstrap: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, request_timeout_ms=3000)
     await producer.start()
@@ -147,3 +123,11 @@ async def test_kcat_produces_and_consumes(kafka_bootstrap: str, new_topic: Topic
     records = [json.loads(x) for x in result.stdout.decode().splitlines() if x.strip()]
     assert len(records) == 1 and records[0]["key"] == event["server_id"]
     assert json.loads(records[0]["payload"])["cpu_usage"] == event["cpu_usage"]
+
+
+def test_cluster_ids_are_16_bytes_and_never_start_with_a_dash() -> None:
+    # One random id in 64 would start with "-"; a few thousand draws meet many such.
+    ids = [new_cluster_id() for _ in range(5000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
+    assert len(set(ids)) == len(ids)

@@ -15,7 +15,7 @@ from registry.app import create_app
 from registry.crypto import Keyring
 from registry.permissions import ROLE_PERMISSIONS, Permission, Role
 from registry.settings import RegistrySettings
-from tests.registry.conftest import Api, new_user
+from tests.registry.harness import Api, new_user
 
 PUBLIC = {("POST", "/login"), ("GET", "/health")}
 #: What the issue asks for, spelled out: users read servers and metrics and see themselves.

@@ -1,4 +1,4 @@
-"""Integration: the agent and the producer library against the real broker."""
+"""Integration: the agent (and the producer library under it) against the real broker."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from runtime.service import serve
 from schemas import RAW, RawMetricEvent, decode_raw_event
 from schemas.topics import TopicSpec
 from tests.conftest import ROOT
-from tests.schemas.test_messages import event_dict
+from tests.factories import event_dict
 
 pytestmark = pytest.mark.integration
 

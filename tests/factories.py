@@ -1,0 +1,75 @@
+"""Builders of test data shared across the test tree: events, aggregates, registry bodies and
+settings. Test modules import from here (and from harnesses), never from each other."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+from pydantic import SecretStr
+
+from infra.settings import StackSettings
+from registry.settings import RegistrySettings
+
+SERVER_ID = "6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"
+
+
+def event_dict(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "server_id": SERVER_ID,
+        "timestamp": "2026-11-25T10:00:01+00:00",
+        "cpu_usage": 12.5,
+        "memory_usage": 40.0,
+        "disk_usage": 71.2,
+        "network_rx": 1200,
+        "network_tx": 800,
+        "processes": [{"pid": 1, "name": "init", "cpu_usage": 0.1, "memory_usage": 0.2}],
+    }
+    base.update(overrides)
+    return base
+
+
+#: The test keyring's keys; they must never show up in a response or a log line.
+KEY_1 = bytes(range(32))
+
+
+KEY_2 = bytes(range(100, 132))
+
+
+TEST_KEYS = f"1:{base64.b64encode(KEY_1).decode()}"
+
+
+ADMIN_EMAIL = "root@fleetpulse.test"
+
+
+ADMIN_PASSWORD = "admin-password-Zq8"
+
+
+def registry_settings(stack: StackSettings, database: str, **overrides: Any) -> RegistrySettings:
+    values: dict[str, Any] = {
+        "pg_database": database,
+        "registry_keys": SecretStr(TEST_KEYS),
+        "registry_port": 0,
+        "registry_consume_status": False,
+        "registry_key_file": stack.home_dir / "secrets" / f"no-such-key-file-{database}",
+    }
+    values.update(overrides)
+    return RegistrySettings(**values)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def server_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "web",
+        "hostname": f"{unique('web')}.example.com",
+        "ip_address": "10.0.0.7",
+        "port": 22,
+        "username": "deploy",
+        "password": f"ssh-{uuid.uuid4().hex}",
+    }
+    body.update(overrides)
+    return body

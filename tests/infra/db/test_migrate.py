@@ -1,0 +1,289 @@
+"""The migrations: the files and their loader (no database), then applied for real on
+PostgreSQL 15 over TLS (verify-full) and on the PGlite TimescaleDB stand-in (`infra/pglite/`,
+WASM PostgreSQL with TimescaleDB 2.23: hypertables, chunk interval, compression and
+retention policies; one client at a time, a test tool only)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from infra.db import MigrationError, load_migrations, migrate
+from infra.db.migrate import SQL_DIR, detect_mode
+from infra.settings import StackSettings
+
+
+def test_both_modes_have_every_version_in_order() -> None:
+    pg = load_migrations("postgres")
+    ts = load_migrations("timescaledb")
+    assert [m.version for m in pg] == [m.version for m in ts] == sorted({m.version for m in pg})
+    assert [m.version for m in pg][:3] == [1, 2, 3]
+    assert {m.variant for m in pg} == {"all", "postgres"}
+    assert {m.variant for m in ts} == {"all", "timescaledb"}
+
+
+def test_timescaledb_variant_installs_hypertables_and_policies() -> None:
+    sql = "\n".join(m.sql for m in load_migrations("timescaledb"))
+    assert "create_hypertable('metrics_snapshots'" in sql
+    assert "INTERVAL '1 day'" in sql
+    assert "add_compression_policy('metrics_snapshots', INTERVAL '7 days'" in sql
+    assert "add_retention_policy('metrics_snapshots', INTERVAL '30 days'" in sql
+
+
+def _write(d: Path, name: str, sql: str = "SELECT 1;") -> None:
+    (d / name).write_text(sql)
+
+
+def test_missing_mode_variant_is_an_error(tmp_path: Path) -> None:
+    _write(tmp_path, "0001_a.sql")
+    _write(tmp_path, "0002_b.postgres.sql")
+    with pytest.raises(MigrationError, match=r"0002 needs both"):
+        load_migrations("postgres", tmp_path)
+
+
+def test_common_and_mode_file_for_one_version_is_an_error(tmp_path: Path) -> None:
+    _write(tmp_path, "0001_a.sql")
+    _write(tmp_path, "0001_a.postgres.sql")
+    _write(tmp_path, "0001_a.timescaledb.sql")
+    with pytest.raises(MigrationError, match="both a common and a per-mode"):
+        load_migrations("postgres", tmp_path)
+
+
+def test_bad_file_name_is_an_error(tmp_path: Path) -> None:
+    _write(tmp_path, "1_a.sql")
+    with pytest.raises(MigrationError, match="not a migration name"):
+        load_migrations("postgres", tmp_path)
+
+
+@pytest.mark.integration
+async def test_timescaledb_migrations(ts_conn: asyncpg.Connection) -> None:
+    report = await migrate(ts_conn, storage="auto")
+    assert report.mode == "timescaledb"
+    assert [m.version for m in report.applied] == [
+        m.version for m in load_migrations("timescaledb")
+    ]
+    again = await migrate(ts_conn)
+    assert again.applied == [] and again.mode == "timescaledb"
+
+    hypertables = {
+        r["hypertable_name"]: r
+        for r in await ts_conn.fetch(
+            "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables"
+        )
+    }
+    assert set(hypertables) == {"metrics_snapshots", "metrics_hourly", "metrics_daily"}
+    assert hypertables["metrics_snapshots"]["compression_enabled"]
+
+    dims = {
+        r["hypertable_name"]: r
+        for r in await ts_conn.fetch(
+            "SELECT hypertable_name, column_name, time_interval "
+            "FROM timescaledb_information.dimensions"
+        )
+    }
+    assert dims["metrics_snapshots"]["column_name"] == "timestamp"
+    assert dims["metrics_snapshots"]["time_interval"] == timedelta(days=1)
+
+    segment = await ts_conn.fetchval(
+        "SELECT attname FROM timescaledb_information.compression_settings "
+        "WHERE hypertable_name = 'metrics_snapshots' AND segmentby_column_index = 1"
+    )
+    assert segment == "server_id"
+
+    jobs = {
+        (r["hypertable_name"], r["proc_name"]): r["config"]
+        for r in await ts_conn.fetch(
+            "SELECT hypertable_name, proc_name, config::text AS config "
+            "FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL"
+        )
+    }
+    assert '"compress_after": "7 days"' in jobs[("metrics_snapshots", "policy_compression")]
+    assert '"drop_after": "30 days"' in jobs[("metrics_snapshots", "policy_retention")]
+    assert '"drop_after": "400 days"' in jobs[("metrics_hourly", "policy_retention")]
+
+
+@pytest.mark.integration
+async def test_hypertable_keys_and_foreign_key(ts_conn: asyncpg.Connection) -> None:
+    await migrate(ts_conn)
+    sid = "6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"
+    await ts_conn.execute(
+        "INSERT INTO servers (id, name, hostname, port, username, encrypted_password) "
+        "VALUES ($1, 'w', 'w.example', 22, 'ops', 'v1:x') ON CONFLICT DO NOTHING",
+        sid,
+    )
+    insert = """
+        INSERT INTO metrics_snapshots (server_id, "timestamp", cpu_usage, memory_usage,
+            disk_usage, cpu_usage_min, cpu_usage_max, memory_usage_min, memory_usage_max,
+            disk_usage_min, disk_usage_max, sample_count, network_rx, network_tx, processes)
+        VALUES ($1, now(), 1, 2, 3, 1, 1, 2, 2, 3, 3, 5, 0, 0, '[]')
+    """
+    await ts_conn.execute(insert, sid)
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await ts_conn.execute(insert, "00000000-0000-0000-0000-000000000000")
+    count = await ts_conn.fetchval(
+        "SELECT count(*) FROM metrics_snapshots WHERE server_id = $1", sid
+    )
+    assert count == 1
+
+
+@pytest.mark.integration
+async def test_migrations_apply_twice_over_tls(
+    app_conn: asyncpg.Connection, service_settings: StackSettings
+) -> None:
+    if service_settings.pg_sslmode != "disable":
+        assert await app_conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    first = await migrate(app_conn)
+    assert first.mode == await detect_mode(app_conn)
+    assert [m.version for m in first.applied] == VERSIONS
+    second = await migrate(app_conn)
+    assert second.applied == [] and second.already == len(VERSIONS)
+    assert await _tables(app_conn) >= SEED_TABLES
+    assert await app_conn.fetchval("SELECT count(*) FROM schema_migrations") == len(VERSIONS)
+
+
+@pytest.mark.integration
+async def test_migrations_from_two_processes_at_once(
+    service_settings: StackSettings, fresh_database: str
+) -> None:
+    conns = [
+        await asyncpg.connect(**service_settings.connect_kwargs(database=fresh_database))
+        for _ in range(3)
+    ]
+    try:
+        reports = await asyncio.gather(*(migrate(c) for c in conns))
+    finally:
+        for c in conns:
+            await c.close()
+    assert sorted(len(r.applied) for r in reports) == [0, 0, len(VERSIONS)]
+
+
+@pytest.mark.integration
+async def test_seed_schema(app_conn: asyncpg.Connection) -> None:
+    await migrate(app_conn)
+    enums = await app_conn.fetch(
+        "SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder) AS labels "
+        "FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid GROUP BY t.typname"
+    )
+    by_name = {r["typname"]: r["labels"] for r in enums}
+    assert by_name["user_role"] == ["admin", "user"]
+    assert "email" in by_name["auth_provider"]
+    assert "linux" in by_name["server_type"] and "physical" in by_name["server_category"]
+
+    indexes = {
+        r["indexname"]: r["indexdef"]
+        for r in await app_conn.fetch("SELECT indexname, indexdef FROM pg_indexes")
+    }
+    assert '(server_id, "timestamp")' in indexes["idx_metrics_server_time"]
+    assert "(hostname, port)" in indexes["idx_servers_hostname_port"]
+
+    defaults = await app_conn.fetchrow(
+        "INSERT INTO users (id, email, password_hash, name) VALUES ('u1', 'a@b.c', 'h', 'A') "
+        "RETURNING role::text, active, provider::text, created_at"
+    )
+    assert defaults is not None
+    assert (defaults["role"], defaults["active"], defaults["provider"]) == ("user", True, "email")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await app_conn.execute(
+            "INSERT INTO users (id, email, password_hash, name) VALUES ('u2', 'a@b.c', 'h', 'B')"
+        )
+
+
+@pytest.mark.integration
+async def test_daily_partitions_and_keys(app_conn: asyncpg.Connection) -> None:
+    await migrate(app_conn, storage="postgres")
+    await _add_server(app_conn)
+    now = datetime.now(UTC)
+    parts = await app_conn.fetch(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'metrics_snapshots'::regclass"
+    )
+    names = {r["relname"] for r in parts}
+    for days in range(-30, 7):
+        assert f"metrics_snapshots_p{(now + timedelta(days=days)):%Y%m%d}" in names
+    assert f"metrics_hourly_p{now:%Y%m}" in {
+        r["relname"]
+        for r in await app_conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'metrics_hourly'::regclass"
+        )
+    }
+    today = f"metrics_snapshots_p{now:%Y%m%d}"
+    bound = next(r["bound"] for r in parts if r["relname"] == today)
+    assert f"FROM ('{now:%Y-%m-%d} 00:00:00+00')" in bound
+
+    # Rows land in their day's partition; the (server_id, timestamp) key refuses duplicates.
+    await app_conn.execute(_INSERT_SNAPSHOT, SERVER, now)
+    assert await app_conn.fetchval(f'SELECT count(*) FROM "{today}"') == 1
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await app_conn.execute(_INSERT_SNAPSHOT, SERVER, now)
+    # A row for an unknown server is refused by the foreign key.
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await app_conn.execute(_INSERT_SNAPSHOT, "00000000-0000-0000-0000-000000000000", now)
+    # A row far outside the created partitions is refused, not silently kept elsewhere.
+    with pytest.raises(asyncpg.CheckViolationError):
+        await app_conn.execute(_INSERT_SNAPSHOT, SERVER, now + timedelta(days=60))
+
+    # Creating partitions again is a no-op; further ahead creates exactly the missing ones.
+    made = await app_conn.fetchval(
+        "SELECT fleetpulse_ensure_partitions("
+        "'metrics_snapshots', 'day', now(), now() + interval '9 days')"
+    )
+    assert made == 2
+
+
+@pytest.mark.integration
+async def test_edited_migration_is_refused(app_conn: asyncpg.Connection, tmp_path: Path) -> None:
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, sql_dir)
+    await migrate(app_conn, directory=sql_dir)
+    path = sql_dir / "0002_users_servers.sql"
+    path.write_text(path.read_text() + "\n-- edited\n")
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        await migrate(app_conn, directory=sql_dir)
+
+
+@pytest.mark.integration
+async def test_storage_mode_cannot_switch(app_conn: asyncpg.Connection) -> None:
+    await migrate(app_conn, storage="postgres")
+    with pytest.raises(MigrationError, match="cannot be switched"):
+        await migrate(app_conn, storage="timescaledb")
+
+
+SEED_TABLES = {"users", "servers", "metrics_snapshots", "metrics_hourly", "metrics_daily"}
+
+
+SERVER = "6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"
+
+
+#: Every migration in infra/db/sql (the same versions in both storage modes).
+VERSIONS = [m.version for m in load_migrations("postgres")]
+
+
+async def _tables(conn: asyncpg.Connection) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+    )
+    return {r["relname"] for r in rows}
+
+
+async def _add_server(conn: asyncpg.Connection, server_id: str = SERVER) -> None:
+    await conn.execute(
+        "INSERT INTO servers (id, name, hostname, port, username, encrypted_password) "
+        "VALUES ($1, 'web-1', $2, 22, 'ops', 'v1:x')",
+        server_id,
+        f"{server_id}.example",
+    )
+
+
+_INSERT_SNAPSHOT = """
+INSERT INTO metrics_snapshots (server_id, "timestamp", cpu_usage, memory_usage, disk_usage,
+    cpu_usage_min, cpu_usage_max, memory_usage_min, memory_usage_max, disk_usage_min,
+    disk_usage_max, sample_count, network_rx, network_tx, processes)
+VALUES ($1, $2, 10, 20, 30, 5, 15, 19, 21, 30, 30, 5, 100, 200, '[]')
+"""

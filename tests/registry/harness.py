@@ -1,0 +1,215 @@
+"""The registry under test as a real server: uvicorn in a thread on its own event loop, an
+HTTP client that keeps every response, the log recorder, databases of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from infra.db import migrate
+from infra.settings import StackSettings
+from registry.app import create_app
+from registry.crypto import Keyring
+from registry.settings import RegistrySettings
+from tests.conftest import superuser_connect
+from tests.factories import server_body, unique
+
+
+class Recorder(logging.Handler):
+    """Every log record of the session, formatted (with tracebacks)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+#: Every logger the registry process writes through, recorded at DEBUG. (Not the root logger:
+#: the session goes on with other packages' tests, which should not pay for DEBUG logging.)
+SERVER_LOGGERS = ("registry", "uvicorn", "fastapi", "starlette", "asyncpg", "sinks", "schemas")
+
+
+def run_sync(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def create_database(stack: StackSettings) -> str:
+    name = f"registry_{uuid.uuid4().hex[:12]}"
+
+    async def go() -> None:
+        admin = await superuser_connect(stack)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}" OWNER "{stack.pg_user}"')
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(**stack.connect_kwargs(database=name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    run_sync(go())
+    return name
+
+
+def drop_database(stack: StackSettings, name: str) -> None:
+    async def go() -> None:
+        admin = await superuser_connect(stack)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    run_sync(go())
+
+
+class ServerThread:
+    """uvicorn serving the registry app in a thread with its own event loop."""
+
+    def __init__(self, settings: RegistrySettings, keyring: Keyring) -> None:
+        self.settings = settings
+        self.app = create_app(settings, keyring)
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                host=settings.registry_host,
+                port=settings.registry_port,
+                ssl_certfile=settings.registry_tls_cert,
+                ssl_keyfile=settings.registry_tls_key,
+                log_config=None,
+                lifespan="on",
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the registry did not start (see the log)")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def port(self) -> int:
+        port: int = self.server.servers[0].sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.settings.scheme}://localhost:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@dataclass
+class Api:
+    """An HTTP client to the running registry that keeps every response it saw."""
+
+    base_url: str
+    settings: RegistrySettings
+    seen: list[str] = field(default_factory=list)
+
+    def request(
+        self, method: str, path: str, token: str | None = None, **kw: Any
+    ) -> httpx.Response:
+        headers = dict(kw.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        r = httpx.request(method, self.base_url + path, headers=headers, timeout=60, **kw)
+        self.seen.append(f"{r.status_code} {dict(r.headers)} {r.text}")
+        return r
+
+    def login(self, email: str, password: str) -> str:
+        r = self.request("POST", "/login", json={"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        token: str = r.json()["access_token"]
+        return token
+
+    def sql(self, query: str, *args: object) -> list[asyncpg.Record]:
+        """Run one statement on the registry's database (a connection of its own)."""
+
+        async def go() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(**self.settings.connect_kwargs())
+            try:
+                rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+                return rows
+            finally:
+                await conn.close()
+
+        return run_sync(go())  # type: ignore[no-any-return]
+
+
+@contextmanager
+def refused(kind: type[Exception], message: str) -> Iterator[None]:
+    """The block must raise `kind` with exactly `message`."""
+    with pytest.raises(kind) as caught:
+        yield
+    assert str(caught.value) == message
+
+
+def new_user(api: Api, admin_token: str, role: str = "user") -> tuple[dict[str, Any], str, str]:
+    """A new user of `role`: (its public record, its password, a token)."""
+    email = f"{unique(role)}@example.com"
+    password = f"pw-{uuid.uuid4().hex}"
+    r = api.request(
+        "POST",
+        "/users",
+        admin_token,
+        json={"email": email, "name": "Test", "password": password, "role": role},
+    )
+    assert r.status_code == 201, r.text
+    return r.json(), password, api.login(email, password)
+
+
+def add_snapshot(api: Api, server_id: str, at: datetime, cpu: float) -> None:
+    """One 5 s row (5 samples; memory 40 %, disk 70 %, 100 B in, 50 B out) at `at`."""
+    api.sql(
+        'INSERT INTO metrics_snapshots (server_id, "timestamp", cpu_usage, memory_usage, '
+        "disk_usage, cpu_usage_min, cpu_usage_max, memory_usage_min, memory_usage_max, "
+        "disk_usage_min, disk_usage_max, sample_count, network_rx, network_tx, processes) "
+        "VALUES ($1, $2, $3, 40, 70, $3, $3, 40, 40, 70, 70, 5, 100, 50, '[]')",
+        server_id,
+        at,
+        cpu,
+    )
+
+
+def server_with_rows(
+    api: Api, admin_token: str, rows: list[tuple[int, float]], minutes: int, **server: Any
+) -> tuple[str, str, dict[str, str]]:
+    """A new server with 5 s rows at (seconds after a minute 10 minutes ago, cpu): its id, a
+    plain user's token, and the query parameters of `minutes` minutes from that minute."""
+    server_id: str = api.request(
+        "POST", "/servers", admin_token, json=server_body(**server)
+    ).json()["id"]
+    minute = datetime.fromtimestamp(math.floor(time.time() / 60) * 60 - 600, UTC)
+    for offset, cpu in rows:
+        add_snapshot(api, server_id, minute + timedelta(seconds=offset), cpu)
+    _, _, user_token = new_user(api, admin_token)
+    params = {
+        "from": minute.isoformat(),
+        "to": (minute + timedelta(minutes=minutes)).isoformat(),
+        "step": "1m",
+    }
+    return server_id, user_token, params
