@@ -108,7 +108,10 @@ def one_run(settings: StackSettings, code: Path, label: str) -> Outcome:
     port = free_port()
     env = {
         **topic_env,
+        # The services' code from `code`: first on the path, and not the working directory
+        # (which `python -m` would put before it).
         "PYTHONPATH": str(code),
+        "PYTHONSAFEPATH": "1",
         "FLEETPULSE_PG_DATABASE": database,
         "FLEETPULSE_STREAM_GROUP": f"bench-outage-stream-{tag}",
         "FLEETPULSE_SINK_GROUP": f"bench-outage-sink-{tag}",

@@ -247,6 +247,10 @@ class MetricProducer:
                 self._buffer.extendleft(reversed(failed))
                 while len(self._buffer) > self.settings.buffer_size:
                     self._drop_oldest()
+                # A new client (a new producer id) for the retry: aiokafka's idempotent
+                # producer gave the failed batches their sequence numbers, so the same client
+                # resending them is refused with OutOfOrderSequenceNumber for good.
+                await self._close_client()
                 await self._backoff.wait(self._probe)
             else:
                 self._backoff.reset()

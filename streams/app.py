@@ -29,6 +29,7 @@ from the consumer's position (which a fetch moves before its records are process
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -41,6 +42,8 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaTimeoutEr
 from prometheus_client import Counter, Gauge
 
 from runtime import kafka
+from runtime.backoff import Backoff
+from runtime.errors import KAFKA_ERRORS, describe
 from runtime.logs import configure_logging
 from runtime.telemetry import health_body, metrics_body, telemetry
 from runtime.topics import create_topics
@@ -53,6 +56,7 @@ from streams.windows import Grace
 log = logging.getLogger(__name__)
 
 TELEMETRY = telemetry("stream")
+_STOP_ERRORS: tuple[type[BaseException], ...] = (*KAFKA_ERRORS, TimeoutError)
 LATE_ABSORBED = Counter(
     "fleetpulse_stream_late_absorbed",
     "Late samples absorbed as corrections of closed windows (within the lateness horizon).",
@@ -132,6 +136,8 @@ class StreamWorker:
         self._reported = 0
         self._late_absorbed = 0
         self._lock = asyncio.Lock()  # the batch loop and the timers take turns
+        self._kafka = TELEMETRY.outage("kafka", log)
+        self._backoff = Backoff(s.retry_min, s.retry_max, probe_every=s.retry_probe_every)
         self.app.task(self._consume)
         self.app.timer(1.0)(self._tick)
         self.app.timer(10.0)(self._report)
@@ -146,13 +152,12 @@ class StreamWorker:
         )
         # Outputs and state go through a plain idempotent producer: Faust's per-message send
         # costs several times more, and every output is awaited before the commit anyway.
-        producer = kafka.producer(s, "stream-out")
         reader = kafka.consumer(s, "stream-changelog")
-        await producer.start()
+        self.producer = await self._start_producer()
         await reader.start()
-        self.producer, self.changelog_reader = producer, reader
+        self.changelog_reader = reader
         try:
-            await self._ensure_changelog(producer)
+            await self._ensure_changelog(self.producer)
             consumer.subscribe([s.raw_topic], listener=_Rebalance(self))
             await consumer.start()
             self.consumer = consumer
@@ -161,12 +166,21 @@ class StreamWorker:
             finally:
                 # A clean stop saves what it holds, so the next owner replays little.
                 async with self._lock:
-                    await asyncio.wait_for(self._checkpoint(), timeout=10)
+                    try:
+                        await asyncio.wait_for(self._checkpoint(), timeout=10)
+                    except _STOP_ERRORS as exc:
+                        log.warning(
+                            "no checkpoint at the stop (%s): the next owner replays "
+                            "from the last one",
+                            describe(exc),
+                        )
         finally:
+            producer = self.producer
             self.consumer = self.producer = self.changelog_reader = None
             await consumer.stop()
             await reader.stop()
-            await producer.stop()
+            if producer is not None:
+                await producer.stop()
 
     async def _batches(self, consumer: AIOKafkaConsumer) -> None:
         s = self.settings
@@ -204,7 +218,7 @@ class StreamWorker:
                     record(p, r.offset, r.key, r.value, now, out)
                 self.events_in += len(records)
                 TELEMETRY.received.inc(len(records))
-            await self._publish(out)
+            await self._publish_or_recover(out)
             TELEMETRY.batch_seconds.observe(time.perf_counter() - started)
 
     async def _ensure_changelog(self, producer: AIOKafkaProducer) -> None:
@@ -286,7 +300,7 @@ class StreamWorker:
             out = self.processor.tick(now, caught_up)
             for p in caught_up:
                 out.extend(self.processor.idle(p, now))
-            await self._publish(out)
+            await self._publish_or_recover(out)
 
     async def _caught_up(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
         """Whether every record of `tp` the broker had at the last fetch is processed (call
@@ -335,6 +349,63 @@ class StreamWorker:
             if high is not None and done is not None:
                 total += max(0, high - done)
         return total
+
+    async def _publish_or_recover(self, out: Outputs) -> None:
+        """`_publish`, and when a send fails, `_recover` (call under the lock)."""
+        try:
+            await self._publish(out)
+        except KAFKA_ERRORS as exc:
+            await self._recover(exc)
+        else:
+            self._kafka.ok()
+
+    async def _recover(self, exc: BaseException) -> None:
+        """After a failed send, start over from the last checkpoint, as a restarted worker
+        would, without restarting (call under the lock).
+
+        Nothing after the last commit is trusted: the unacknowledged outputs are dropped
+        (the replay emits them again, with the same content), every owned partition's state
+        is forgotten, restored from its changelog and replayed from its committed offset. The
+        producer is replaced: aiokafka's idempotent producer gave the failed batches their
+        sequence numbers, and refuses every later send with OutOfOrderSequenceNumber."""
+        TELEMETRY.errors.labels(kind="kafka").inc()
+        self._kafka.failed(exc, detail="starting over from the last checkpoint")
+        self.pending = []
+        consumer, old = self.consumer, self.producer
+        self.producer = None  # nothing is published until the state is back
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), 5)
+        self.producer = await self._start_producer()
+        if consumer is None:
+            return
+        self.generation += 1  # batches fetched before this are dropped
+        owned = sorted(self.assigned)
+        for p in owned:
+            self.processor.revoke(p)
+            self.assigned.discard(p)
+        tps = [TopicPartition(self.settings.raw_topic, p) for p in owned]
+        if tps:
+            await consumer.seek_to_committed(*tps)
+        await self.restore_missing(owned)
+        self.last_checkpoint = time.monotonic()
+        log.info("restarted partitions %s from their last checkpoint", owned)
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        """A started producer for outputs and state, waiting while the broker is away."""
+        probe = kafka.broker_probe(self.settings)
+        while True:
+            producer = kafka.producer(self.settings, "stream-out")
+            try:
+                await producer.start()
+            except KAFKA_ERRORS as exc:
+                self._kafka.failed(exc)
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                await self._backoff.wait(probe)
+                continue
+            self._backoff.reset()
+            return producer
 
     async def _publish(self, out: Outputs) -> None:
         """Send the outputs; checkpoint when the interval has passed."""

@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from runtime.settings import KafkaSettings, TelemetrySettings
+from runtime.settings import KafkaSettings, RetrySettings, TelemetrySettings
 from schemas.topics import AGG_1D, AGG_1H, AGG_5S, DLQ, RAW, STATUS
 
 
-class StreamSettings(KafkaSettings, TelemetrySettings):
+class StreamSettings(KafkaSettings, TelemetrySettings, RetrySettings):
     """The Faust worker that windows raw events."""
 
     compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(

@@ -1,8 +1,8 @@
-"""End to end, with the lateness the field brings: the real agent cut off from the broker for
-two minutes while the rest of the fleet keeps sending, and a producer (kcat) whose events are
-30 s behind the clock, sharing partitions with hosts that are not. Afterwards every 5 s window
-of every one of them is in `metrics_snapshots` with all the samples that reached the raw
-topic, and the DLQ is empty.
+"""End to end, with the outages and lateness the field brings: the real agent cut off from the
+broker for two minutes while the rest of the fleet keeps sending, and a producer (kcat) whose
+events are 30 s behind the clock, sharing partitions with hosts that are not; and the broker
+itself restarted under load. Afterwards every 5 s window of every host is in
+`metrics_snapshots` with all the samples that reached the raw topic, and the DLQ is empty.
 
 The agent reaches the broker through a relay (tests/e2e/relay.py) on the local broker's
 proxied listener; cutting the relay fails its connections as a network outage would. The rest
@@ -27,6 +27,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.settings import StackSettings
+from infra.stack import KafkaBroker
+from producers.simulator import simulated_server_id
 from tests.conftest import ROOT
 from tests.e2e.pipeline import PARTITIONS, Pipeline, register, running_pipeline, wait_for
 from tests.e2e.relay import Relay
@@ -40,6 +42,8 @@ BEFORE = 15  # seconds of live load before the cut
 CUT = 120  # seconds the agent's broker connection is down
 AFTER = 25  # seconds of live load after it is back
 BEHIND = 30  # how far the kcat host's clock is behind
+SIM_HOSTS = 200  # the simulated fleet of the broker restart
+SIM_SEED = 11
 
 
 def event(server_id: str, at: float) -> bytes:
@@ -195,3 +199,52 @@ async def wait_for_rows(
             for sid, windows in expected.items()
         }
         pytest.fail(f"windows missing or short (expected, got): {wrong}\n{p.all_logs()}")
+
+
+async def test_a_broker_restart_under_load_keeps_every_service_up_and_loses_nothing(
+    stack_settings: StackSettings, tmp_path: Path
+) -> None:
+    """The simulator (200 hosts), the stream worker, the sink and the registry run while the
+    broker stops for 20 s and starts again. None of them exits: a send that fails makes the
+    stream worker start over from its last checkpoint in place, with a new producer. Every
+    window of every host then lands with every sample of the raw topic, nothing dead-lettered.
+    (At the end every service must exit 0 on SIGTERM.)"""
+    bootstrap = stack_settings.kafka_bootstrap
+    broker = KafkaBroker(stack_settings)
+    async with running_pipeline(stack_settings, tmp_path) as (p, token):
+        hosts = [simulated_server_id(SIM_SEED, i) for i in range(SIM_HOSTS)]
+        await register(p, token, *hosts)
+        env = {**p.env(), "FLEETPULSE_HOSTS": str(SIM_HOSTS), "FLEETPULSE_SEED": str(SIM_SEED)}
+        with (p.logs / "simulate.log").open("wb") as log:
+            sim = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "infra.cli", "simulate",
+                env=env, cwd=ROOT, stdout=log, stderr=log,
+            )  # fmt: skip
+        try:
+            await asyncio.sleep(10)
+            await asyncio.to_thread(broker.stop)
+            try:
+                await asyncio.sleep(20)
+            finally:
+                await asyncio.to_thread(broker.start)
+            await asyncio.sleep(20)
+            sim.send_signal(signal.SIGTERM)  # it delivers what it holds, then exits
+            assert await asyncio.wait_for(sim.wait(), 60) == 0, p.log("simulate")
+        finally:
+            if sim.returncode is None:
+                sim.kill()
+        for name, proc in p.procs.items():
+            assert proc.returncode is None, (name, p.log(name))
+        sent = await read_raw(bootstrap, p.topics.raw)
+        expected = {sid: windows_of(sent[sid]) for sid in hosts}
+        conn = await p.connect()
+        try:
+
+            async def landed() -> dict[str, dict[datetime, int]] | None:
+                got = await rows(conn, hosts)
+                return got if got == expected else None
+
+            await wait_for_rows(landed, lambda: rows(conn, hosts), expected, p)
+        finally:
+            await conn.close()
+        assert await records_in(bootstrap, p.topics.dlq, PARTITIONS) == 0, p.all_logs()

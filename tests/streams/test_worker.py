@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from runtime.settings import KafkaSettings
 from runtime.topics import create_topics
@@ -281,3 +282,45 @@ async def test_ten_minute_backlog_after_downtime_equals_live(
     finally:
         await stop_worker(worker)
     assert summary(fives) == closed
+
+
+async def test_a_failed_send_starts_over_from_the_checkpoint_in_place(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """The 5 s output topic disappears under a running worker: its sends time out. The worker
+    does not exit: it starts over from its last checkpoint with a new producer, again while
+    the topic is missing; once the topic is back every window of what came meanwhile is
+    there, complete."""
+    t0 = datetime.fromtimestamp(int(time.time()) // 60 * 60, UTC) - timedelta(hours=2)
+    servers = [str(uuid.uuid4()) for _ in range(3)]
+    group = f"test-recover-{uuid.uuid4().hex[:8]}"
+    await produce(kafka_bootstrap, topics.raw, fleet_events(servers, t0, range(30)))
+    proc = await start_worker(kafka_bootstrap, topics, group, kafka_request_timeout_ms="3000")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await collect(kafka_bootstrap, topics.a5, 12, timeout=60)  # it runs
+        await admin.delete_topics([topics.a5])
+        rest = fleet_events(servers, t0, range(30, 60)) + fleet_events(servers, t0, [200])
+        await produce(kafka_bootstrap, topics.raw, rest)
+        await asyncio.sleep(12)  # sends time out after 3 s: it starts over, more than once
+        assert proc.returncode is None, await stop_worker(proc)
+        await create_topics(
+            KafkaSettings(kafka_bootstrap=kafka_bootstrap), [TopicSpec(topics.a5, 4, 3_600_000)]
+        )
+        later = list(range(30, 60))
+        try:
+            got = by_window(await collect(kafka_bootstrap, topics.a5, 18, 90, distinct=True))
+        except TimeoutError:
+            pytest.fail(f"windows missing after the topic came back:\n{await stop_worker(proc)}")
+    finally:
+        await admin.close()
+        log = await stop_worker(proc)
+    assert proc.returncode == 0, log[-5000:]
+    assert "starting over from the last checkpoint" in log
+    mine = {
+        k: w
+        for k, w in got.items()
+        if t0 + timedelta(seconds=30) <= k[1] < t0 + timedelta(seconds=60)
+    }
+    assert summary(mine) == expected_windows(servers, t0, later, 5)
