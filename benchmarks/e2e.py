@@ -255,6 +255,16 @@ async def _landed(
         await conn.close()
 
 
+def stop_run(
+    settings: StackSettings, children: list[Child], env: dict[str, str], topics: dict[str, str]
+) -> dict[str, int]:
+    """Stop a run's processes (their exit statuses), drop its topics and changelog."""
+    codes = stop_children(children)
+    changelog = f"{env['FLEETPULSE_STREAM_GROUP']}-rollups-changelog"
+    asyncio.run(drop_topics(settings.kafka_bootstrap, [*topics.values(), changelog]))
+    return codes
+
+
 async def _truncate(settings: StackSettings, database: str) -> None:
     conn = await asyncpg.connect(**settings.connect_kwargs(database=database))
     try:
@@ -336,9 +346,7 @@ def one_run(
         rows = asyncio.run(_landed(settings, database, since, until, expected))
         dead = asyncio.run(_dead_letters(settings.kafka_bootstrap, env["FLEETPULSE_DLQ_TOPIC"]))
     finally:
-        codes = stop_children(children)
-        changelog = f"{env['FLEETPULSE_STREAM_GROUP']}-rollups-changelog"
-        asyncio.run(drop_topics(settings.kafka_bootstrap, [*topic_env.values(), changelog]))
+        codes = stop_run(settings, children, env, topic_env)
     if any(code != 0 for code in codes.values()):
         raise RuntimeError(f"a component did not stop cleanly: {codes}; logs in {paths.logs}")
     delays = [r["delay"] for r in rows] or [float("inf")]

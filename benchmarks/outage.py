@@ -30,10 +30,10 @@ from pathlib import Path
 
 import asyncpg
 
-from benchmarks.common import bench_database, drop_database, drop_topics, median, stack_up
-from benchmarks.e2e import SEED, _dead_letters, _landed, _topics, _wait_healthy
+from benchmarks.common import bench_database, drop_database, median, stack_up
+from benchmarks.e2e import SEED, _dead_letters, _landed, _topics, _wait_healthy, stop_run
 from infra.db import migrate
-from infra.demo import Child, DemoPaths, start_children, stop_children
+from infra.demo import Child, DemoPaths, start_children
 from infra.settings import StackSettings
 from infra.stack import KafkaBroker
 from infra.stack.process import free_port
@@ -162,9 +162,7 @@ def one_run(settings: StackSettings, code: Path, label: str) -> Outcome:
         rows = asyncio.run(_landed(settings, database, since_row, until_row, expected))
         dead = asyncio.run(_dead_letters(settings.kafka_bootstrap, env["FLEETPULSE_DLQ_TOPIC"]))
     finally:
-        codes = stop_children(children)
-        changelog = f"{env['FLEETPULSE_STREAM_GROUP']}-rollups-changelog"
-        asyncio.run(drop_topics(settings.kafka_bootstrap, [*topic_env.values(), changelog]))
+        codes = stop_run(settings, children, env, topic_env)
         asyncio.run(drop_database(settings, database))
     lines = {c.name: _noisy_lines(c.log_path, stopped, until) for c in children}
     complete = sum(1 for r in rows if r["sample_count"] == 5)
