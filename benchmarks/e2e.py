@@ -255,6 +255,22 @@ async def _landed(
         await conn.close()
 
 
+def landed_rows(
+    settings: StackSettings,
+    database: str,
+    env: dict[str, str],
+    hosts: int,
+    since: int,
+    until: int,
+) -> tuple[int, list[asyncpg.Record], int]:
+    """The rows a run must have landed for the windows in [since, until): how many, those
+    that landed, and the dead letters of its DLQ topic."""
+    expected = hosts * (until - since) // 5
+    rows = asyncio.run(_landed(settings, database, since, until, expected))
+    dead = asyncio.run(_dead_letters(settings.kafka_bootstrap, env["FLEETPULSE_DLQ_TOPIC"]))
+    return expected, rows, dead
+
+
 def stop_run(
     settings: StackSettings, children: list[Child], env: dict[str, str], topics: dict[str, str]
 ) -> dict[str, int]:
@@ -342,9 +358,7 @@ def one_run(
         counts = summary(by_name["simulate"].log_path.read_text())
         since = (int(start + WARMUP) // 5 + 1) * 5
         until = int(start + SECONDS) // 5 * 5
-        expected = hosts * (until - since) // 5
-        rows = asyncio.run(_landed(settings, database, since, until, expected))
-        dead = asyncio.run(_dead_letters(settings.kafka_bootstrap, env["FLEETPULSE_DLQ_TOPIC"]))
+        expected, rows, dead = landed_rows(settings, database, env, hosts, since, until)
     finally:
         codes = stop_run(settings, children, env, topic_env)
     if any(code != 0 for code in codes.values()):

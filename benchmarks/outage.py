@@ -31,7 +31,7 @@ from pathlib import Path
 import asyncpg
 
 from benchmarks.common import bench_database, drop_database, median, stack_up
-from benchmarks.e2e import SEED, _dead_letters, _landed, _topics, _wait_healthy, stop_run
+from benchmarks.e2e import SEED, _topics, _wait_healthy, landed_rows, stop_run
 from infra.db import migrate
 from infra.demo import Child, DemoPaths, start_children
 from infra.settings import StackSettings
@@ -158,9 +158,7 @@ def one_run(settings: StackSettings, code: Path, label: str) -> Outcome:
         until = max(time.time(), back + RECOVERY)
         since_row = (int(start) // 5 + 2) * 5
         until_row = int(start + SECONDS) // 5 * 5
-        expected = HOSTS * (until_row - since_row) // 5
-        rows = asyncio.run(_landed(settings, database, since_row, until_row, expected))
-        dead = asyncio.run(_dead_letters(settings.kafka_bootstrap, env["FLEETPULSE_DLQ_TOPIC"]))
+        expected, rows, dead = landed_rows(settings, database, env, HOSTS, since_row, until_row)
     finally:
         codes = stop_run(settings, children, env, topic_env)
         asyncio.run(drop_database(settings, database))
