@@ -192,13 +192,18 @@ class KafkaBroker:
             _MARKER,
             str(self.properties),
         ]
+        # Where this start's lines begin: an error from an earlier life of the broker is not
+        # the cause of this one's failure.
+        since = {log: _size(log) for log in (self.logs / "server.log", self.console_log)}
         pid = spawn(argv, log=self.console_log, cwd=self.dir)
         self.pid_file.write_text(f"{pid}\n")
 
         def ready() -> bool:
             if self.process() is None:
+                if _alive(pid):  # forked, but not yet the JVM whose command line we look for
+                    return False
                 raise StackError(
-                    f"the Kafka broker exited during start-up ({self._last_error()}); "
+                    f"the Kafka broker exited during start-up ({self._last_error(since)}); "
                     f"see {self.console_log}"
                 )
             return self.healthy()
@@ -206,11 +211,14 @@ class KafkaBroker:
         wait_until(ready, timeout=s.kafka_start_timeout, what="Kafka", log=self.logs / "server.log")
         return True
 
-    def _last_error(self) -> str:
-        """The last error line the broker logged, to name the cause in the message."""
-        for log in (self.logs / "server.log", self.console_log):
+    def _last_error(self, since: dict[Path, int]) -> str:
+        """The last error line the broker logged since `since` (offsets per log file), to name
+        the cause in the message."""
+        for log, offset in since.items():
             try:
-                lines = log.read_text(errors="replace").splitlines()
+                with log.open("rb") as f:
+                    f.seek(offset)
+                    lines = f.read().decode(errors="replace").splitlines()
             except OSError:
                 continue
             for line in reversed(lines):
@@ -237,6 +245,21 @@ class KafkaBroker:
             return ComponentStatus("kafka", False, None, address, detail)
         detail = "healthy" if self.healthy() else "starting or unhealthy"
         return ComponentStatus("kafka", True, proc.pid, address, f"{detail}, data in {self.data}")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a process that has not exited (a zombie has)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def new_cluster_id() -> str:
