@@ -190,7 +190,10 @@ def _say(label: str, o: Outcome) -> None:
 
 def measure(runs: int, against: str | None) -> str:
     settings = stack_up()
-    codes = {"this tree": ROOT}
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    codes = {f"`{head}` (this tree)": ROOT}
     if against:
         codes[f"`{against}`"] = _checkout(settings, against)
     results: dict[str, list[Outcome]] = {label: [] for label in codes}
