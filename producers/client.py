@@ -32,7 +32,6 @@ from pydantic import ValidationError
 from producers.settings import ProducerSettings
 from runtime import kafka
 from runtime.backoff import Backoff
-from runtime.errors import KAFKA_ERRORS
 from runtime.kafka import KeyPartitioner
 from runtime.telemetry import Telemetry, telemetry
 from schemas import RawMetricEvent
@@ -206,7 +205,7 @@ class MetricProducer:
             try:
                 await client.start()
                 return client
-            except KAFKA_ERRORS as exc:
+            except kafka.KAFKA_ERRORS as exc:
                 self._errors += 1
                 self._m_errors.inc()
                 self._kafka.failed(exc, detail=f"{self._held()} events held")

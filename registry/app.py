@@ -39,7 +39,7 @@ from registry.security import Passwords
 from registry.settings import RegistrySettings
 from registry.status import StatusConsumer
 from runtime import postgres
-from runtime.errors import POSTGRES_ERRORS
+from runtime.postgres import POSTGRES_ERRORS
 
 log = logging.getLogger(__name__)
 

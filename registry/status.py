@@ -19,9 +19,9 @@ from aiokafka.errors import KafkaError
 
 from registry.settings import RegistrySettings
 from registry.store import Conn, Connection
-from runtime import kafka
+from runtime import kafka, postgres
 from runtime.backoff import Backoff
-from runtime.errors import POSTGRES_ERRORS, is_connection_failure
+from runtime.postgres import POSTGRES_ERRORS
 from runtime.postgres import probe as postgres_probe
 from runtime.telemetry import telemetry
 from schemas.messages import InvalidMessage, ServerState, ServerStatusChange, decode_message
@@ -103,9 +103,7 @@ class StatusConsumer:
                 await self._poll()
             except KafkaError as exc:  # fetching or committing
                 await self._kafka_failed(exc)
-                await self._backoff.wait(
-                    kafka_ready if is_connection_failure(exc) else None, self._stop
-                )
+                await self._backoff.wait(kafka_ready if kafka.is_away(exc) else None, self._stop)
             except POSTGRES_ERRORS as exc:  # applying (the consumer is up, or start failed)
                 if self._consumer is None:
                     await self._kafka_failed(exc)
@@ -114,7 +112,7 @@ class StatusConsumer:
                 TELEMETRY.errors.labels(kind="postgres").inc()
                 self._database.failed(exc)
                 await self._backoff.wait(
-                    database_ready if is_connection_failure(exc) else None, self._stop
+                    database_ready if postgres.is_away(exc) else None, self._stop
                 )
             else:
                 self._kafka.ok()

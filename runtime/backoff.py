@@ -5,7 +5,7 @@ wait that ends early when a cheap probe says the dependency is back.
     while True:
         try:
             return await connect()
-        except POSTGRES_ERRORS as exc:
+        except postgres.POSTGRES_ERRORS as exc:
             outage.failed(exc)
             await backoff.wait(probe=tcp_probe(host, port), stop=stopping)
 

@@ -1,5 +1,7 @@
 """Kafka clients as every FleetPulse service builds them: partitioner, consumer and producer
-factories whose tuning comes from the settings."""
+factories whose tuning comes from the settings; and the one place that decides whether a Kafka
+error is worth retrying: by aiokafka's own `retriable` flag (a broker away, a leader moving, a
+timeout are transient; an authorization failure or a record too large are not)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,34 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, NodeNotReadyError
 from aiokafka.partitioner import DefaultPartitioner
 
 from runtime.backoff import Probe, parse_addresses, tcp_probe
+from runtime.errors import CONNECTION_ERRORS, Disposition, is_connection_failure
 from runtime.settings import KafkaSettings
+
+#: What a retry loop around Kafka catches (then `disposition` decides).
+KAFKA_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, KafkaError)
+
+
+def disposition(exc: BaseException) -> Disposition:
+    """TRANSIENT when aiokafka marks the error retriable, or the connection failed."""
+    if isinstance(exc, KafkaTimeoutError):  # not flagged retriable, but a broker away
+        return Disposition.TRANSIENT
+    if isinstance(exc, KafkaError):
+        # Connection-level errors (KafkaConnectionError, NodeNotReady, ...) are retriable.
+        return Disposition.TRANSIENT if exc.retriable else Disposition.PERMANENT
+    return Disposition.TRANSIENT
+
+
+def is_away(exc: BaseException) -> bool:
+    """Whether `exc` says the brokers could not be reached at all (refused, not ready, timed
+    out), as opposed to an answer such as "not the leader" (a probe would not tell)."""
+    if isinstance(exc, KafkaError):
+        return isinstance(exc, KafkaConnectionError | NodeNotReadyError | KafkaTimeoutError)
+    return is_connection_failure(exc)
+
 
 _DEFAULT_PARTITIONER: Final = DefaultPartitioner()
 _PARTITION_CACHE_MAX: Final = 200_000

@@ -1,6 +1,14 @@
 """PostgreSQL connections as every FleetPulse service opens them: from the settings (TLS mode,
-password file, timeout), with one error when the database cannot be reached, and a retrying
-connect for services that wait out an outage."""
+password file, timeout), with one error when the database cannot be reached, a retrying
+connect for services that wait out an outage, and the one place that decides whether a
+PostgreSQL error is worth retrying.
+
+By SQLSTATE class (the first two characters): connection trouble, resource exhaustion, an
+operator intervention (shutdown, restart) and serialization conflicts are transient — retry the
+batch later. Data, integrity and syntax errors are permanent for the row that caused them —
+isolate it and dead-letter it; the rest of the batch lands. A lost connection or a timeout is
+transient: the database, not the data.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +18,58 @@ from typing import Any
 import asyncpg
 
 from runtime.backoff import Backoff, Probe, tcp_probe
-from runtime.errors import POSTGRES_ERRORS, DependencyUnavailable, Disposition, FleetPulseError
-from runtime.errors import postgres_disposition as disposition
+from runtime.errors import (
+    CONNECTION_ERRORS,
+    DependencyUnavailable,
+    Disposition,
+    FleetPulseError,
+    is_connection_failure,
+)
 from runtime.logs import Outage
 from runtime.settings import PostgresSettings
+
+#: SQLSTATE classes that mean "try again later".
+_TRANSIENT_CLASSES = frozenset(
+    {
+        "08",  # connection exception
+        "40",  # transaction rollback (serialization failure, deadlock)
+        "53",  # insufficient resources (disk full, out of memory, too many connections)
+        "55",  # object not in prerequisite state (lock not available)
+        "57",  # operator intervention (admin shutdown, crash shutdown, cannot connect now)
+        "58",  # system error (I/O error)
+        "XX",  # internal error
+    }
+)
+
+#: SQLSTATEs that mean the server is away or coming back (a probe can tell when it is back).
+_AWAY = frozenset({"57P01", "57P02", "57P03"})  # admin/crash shutdown, cannot connect now
+
+#: What a retry loop around PostgreSQL catches (then `disposition` decides).
+POSTGRES_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+def disposition(exc: BaseException) -> Disposition:
+    """TRANSIENT for anything that is not a PostgreSQL data/integrity verdict on the rows."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        if sqlstate[:2] in _TRANSIENT_CLASSES:
+            return Disposition.TRANSIENT
+        return Disposition.PERMANENT
+    return Disposition.TRANSIENT
+
+
+def is_away(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached at all (refused, lost, shutting
+    down), as opposed to a transient refusal from a running one (disk full, a serialization
+    conflict): only then is a TCP probe a sign that a retry may succeed."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        return sqlstate[:2] == "08" or sqlstate in _AWAY
+    return is_connection_failure(exc) or isinstance(exc, asyncpg.InterfaceError)
 
 
 class DatabaseUnavailable(DependencyUnavailable):

@@ -24,13 +24,8 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from runtime import kafka, postgres
 from runtime.backoff import Backoff
-from runtime.errors import (
-    POSTGRES_ERRORS,
-    Disposition,
-    describe,
-    is_connection_failure,
-    postgres_disposition,
-)
+from runtime.errors import Disposition, describe
+from runtime.postgres import POSTGRES_ERRORS
 from runtime.service import Service
 from runtime.telemetry import telemetry
 from schemas import DeadLetter, DeadLetterReason, InvalidMessage, WindowAggregate
@@ -249,7 +244,7 @@ class Sink(Service):
                     self._backoff.reset()
                     return rejected
                 except _RETRIED as exc:
-                    if postgres_disposition(exc) is Disposition.PERMANENT:
+                    if postgres.disposition(exc) is Disposition.PERMANENT:
                         raise
                     self._errors.inc()
                     self._database.failed(exc, detail=f"{self._pending} rows held")
@@ -260,7 +255,7 @@ class Sink(Service):
                         paused = True
                     # Probed only when the database is away: a transient refusal from a
                     # running one (disk full, too many connections) waits the full delay.
-                    if is_connection_failure(exc):
+                    if postgres.is_away(exc):
                         await self._backoff.wait(probe)
                     else:
                         await self._backoff.wait(keep_membership)

@@ -18,7 +18,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg
 
-from runtime.errors import Disposition, postgres_disposition
+from runtime import postgres
+from runtime.errors import Disposition
 from sinks.rows import TableSpec
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ async def write_isolating(
             await writer.upsert(conn, table, [i.row for i in items])
         return []
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        if postgres_disposition(exc) is Disposition.TRANSIENT:
+        if postgres.disposition(exc) is Disposition.TRANSIENT:
             raise
         if len(items) == 1:
             return [(items[0], exc)]

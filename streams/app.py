@@ -43,7 +43,8 @@ from prometheus_client import Counter, Gauge
 
 from runtime import kafka
 from runtime.backoff import Backoff
-from runtime.errors import KAFKA_ERRORS, describe
+from runtime.errors import describe
+from runtime.kafka import KAFKA_ERRORS
 from runtime.logs import configure_logging
 from runtime.telemetry import health_body, metrics_body, telemetry
 from runtime.topics import create_topics

@@ -1,19 +1,15 @@
-"""Unit tests: transient vs permanent, decided once per external system."""
+"""Unit tests: transient vs permanent, decided once per external system (PostgreSQL in
+`runtime/postgres.py`, Kafka in `runtime/kafka.py`, HTTP in `runtime/errors.py`), and whether
+a failure means the dependency is away (then a probe can tell when it is back)."""
 
 from __future__ import annotations
 
 import asyncpg
 import pytest
-from aiokafka import errors as kafka
+from aiokafka import errors as kafka_errors
 
-from runtime.errors import (
-    Disposition,
-    describe,
-    http_disposition,
-    is_connection_failure,
-    kafka_disposition,
-    postgres_disposition,
-)
+from runtime import kafka, postgres
+from runtime.errors import Disposition, describe, http_disposition
 
 T, P = Disposition.TRANSIENT, Disposition.PERMANENT
 
@@ -37,24 +33,24 @@ T, P = Disposition.TRANSIENT, Disposition.PERMANENT
     ],
 )
 def test_postgres(exc: BaseException, expected: Disposition) -> None:
-    assert postgres_disposition(exc) is expected
+    assert postgres.disposition(exc) is expected
 
 
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
-        (kafka.KafkaConnectionError("refused"), T),
-        (kafka.NodeNotReadyError("starting"), T),
-        (kafka.NotLeaderForPartitionError(), T),
-        (kafka.RequestTimedOutError(), T),
-        (kafka.KafkaTimeoutError(), T),
+        (kafka_errors.KafkaConnectionError("refused"), T),
+        (kafka_errors.NodeNotReadyError("starting"), T),
+        (kafka_errors.NotLeaderForPartitionError(), T),
+        (kafka_errors.RequestTimedOutError(), T),
+        (kafka_errors.KafkaTimeoutError(), T),
         (ConnectionResetError(), T),
-        (kafka.TopicAuthorizationFailedError(), P),
-        (kafka.MessageSizeTooLargeError(), P),
+        (kafka_errors.TopicAuthorizationFailedError(), P),
+        (kafka_errors.MessageSizeTooLargeError(), P),
     ],
 )
 def test_kafka(exc: BaseException, expected: Disposition) -> None:
-    assert kafka_disposition(exc) is expected
+    assert kafka.disposition(exc) is expected
 
 
 @pytest.mark.parametrize(
@@ -80,13 +76,26 @@ def test_describe_names_the_sqlstate() -> None:
         (asyncpg.ConnectionDoesNotExistError("lost"), True),  # 08003
         (asyncpg.CannotConnectNowError("starting"), True),  # 57P03
         (asyncpg.AdminShutdownError("restart"), True),  # 57P01
-        (kafka.KafkaConnectionError("refused"), True),
-        (kafka.NodeNotReadyError("starting"), True),
+        (postgres.DatabaseUnavailable("cannot connect"), True),
         (asyncpg.DiskFullError("full"), False),  # the server answers: wait the full delay
         (asyncpg.SerializationError("retry"), False),
         (asyncpg.TooManyConnectionsError("busy"), False),
-        (kafka.NotLeaderForPartitionError(), False),
     ],
 )
-def test_connection_failures_are_told_from_refusals(exc: BaseException, away: bool) -> None:
-    assert is_connection_failure(exc) is away
+def test_postgres_away_or_refusing(exc: BaseException, away: bool) -> None:
+    assert postgres.is_away(exc) is away
+
+
+@pytest.mark.parametrize(
+    ("exc", "away"),
+    [
+        (ConnectionRefusedError(111, "refused"), True),
+        (kafka_errors.KafkaConnectionError("refused"), True),
+        (kafka_errors.NodeNotReadyError("starting"), True),
+        (kafka_errors.KafkaTimeoutError(), True),
+        (kafka_errors.NotLeaderForPartitionError(), False),
+        (kafka_errors.TopicAuthorizationFailedError(), False),
+    ],
+)
+def test_kafka_away_or_answering(exc: BaseException, away: bool) -> None:
+    assert kafka.is_away(exc) is away
