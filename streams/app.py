@@ -104,11 +104,7 @@ class StreamWorker:
             offline_after=s.offline_after,
             lateness_horizon=s.lateness_horizon,
         )
-        self.agg_topics = {
-            Resolution.FIVE_SECONDS: s.agg_5s_topic,
-            Resolution.ONE_HOUR: s.agg_1h_topic,
-            Resolution.ONE_DAY: s.agg_1d_topic,
-        }
+        self.agg_topics = s.agg_topics
         self._sent = {r: SENT.labels(resolution=r.value) for r in Resolution}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None

@@ -44,10 +44,15 @@ from typing import Any, Final
 import orjson
 
 from schemas import MetricStats, ProcessInfo, RawMetricEvent, Resolution, WindowAggregate
+from schemas.resolutions import BASE as _BASE_ROW
+from schemas.resolutions import RESOLUTIONS
 
-FIVE: Final = Resolution.FIVE_SECONDS
-#: The rollups fed by closed 5 s windows.
-ROLLUPS: Final = (Resolution.ONE_HOUR, Resolution.ONE_DAY)
+# The resolutions table, resolved once into constants: the hot path reads no table.
+#: The resolution windowed from the samples (5 s), and its size.
+BASE: Final = Resolution(_BASE_ROW.name)
+SIZE: Final = _BASE_ROW.seconds
+#: The rollups fed by closed 5 s windows, with their sizes.
+ROLLUPS: Final = tuple((Resolution(r.name), r.seconds) for r in RESOLUTIONS[1:])
 #: Shape of the changelog records; bumped when it changes, so old state is never misread.
 STATE_VERSION: Final = 2
 #: Changelog keys of kept closed 5 s windows start with this (server keys are UUIDs).
@@ -204,7 +209,7 @@ class WindowAcc:
     def to_aggregate(self, resolution: Resolution, emitted_at: datetime) -> WindowAggregate:
         """The window as a validated message (the reference `to_json_bytes` is tested
         against)."""
-        five = resolution is FIVE
+        five = resolution is BASE
         return WindowAggregate(
             server_id=self.server_id,
             resolution=resolution,
@@ -225,7 +230,7 @@ class WindowAcc:
     def to_json_bytes(self, resolution: Resolution, emitted_at: str) -> bytes:
         """The window as `WindowAggregate` JSON, written directly: building the pydantic
         model costs more than the whole windowing of its events."""
-        five = resolution is FIVE
+        five = resolution is BASE
         n = self.count
         processes: list[dict[str, Any]] | None = None
         if five and self.processes is not None:
@@ -322,7 +327,7 @@ class Grace:
             raise ValueError("hourly and daily grace must be at least the 5 s grace")
 
     def of(self, resolution: Resolution) -> float:
-        if resolution is FIVE:
+        if resolution is BASE:
             return self.five_seconds
         return self.one_hour if resolution is Resolution.ONE_HOUR else self.one_day
 
@@ -440,7 +445,7 @@ class PartitionWindows:
             s = self.servers[e.server_id] = ServerWindows(e.server_id)
         self._dirty.add(s.server_id)
         ts = e.timestamp.timestamp()
-        start = int(ts // 5) * 5
+        start = int(ts // SIZE) * SIZE
         replayed = offset < s.covered
         acc = s.five.get(start)
         if acc is not None:
@@ -448,7 +453,7 @@ class PartitionWindows:
         elif (
             start in s.kept
             or start < s.released
-            or start + 5 + self.grace.five_seconds <= s.event_time
+            or start + SIZE + self.grace.five_seconds <= s.event_time
         ):
             # Its window has closed (or, never opened, is behind the server's own event
             # time): late. A replayed one is in the restored state already.
@@ -459,7 +464,7 @@ class PartitionWindows:
         else:
             # A slot the wall clock passed while the server was quiet is not closed for a
             # sample newer than any it sent: an agent's outage buffer lands in open windows.
-            s.five[start] = WindowAcc.from_event(e, start, 5, offset)
+            s.five[start] = WindowAcc.from_event(e, start, SIZE, offset)
         if not replayed:
             s.arrived = wall
         if ts > s.event_time:
@@ -495,15 +500,14 @@ class PartitionWindows:
         packed = s.kept.get(start)
         w = None if packed is None else WindowAcc.unpack(s.server_id, packed)
         if w is None:  # nothing was in this window: it is emitted now, then complete
-            w = WindowAcc.from_event(e, start, 5, offset)
-            self._emit(w, FIVE, stamp, out)
+            w = WindowAcc.from_event(e, start, SIZE, offset)
+            self._emit(w, BASE, stamp, out)
         elif offset > w.last_offset:  # (at or below: a newer record of it has it already)
             w.add(e, offset)
-            self._emit(w, FIVE, stamp, out)
+            self._emit(w, BASE, stamp, out)
         w.first_offset = None
         self._keep(s, w)
-        for resolution in ROLLUPS:
-            size = resolution.seconds
+        for resolution, size in ROLLUPS:
             key = (resolution, int(ts // size) * size)
             r = s.rollups.get(key)
             if r is None:
@@ -519,16 +523,15 @@ class PartitionWindows:
         if t > s.closed_time:
             s.closed_time = t
         g5 = self.grace.five_seconds
-        due = [start for start in s.five if start + 5 + g5 <= t]
+        due = [start for start in s.five if start + SIZE + g5 <= t]
         if due:
             self._dirty.add(s.server_id)
             for start in sorted(due):
                 w = s.five.pop(start)
-                self._emit(w, FIVE, stamp, out)
+                self._emit(w, BASE, stamp, out)
                 w.first_offset = None
                 self._keep(s, w)
-                for resolution in ROLLUPS:
-                    size = resolution.seconds
+                for resolution, size in ROLLUPS:
                     key = (resolution, start // size * size)
                     r = s.rollups.get(key)
                     if r is None:
@@ -565,7 +568,7 @@ class PartitionWindows:
         kept = s.kept
         while kept:
             start = next(iter(kept))
-            if start + 5 > edge:
+            if start + SIZE > edge:
                 break
             del kept[start]
             self._dirty_windows[window_key(s.server_id, start)] = None
@@ -591,7 +594,7 @@ class PartitionWindows:
             if t > s.closed_time:
                 self._close(s, t, stamp, out)
             if quiet > self.horizon and s.kept:
-                s.released = max(s.kept) + 5
+                s.released = max(s.kept) + SIZE
                 for start in s.kept:
                     self._dirty_windows[window_key(s.server_id, start)] = None
                 s.kept.clear()
@@ -625,7 +628,7 @@ class PartitionWindows:
         for server_id, start, value in sorted(windows, key=lambda w: w[1]):
             owner = self.servers.get(server_id)
             # A window closed after its server's record was written is rebuilt by the replay.
-            closed = owner is not None and start + 5 + g5 <= owner.closed_time
+            closed = owner is not None and start + SIZE + g5 <= owner.closed_time
             if owner is not None and closed and start >= owner.released:
                 owner.kept[start] = value
 
@@ -636,7 +639,7 @@ class PartitionWindows:
         (`watermark`), open rollups per server, markers of emitted ones. The 5 s windows it
         had closed are released (their content was not kept), so a late sample for one is
         refused rather than turned into a window that holds only itself."""
-        released = int(watermark // 5) * 5 + 5
+        released = int(watermark // SIZE) * SIZE + SIZE
         for key, value in records.items():
             server_id = key.decode()
             data = orjson.loads(value)

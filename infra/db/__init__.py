@@ -8,6 +8,7 @@ from infra.db.migrate import (
     connect,
     load_migrations,
     migrate,
+    missing_tables,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "connect",
     "load_migrations",
     "migrate",
+    "missing_tables",
 ]

@@ -1,4 +1,4 @@
-"""The resolutions table is the one source: what the contract derives from it, a table with
+"""The resolutions table is the one source: what each component derives from it, a table with
 one more row derives it too, and a table the pipeline cannot run is refused."""
 
 from __future__ import annotations
@@ -7,9 +7,12 @@ from dataclasses import replace
 
 import pytest
 
+from infra.db import load_migrations, missing_tables
 from schemas import ALL_TOPICS, RESOLUTIONS, Resolution, ResolutionSpec
 from schemas.resolutions import BASE, check, per_resolution, read_steps
 from schemas.topics import AGGREGATE_TOPICS, aggregate_topics, all_topics
+from sinks.read import STEPS
+from sinks.rows import TABLES
 
 #: One more row: a week, cascaded like the day (the row of the day, with its own names).
 WEEKLY = replace(
@@ -25,7 +28,7 @@ WEEKLY = replace(
 WITH_WEEKLY = (*RESOLUTIONS, WEEKLY)
 
 
-def test_the_table_is_the_one_the_wire_and_the_topics_use() -> None:
+def test_the_table_is_the_one_the_wire_and_the_components_use() -> None:
     assert [r.name for r in RESOLUTIONS] == [r.value for r in Resolution] == ["5s", "1h", "1d"]
     assert [Resolution(r.name).seconds for r in RESOLUTIONS] == [5, 3600, 86400]
     assert (
@@ -33,18 +36,24 @@ def test_the_table_is_the_one_the_wire_and_the_topics_use() -> None:
     )
     # What is derived at import is the derivation of the table itself.
     assert all_topics(RESOLUTIONS) == ALL_TOPICS
-    assert read_steps(RESOLUTIONS) == {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}
+    assert STEPS == read_steps(RESOLUTIONS) == {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}
+    assert {r: t.name for r, t in TABLES.items()} == {r.name: r.table for r in RESOLUTIONS}
+    for mode in ("postgres", "timescaledb"):
+        assert missing_tables(load_migrations(mode), RESOLUTIONS) == []
 
 
-def test_a_resolution_added_to_the_table_alone_appears_in_what_is_derived() -> None:
-    """One more row and nothing else: a topic to create, a step to read."""
+def test_a_resolution_added_to_the_table_alone_appears_everywhere_it_is_derived() -> None:
+    """One more row and nothing else: a topic to create, a table the migrations check says is
+    missing (until a migration creates it), a step the read path serves."""
     assert check(WITH_WEEKLY) == WITH_WEEKLY
     [weekly] = [t for t in all_topics(WITH_WEEKLY) if t not in ALL_TOPICS]
     assert (weekly.name, weekly.partitions) == ("metrics.agg.1w.v1", 3)
     assert weekly.retention_ms == 365 * 86400 * 1000
     assert weekly.description.startswith("closed weekly windows")
     assert list(aggregate_topics(WITH_WEEKLY)) == ["5s", "1h", "1d", "1w"]
-    assert read_steps(WITH_WEEKLY) == {**read_steps(), "1w": 7 * 86400}
+    for mode in ("postgres", "timescaledb"):
+        assert missing_tables(load_migrations(mode), WITH_WEEKLY) == ["metrics_weekly"]
+    assert read_steps(WITH_WEEKLY) == {**STEPS, "1w": 7 * 86400}
 
 
 def test_the_aggregate_topics_are_the_tables_rows() -> None:
