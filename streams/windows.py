@@ -735,14 +735,23 @@ class PartitionWindows:
     def checkpoint(self, covered: int) -> Iterator[tuple[bytes, bytes | None]]:
         """Changelog records of everything changed since the last checkpoint: kept windows
         first (a server record durable means its windows are), then server records, each
-        accounting for the offsets below `covered`."""
+        accounting for the offsets below `covered`, then the tombstones of windows released
+        (a release durable means the server record that moved past them is: without it, a
+        restored server would lack windows its record still holds)."""
         windows, self._dirty_windows = self._dirty_windows, {}
-        yield from windows.items()
+        released = []
+        for key, value in windows.items():
+            if value is None:
+                released.append(key)
+            else:
+                yield key, value
         dirty, self._dirty = self._dirty, set()
         for server_id in dirty:
             s = self.servers[server_id]
             s.covered = max(s.covered, covered)
             yield server_id.encode(), s.changelog_value()
+        for key in released:
+            yield key, None
 
     def restore(self, records: dict[bytes, bytes], wall: float) -> None:
         """Start from the changelog (latest value per key, tombstones removed) at `wall`:

@@ -1,7 +1,8 @@
 """Unit tests (hypothesis) of the windowing math: cascade equals direct aggregation (with
 late samples absorbed as corrections), out-of-order events within grace, closing once per
 revision, the lateness horizon, packing for memory; the changelog's records (hypothesis:
-encoded, then decoded, each is what it was) and their versions."""
+encoded, then decoded, each is what it was), their versions, and the order they are written
+in."""
 
 from __future__ import annotations
 
@@ -381,3 +382,29 @@ def test_records_of_an_unknown_version_are_refused_with_their_key() -> None:
     with pytest.raises(ChangelogRecordError, match="not a readable server record"):
         w.restore({SERVERS[1].encode(): b'{"v": 3, "event_time": 1.0}'}, 0.0)
     assert w.servers == {}  # nothing of a partition it cannot read
+
+
+def test_a_release_is_recorded_after_the_server_record_that_moved_past_it() -> None:
+    """A checkpoint cut off before its server records must not have released kept windows
+    the restored (older) server record still holds: a late sample within the horizon of the
+    restored state is then a correction, not a window holding only itself."""
+    w = PartitionWindows(horizon=60)
+    feed(w, [ev(0, float(t)) for t in range(100)])
+    first = list(w.checkpoint(100))
+    feed(w, [ev(0, float(t)) for t in range(100, 200)])
+    second = list(w.checkpoint(200))
+    server_at = [i for i, (k, _) in enumerate(second) if not k.startswith(b"w|")]
+    released_at = [i for i, (_, v) in enumerate(second) if v is None]
+    assert server_at and released_at and max(server_at) < min(released_at)
+    changelog: dict[bytes, bytes] = {}
+    for key, value in [*first, *second[: server_at[0]]]:  # cut off before the server records
+        if value is None:
+            changelog.pop(key, None)
+        else:
+            changelog[key] = value
+    restored = PartitionWindows(horizon=60)
+    restored.restore(changelog, 0.0)
+    OUT.clear()
+    assert restored.add(ev(0, 50.0, cpu=90.0), 1000, 0.0, STAMP, OUT) is None
+    [again] = [a for a in emitted(restored) if a.resolution is Resolution.FIVE_SECONDS]
+    assert (again.count, again.revision, again.cpu_usage.max) == (6, 1, 90.0)
