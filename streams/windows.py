@@ -65,6 +65,13 @@ POSITIONAL_VERSION: Final = 2
 WINDOW_KEY_PREFIX: Final = b"w|"
 
 
+def _dumps(value: object) -> bytes:
+    """`value` as JSON, copied to its own size: orjson's result keeps an allocation of many
+    KiB behind a short value, tens of times what a kept window or a changelog record needs
+    while it waits in memory (kept, or until the next checkpoint sends it)."""
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 def iso(ts: float) -> str:
     """A UTC timestamp as the message models write it ("...Z")."""
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
@@ -277,9 +284,7 @@ class WindowAcc:
     def pack(self) -> bytes:
         """The window as it is kept in memory once closed: a compact positional array (the
         version-2 changelog value), never written to the changelog any more."""
-        # Copied to its own size: orjson's result keeps a 4 KiB allocation behind a short
-        # value, twenty times what a kept window needs.
-        return bytes(memoryview(orjson.dumps(self.row())))
+        return _dumps(self.row())
 
     def row(self) -> list[Any]:
         """The window's state as a positional array (see `unpack`)."""
@@ -391,7 +396,7 @@ class WindowAcc:
 
     def changelog_value(self) -> bytes:
         """The window as its kept-window changelog record (version first, see `_RECORD_HEAD`)."""
-        return orjson.dumps({"v": STATE_VERSION, **self.record()})
+        return _dumps({"v": STATE_VERSION, **self.record()})
 
 
 #: How every record this worker writes begins: a kept window restored with it is held as read.
@@ -500,7 +505,7 @@ class ServerWindows:
             r = acc.record()
             r["resolution"] = resolution
             rollups.append(r)
-        return orjson.dumps(
+        return _dumps(
             {
                 "v": STATE_VERSION,
                 "event_time": self.event_time,
