@@ -15,10 +15,12 @@ import asyncpg
 from benchmarks.common import bench_database, drop_database, row, stack_up
 from infra.db import migrate
 from infra.settings import StackSettings
-from sinks.rows import SNAPSHOTS, to_row
+from schemas import Resolution
+from sinks.rows import TABLES, to_row
 from sinks.writer import BatchWriter
 from tests.sinks.helpers import aggregate
 
+SNAPSHOTS = TABLES[Resolution.FIVE_SECONDS]
 BATCH = 5000
 ROUNDS = 7
 SERVERS = 500

@@ -165,7 +165,7 @@ def _lag(args: argparse.Namespace) -> int:
     stream, sink, registry = StreamSettings(), SinkSettings(), RegistrySettings()
     groups = {
         stream.stream_group: [stream.raw_topic],
-        sink.sink_group: [sink.agg_5s_topic, sink.agg_1h_topic, sink.agg_1d_topic],
+        sink.sink_group: list(sink.agg_topics.values()),
         registry.registry_group: [registry.status_topic],
     }
     try:

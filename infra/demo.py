@@ -52,7 +52,7 @@ from registry.service import create_admin
 from registry.settings import RegistrySettings
 from runtime.errors import FleetPulseError
 from runtime.topics import create_topics
-from schemas import AGG_1D, AGG_1H, AGG_5S, DLQ, RAW
+from schemas import DLQ, RAW, RESOLUTIONS
 from sinks.settings import SinkSettings
 from streams.settings import StreamSettings
 
@@ -285,8 +285,10 @@ class Sample:
     servers: int
 
 
-TOPICS: Final = (RAW.name, AGG_5S.name, AGG_1H.name, AGG_1D.name, DLQ.name)
-TABLES: Final = ("metrics_snapshots", "metrics_hourly", "metrics_daily")
+#: The aggregate topics and tables, one each per resolution.
+AGGREGATES: Final = tuple(r.topic for r in RESOLUTIONS)
+TOPICS: Final = (RAW.name, *AGGREGATES, DLQ.name)
+TABLES: Final = tuple(r.table for r in RESOLUTIONS)
 
 
 @dataclass
@@ -333,7 +335,7 @@ class Probe:
         ends: dict[TopicPartition, int] = await self._consumer.end_offsets(tps)
         by_topic = {t: sum(ends[tp] for tp in self._partitions.get(t, [])) for t in TOPICS}
         stream_lag = await self._lag(self.stream_group, (RAW.name,), ends)
-        sink_lag = await self._lag(self.sink_group, (AGG_5S.name, AGG_1H.name, AGG_1D.name), ends)
+        sink_lag = await self._lag(self.sink_group, AGGREGATES, ends)
         rows = {t: int(await self._conn.fetchval(f"SELECT count(*) FROM {t}")) for t in TABLES}
         counts = await self._conn.fetchrow(
             "SELECT count(*) FILTER (WHERE is_online) AS online, count(*) AS servers FROM servers"
@@ -371,10 +373,10 @@ def render(first: Sample, since: Sample, now: Sample, children: list[Child]) -> 
         return lambda sample: sample.rows[name]
 
     row(f"events in ({RAW.name})", topic(RAW.name))
-    for label, name in (("5 s", AGG_5S.name), ("hourly", AGG_1H.name), ("daily", AGG_1D.name)):
-        row(f"{label} aggregates out", topic(name))
-    for label, name in zip(("5 s", "hourly", "daily"), TABLES, strict=True):
-        row(f"rows in {name} ({label})", table(name))
+    for r in RESOLUTIONS:
+        row(f"{r.label} aggregates out", topic(r.topic))
+    for r in RESOLUTIONS:
+        row(f"rows in {r.table} ({r.label})", table(r.table))
     row(f"dead letters ({DLQ.name})", topic(DLQ.name))
     state = Table.grid(padding=(0, 2))
     state.add_row(

@@ -1,4 +1,4 @@
-"""The FleetPulse contract: topic names, message models and shared connection settings."""
+"""The FleetPulse contract: topic names, message models, and the resolutions table."""
 
 from schemas.messages import (
     MAX_PROCESSES,
@@ -9,15 +9,26 @@ from schemas.messages import (
     MetricStats,
     ProcessInfo,
     RawMetricEvent,
-    Resolution,
     ServerState,
     ServerStatusChange,
     WindowAggregate,
     decode_raw_event,
 )
-from schemas.topics import AGG_1D, AGG_1H, AGG_5S, ALL_TOPICS, DLQ, RAW, STATUS, TopicSpec
+from schemas.resolutions import RESOLUTIONS, Resolution, ResolutionSpec
+from schemas.topics import (
+    AGG_1D,
+    AGG_1H,
+    AGG_5S,
+    AGGREGATE_TOPICS,
+    ALL_TOPICS,
+    DLQ,
+    RAW,
+    STATUS,
+    TopicSpec,
+)
 
 __all__ = [
+    "AGGREGATE_TOPICS",
     "AGG_1D",
     "AGG_1H",
     "AGG_5S",
@@ -26,6 +37,7 @@ __all__ = [
     "MAX_PROCESSES",
     "MAX_RAW_EVENT_BYTES",
     "RAW",
+    "RESOLUTIONS",
     "STATUS",
     "DeadLetter",
     "DeadLetterReason",
@@ -34,6 +46,7 @@ __all__ = [
     "ProcessInfo",
     "RawMetricEvent",
     "Resolution",
+    "ResolutionSpec",
     "ServerState",
     "ServerStatusChange",
     "TopicSpec",

@@ -21,6 +21,8 @@ from pydantic import (
     ValidationError,
 )
 
+from schemas.resolutions import RESOLUTIONS, Resolution
+
 #: Largest raw event accepted, in bytes of JSON. A top-50 process list is about 5 KiB.
 MAX_RAW_EVENT_BYTES: Final = 64 * 1024
 #: Longest `processes` list accepted in a raw event.
@@ -101,19 +103,9 @@ class RawMetricEvent(_Message):
     )
 
 
-class Resolution(StrEnum):
-    """Window sizes the stream emits."""
-
-    FIVE_SECONDS = "5s"
-    ONE_HOUR = "1h"
-    ONE_DAY = "1d"
-
-    @property
-    def seconds(self) -> int:
-        return _RESOLUTION_SECONDS[self.value]
-
-
-_RESOLUTION_SECONDS: Final = {"5s": 5, "1h": 3600, "1d": 86400}
+*_FINER, _COARSEST = (r.name for r in RESOLUTIONS)
+#: The resolutions in a sentence ("5s, 1h or 1d").
+_RESOLUTION_NAMES: Final = f"{', '.join(_FINER)} or {_COARSEST}" if _FINER else _COARSEST
 
 
 class MetricStats(_Message):
@@ -131,7 +123,7 @@ class WindowAggregate(_Message):
     """A closed event-time window for one server, on `metrics.agg.<resolution>.v1`."""
 
     server_id: ServerId
-    resolution: Resolution = Field(description="Window size: 5s, 1h or 1d.")
+    resolution: Resolution = Field(description=f"Window size: {_RESOLUTION_NAMES}.")
     window_start: UtcDatetime = Field(description="Inclusive start of the window (UTC).")
     window_end: UtcDatetime = Field(description="Exclusive end of the window (UTC).")
     revision: NonNegativeInt = Field(

@@ -1,4 +1,5 @@
-"""Kafka topics: names, partition counts and retention, in one place.
+"""Kafka topics: names, partition counts and retention, in one place (the aggregate topics,
+one per resolution, are rows of `schemas/resolutions.py`).
 
 These names are the public contract. A producer in any language that writes a valid
 `RawMetricEvent` as JSON to `metrics.raw.v1`, keyed by `server_id`, is a FleetPulse producer;
@@ -7,8 +8,11 @@ any consumer may subscribe to the aggregate and status topics.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
+
+from schemas.resolutions import RESOLUTIONS, Resolution, ResolutionSpec
 
 _HOUR_MS: Final = 3_600_000
 _DAY_MS: Final = 24 * _HOUR_MS
@@ -42,24 +46,6 @@ RAW: Final = TopicSpec(
     retention_ms=1 * _DAY_MS,
     description="1 s raw metric events (RawMetricEvent), key = server_id",
 )
-AGG_5S: Final = TopicSpec(
-    name="metrics.agg.5s.v1",
-    partitions=6,
-    retention_ms=7 * _DAY_MS,
-    description="closed 5 s windows (WindowAggregate, resolution 5s), key = server_id",
-)
-AGG_1H: Final = TopicSpec(
-    name="metrics.agg.1h.v1",
-    partitions=3,
-    retention_ms=30 * _DAY_MS,
-    description="closed hourly windows (WindowAggregate, resolution 1h), key = server_id",
-)
-AGG_1D: Final = TopicSpec(
-    name="metrics.agg.1d.v1",
-    partitions=3,
-    retention_ms=90 * _DAY_MS,
-    description="closed daily windows (WindowAggregate, resolution 1d), key = server_id",
-)
 STATUS: Final = TopicSpec(
     name="metrics.status.v1",
     partitions=3,
@@ -75,4 +61,29 @@ DLQ: Final = TopicSpec(
     description="rejected input with its reason and original bytes (DeadLetter)",
 )
 
-ALL_TOPICS: Final[tuple[TopicSpec, ...]] = (RAW, AGG_5S, AGG_1H, AGG_1D, STATUS, DLQ)
+
+def aggregate_topics(table: Iterable[ResolutionSpec] = RESOLUTIONS) -> dict[str, TopicSpec]:
+    """The aggregate topic of each resolution in `table` (the resolutions table by default)."""
+    return {
+        r.name: TopicSpec(
+            name=r.topic,
+            partitions=r.topic_partitions,
+            retention_ms=r.topic_retention_days * _DAY_MS,
+            description=f"closed {r.label} windows (WindowAggregate, resolution {r.name}), "
+            "key = server_id",
+        )
+        for r in table
+    }
+
+
+def all_topics(table: Iterable[ResolutionSpec] = RESOLUTIONS) -> tuple[TopicSpec, ...]:
+    """Every topic of the contract, the aggregate ones those of `table`'s resolutions."""
+    return (RAW, *aggregate_topics(table).values(), STATUS, DLQ)
+
+
+#: The aggregate topic of each resolution, by resolution name.
+AGGREGATE_TOPICS: Final = aggregate_topics()
+AGG_5S: Final = AGGREGATE_TOPICS[Resolution.FIVE_SECONDS]
+AGG_1H: Final = AGGREGATE_TOPICS[Resolution.ONE_HOUR]
+AGG_1D: Final = AGGREGATE_TOPICS[Resolution.ONE_DAY]
+ALL_TOPICS: Final = all_topics()

@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from schemas import RESOLUTIONS
+from schemas.resolutions import BASE
 from sinks.settings import SinkSettings
 
 _UPPER = re.compile(r"TO \('([^']+)'\)")
-#: table → (partition unit, how far back partitions are created)
-_UNITS = {"metrics_snapshots": "day", "metrics_hourly": "month", "metrics_daily": "year"}
 
 
 @dataclass
@@ -46,14 +46,6 @@ async def storage_mode(conn: asyncpg.Connection) -> str:
     return str(mode)
 
 
-def retention_days(settings: SinkSettings) -> dict[str, int | None]:
-    return {
-        "metrics_snapshots": settings.retention_5s_days,
-        "metrics_hourly": settings.retention_hourly_days,
-        "metrics_daily": settings.retention_daily_days,
-    }
-
-
 async def maintain(
     conn: asyncpg.Connection, settings: SinkSettings, now: datetime | None = None
 ) -> MaintenanceReport:
@@ -67,17 +59,18 @@ async def maintain(
     ahead = now + timedelta(days=settings.partitions_ahead_days)
     async with conn.transaction():
         await conn.execute("SET LOCAL TimeZone = 'UTC'")
-        for table, days in retention_days(settings).items():
+        for r in RESOLUTIONS:
+            days = settings.retention_days[r.name]
             since = now - timedelta(days=days) if days else now - timedelta(days=1)
             report.created += await conn.fetchval(
                 "SELECT fleetpulse_ensure_partitions($1::regclass, $2, $3, $4)",
-                table,
-                _UNITS[table],
+                r.table,
+                r.partition_unit,
                 since,
                 ahead,
             )
             if days:
-                report.dropped += await _drop_before(conn, table, now - timedelta(days=days))
+                report.dropped += await _drop_before(conn, r.table, now - timedelta(days=days))
     return report
 
 
@@ -109,12 +102,13 @@ async def _check_policies(
     )
     present = {(r["hypertable_name"], r["proc_name"]) for r in rows}
     report.policies = sorted(f"{t}:{p.removeprefix('policy_')}" for t, p in present)
-    wanted = [
-        ("metrics_snapshots", "policy_retention"),
-        ("metrics_snapshots", "policy_compression"),
-    ]
-    if settings.retention_hourly_days:
-        wanted.append(("metrics_hourly", "policy_retention"))
+    # Every table with a retention has its retention policy; the 5 s rows are compressed.
+    wanted = []
+    for r in RESOLUTIONS:
+        if settings.retention_days[r.name]:
+            wanted.append((r.table, "policy_retention"))
+        if r is BASE:
+            wanted.append((r.table, "policy_compression"))
     report.missing = [
         f"{t}:{p.removeprefix('policy_')}" for t, p in wanted if (t, p) not in present
     ]

@@ -2,9 +2,10 @@
 
 What the seed's per-minute query means: every bucket of the range is present (an empty one
 has NULL values and 0 samples), each bucket appears once, and averages are weighted by the
-number of samples behind each stored row. It reads the coarsest table that serves the step:
-5 s rows for 1-minute and 5-minute steps, hourly rows for 1 h, daily rows for 1 d. The SQL is
-plain PostgreSQL (`generate_series` + `date_bin`), the same on TimescaleDB.
+number of samples behind each stored row. Each step is served by the table the resolutions
+table names for it (`schemas/resolutions.py`): 5 s rows for 1-minute and 5-minute steps, hourly
+rows for 1 h, daily rows for 1 d. The SQL is plain PostgreSQL (`generate_series` + `date_bin`),
+the same on TimescaleDB.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ from typing import Final
 
 import asyncpg
 
+from schemas import RESOLUTIONS
+from schemas.resolutions import BASE, read_steps
+
 #: Steps the read path serves, in seconds.
-STEPS: Final = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}
+STEPS: Final = read_steps()
+#: The resolution whose table serves each step.
+_SOURCE: Final = {step: r for r in RESOLUTIONS for step in r.steps}
 METRICS: Final = ("cpu_usage", "memory_usage", "disk_usage")
 
 
@@ -44,11 +50,12 @@ class SeriesPoint:
 
 def _source(step: str) -> tuple[str, str, dict[str, tuple[str, str, str]]]:
     """(table, time column, metric → (avg, min, max) column) serving `step`."""
-    if step in ("1m", "5m"):
+    r = _SOURCE[step]
+    if r is BASE:  # the 5 s table keeps its averages under the seed's names
         cols = {m: (m, f"{m}_min", f"{m}_max") for m in METRICS}
-        return "metrics_snapshots", '"timestamp"', cols
-    table = "metrics_hourly" if step == "1h" else "metrics_daily"
-    return table, "bucket", {m: (f"{m}_avg", f"{m}_min", f"{m}_max") for m in METRICS}
+    else:
+        cols = {m: (f"{m}_avg", f"{m}_min", f"{m}_max") for m in METRICS}
+    return r.table, f'"{r.time_column}"', cols
 
 
 def _query(step: str) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pydantic import TypeAdapter
 
-from schemas import AGG_1D, AGG_1H, AGG_5S, Resolution, WindowAggregate
+from schemas import RESOLUTIONS, ResolutionSpec, WindowAggregate
 from schemas.messages import ProcessInfo
+from schemas.resolutions import BASE
 
 
 @dataclass(frozen=True)
@@ -30,50 +31,45 @@ class TableSpec:
 
 _STATS = ("cpu_usage", "memory_usage", "disk_usage")
 
-SNAPSHOTS = TableSpec(
-    name="metrics_snapshots",
-    time_column="timestamp",
-    columns=(
-        ("server_id", "varchar"),
-        ("timestamp", "timestamptz"),
-        ("cpu_usage", "float8"),
-        ("memory_usage", "float8"),
-        ("disk_usage", "float8"),
-        ("cpu_usage_min", "float8"),
-        ("cpu_usage_max", "float8"),
-        ("memory_usage_min", "float8"),
-        ("memory_usage_max", "float8"),
-        ("disk_usage_min", "float8"),
-        ("disk_usage_max", "float8"),
-        ("sample_count", "int2"),
-        ("network_rx", "int8"),
-        ("network_tx", "int8"),
-        ("processes", "jsonb"),
-    ),
+#: Columns after the key of the 5 s table: averages under the seed's names, min and max
+#: beside, and the window's last process snapshot.
+_SNAPSHOT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("cpu_usage", "float8"),
+    ("memory_usage", "float8"),
+    ("disk_usage", "float8"),
+    ("cpu_usage_min", "float8"),
+    ("cpu_usage_max", "float8"),
+    ("memory_usage_min", "float8"),
+    ("memory_usage_max", "float8"),
+    ("disk_usage_min", "float8"),
+    ("disk_usage_max", "float8"),
+    ("sample_count", "int2"),
+    ("network_rx", "int8"),
+    ("network_tx", "int8"),
+    ("processes", "jsonb"),
 )
-
+#: Columns after the key of every rollup table (hourly, daily).
 _ROLLUP_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("server_id", "varchar"),
-    ("bucket", "timestamptz"),
     ("sample_count", "int4"),
     *((f"{m}_{s}", "float8") for m in _STATS for s in ("avg", "min", "max")),
     ("network_rx", "int8"),
     ("network_tx", "int8"),
 )
-HOURLY = TableSpec(name="metrics_hourly", time_column="bucket", columns=_ROLLUP_COLUMNS)
-DAILY = TableSpec(name="metrics_daily", time_column="bucket", columns=_ROLLUP_COLUMNS)
 
-#: Which table each aggregate topic goes to.
-TABLE_OF_TOPIC: dict[str, TableSpec] = {
-    AGG_5S.name: SNAPSHOTS,
-    AGG_1H.name: HOURLY,
-    AGG_1D.name: DAILY,
-}
-TABLE_OF_RESOLUTION: dict[Resolution, TableSpec] = {
-    Resolution.FIVE_SECONDS: SNAPSHOTS,
-    Resolution.ONE_HOUR: HOURLY,
-    Resolution.ONE_DAY: DAILY,
-}
+
+def table_of(resolution: ResolutionSpec) -> TableSpec:
+    """The table a resolution's windows are written to: the 5 s layout for the resolution
+    windowed from the samples, the rollup layout for the others."""
+    rest = _SNAPSHOT_COLUMNS if resolution is BASE else _ROLLUP_COLUMNS
+    return TableSpec(
+        name=resolution.table,
+        time_column=resolution.time_column,
+        columns=(("server_id", "varchar"), (resolution.time_column, "timestamptz"), *rest),
+    )
+
+
+#: The table of each resolution, by resolution name.
+TABLES: Final = {r.name: table_of(r) for r in RESOLUTIONS}
 
 
 #: Serialises the `processes` list in pydantic-core (a fifth of `json.dumps` of `model_dump`s).
@@ -82,7 +78,7 @@ _PROCESSES: TypeAdapter[list[ProcessInfo]] = TypeAdapter(list[ProcessInfo])
 
 def to_row(agg: WindowAggregate) -> tuple[Any, ...]:
     """The row of `agg` in its resolution's table, in `TableSpec.columns` order."""
-    if agg.resolution is Resolution.FIVE_SECONDS:
+    if agg.resolution == BASE.name:
         processes = _PROCESSES.dump_json(agg.processes or []).decode()
         return (
             agg.server_id,

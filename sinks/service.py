@@ -31,7 +31,7 @@ from runtime.telemetry import telemetry
 from schemas import DeadLetter, DeadLetterReason, InvalidMessage, WindowAggregate
 from schemas.messages import decode_message
 from sinks.maintenance import maintain
-from sinks.rows import DAILY, HOURLY, SNAPSHOTS, TableSpec, to_row
+from sinks.rows import TABLES, TableSpec, to_row
 from sinks.settings import SinkSettings
 from sinks.writer import BatchWriter, Item, write_isolating
 
@@ -82,17 +82,9 @@ class Sink(Service):
         """Topics, dead-letter topic and the table of each topic default to the settings'."""
         super().__init__()
         self.settings = settings
-        self.topics = topics or (
-            settings.agg_5s_topic,
-            settings.agg_1h_topic,
-            settings.agg_1d_topic,
-        )
+        self.topics = topics or tuple(settings.agg_topics.values())
         self.dlq_topic = dlq_topic or settings.dlq_topic
-        self.tables = tables or {
-            settings.agg_5s_topic: SNAPSHOTS,
-            settings.agg_1h_topic: HOURLY,
-            settings.agg_1d_topic: DAILY,
-        }
+        self.tables = tables or {t: TABLES[r] for r, t in settings.agg_topics.items()}
         self.writer = BatchWriter(settings.write_method)
         self.rows_written = 0
         self.dead_letters = 0

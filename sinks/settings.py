@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from runtime.settings import KafkaSettings, PostgresSettings, ServiceSettings
-from schemas.topics import AGG_1D, AGG_1H, AGG_5S, DLQ
+from schemas.resolutions import Resolution, per_resolution
+from schemas.topics import DLQ
+
+#: The variables of earlier releases, one per resolution, and the resolution each sets.
+_TOPIC_VARIABLES: dict[str, str] = {
+    Resolution.FIVE_SECONDS: "agg_5s_topic",
+    Resolution.ONE_HOUR: "agg_1h_topic",
+    Resolution.ONE_DAY: "agg_1d_topic",
+}
+_RETENTION_VARIABLES: dict[str, str] = {
+    Resolution.FIVE_SECONDS: "retention_5s_days",
+    Resolution.ONE_HOUR: "retention_hourly_days",
+    Resolution.ONE_DAY: "retention_daily_days",
+}
 
 
 class SinkSettings(KafkaSettings, PostgresSettings, ServiceSettings):
     """The database writer for the aggregate topics."""
+
+    # FLEETPULSE_RETENTION_DAYS__1H=60 sets one entry of a per-resolution mapping.
+    model_config = SettingsConfigDict(env_nested_delimiter="__")
 
     sink_group: str = Field(
         default="fleetpulse-sink", description="Kafka consumer group of the sink workers."
@@ -36,20 +53,52 @@ class SinkSettings(KafkaSettings, PostgresSettings, ServiceSettings):
     maintain_every: float = Field(
         default=3600.0, gt=0, description="Seconds between partition maintenance runs in the sink."
     )
-    retention_5s_days: int = Field(default=30, ge=1, description="Days of 5 s rows kept.")
-    retention_hourly_days: int | None = Field(
-        default=400, ge=1, description="Days of hourly rows kept (unset: forever)."
-    )
-    retention_daily_days: int | None = Field(
-        default=None, ge=1, description="Days of daily rows kept (unset: forever)."
+    retention_days: dict[str, Annotated[int, Field(ge=1)] | None] = Field(
+        default_factory=dict,
+        description="Days each resolution's rows are kept, by resolution: "
+        "`FLEETPULSE_RETENTION_DAYS__1H=60`, or a JSON object where null is forever. A "
+        "resolution not named keeps the resolutions table's default (5 s 30 days, hourly "
+        "400, daily forever). Plain PostgreSQL: maintenance drops partitions past it; "
+        "TimescaleDB: the migrations' policies do.",
     )
     partitions_ahead_days: int = Field(
         default=7, ge=1, description="Days of partitions created ahead of today (plain PostgreSQL)."
     )
-    agg_5s_topic: str = Field(default=AGG_5S.name, description="Topic of 5 s windows.")
-    agg_1h_topic: str = Field(default=AGG_1H.name, description="Topic of hourly windows.")
-    agg_1d_topic: str = Field(default=AGG_1D.name, description="Topic of daily windows.")
+    agg_topics: dict[str, str] = Field(
+        default_factory=dict,
+        description="Topic the sink reads each resolution's windows from, by resolution: "
+        "`FLEETPULSE_AGG_TOPICS__1H=…`, or a JSON object. A resolution not named reads its "
+        "topic in the resolutions table.",
+    )
     dlq_topic: str = Field(default=DLQ.name, description="Dead-letter topic.")
     metrics_port: int = Field(
         default=9474, ge=0, le=65535, description="Port of /metrics and /health; 0 = off."
     )
+
+    # Per-resolution variables of earlier releases, still read; the mappings above win.
+    agg_5s_topic: str | None = Field(default=None, description="agg_topics 5s (older name).")
+    agg_1h_topic: str | None = Field(default=None, description="agg_topics 1h (older name).")
+    agg_1d_topic: str | None = Field(default=None, description="agg_topics 1d (older name).")
+    retention_5s_days: int | None = Field(
+        default=None, ge=1, description="retention_days 5s (older name)."
+    )
+    retention_hourly_days: int | None = Field(
+        default=None, ge=1, description="retention_days 1h (older name)."
+    )
+    retention_daily_days: int | None = Field(
+        default=None, ge=1, description="retention_days 1d (older name)."
+    )
+
+    @model_validator(mode="after")
+    def _every_resolution(self) -> Self:
+        """Complete the mappings: the table's defaults, the older variables, the mappings."""
+        given = self.model_fields_set
+        older_topics = {
+            r: getattr(self, v) for r, v in _TOPIC_VARIABLES.items() if getattr(self, v)
+        }
+        self.agg_topics = per_resolution(lambda r: r.topic, older_topics, self.agg_topics)
+        older_days = {r: getattr(self, v) for r, v in _RETENTION_VARIABLES.items() if v in given}
+        self.retention_days = per_resolution(
+            lambda r: r.retention_days, older_days, self.retention_days
+        )
+        return self

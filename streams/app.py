@@ -111,11 +111,7 @@ class StreamWorker:
             offline_after=s.offline_after,
             lateness_horizon=s.lateness_horizon,
         )
-        self.agg_topics = {
-            Resolution.FIVE_SECONDS: s.agg_5s_topic,
-            Resolution.ONE_HOUR: s.agg_1h_topic,
-            Resolution.ONE_DAY: s.agg_1d_topic,
-        }
+        self.agg_topics = s.agg_topics
         TELEMETRY.declare(
             outputs=[r.value for r in Resolution],
             reasons=[r.value for r in DeadLetterReason],

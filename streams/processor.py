@@ -30,7 +30,15 @@ from schemas import (
     ServerStatusChange,
     decode_raw_event,
 )
-from streams.windows import STATE_VERSION, ClosedWindow, Grace, PartitionWindows, iso
+from streams.windows import (
+    POSITIONAL_VERSION,
+    STATE_VERSION,
+    ChangelogRecordError,
+    ClosedWindow,
+    Grace,
+    PartitionWindows,
+    iso,
+)
 
 COMPONENT = "stream"
 #: Changelog key of a partition's progress record (server keys are UUIDs, never this).
@@ -236,19 +244,27 @@ class StreamProcessor:
 
     def restore(self, partition: int, records: dict[bytes, bytes], wall: float) -> None:
         """Take over `partition` from its changelog (latest value per key, tombstones removed)
-        at `wall`. Without a progress record the partition starts empty."""
+        at `wall`. Without a progress record the partition starts empty. A record of a
+        version this worker does not read raises `ChangelogRecordError` naming its key."""
         self.revoke(partition)
         windows = self._windows(partition)
         raw_progress = records.get(PROGRESS_KEY)
         if raw_progress is None:
             return
         progress = orjson.loads(raw_progress)
+        version = progress.get("v")
+        v1 = version is None and "watermark" in progress  # the release before version 2
+        if not (v1 or version in (STATE_VERSION, POSITIONAL_VERSION)):
+            raise ChangelogRecordError(
+                PROGRESS_KEY,
+                f"version {version!r}, but this worker reads versions 1 to {STATE_VERSION} only",
+            )
         state = {k: v for k, v in records.items() if k != PROGRESS_KEY}
         covered = int(progress["next_offset"])
-        if progress.get("v") == STATE_VERSION:
-            windows.restore(state, wall)
-        else:  # written by a worker of the previous release
+        if v1:
             windows.restore_v1(state, float(progress["watermark"]), covered, wall)
+        else:
+            windows.restore(state, wall)  # each record is read by its own version
         self.replay_until[partition] = covered
 
     def _letter(

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from runtime.settings import KafkaSettings, RetrySettings, TelemetrySettings
-from schemas.topics import AGG_1D, AGG_1H, AGG_5S, DLQ, RAW, STATUS
+from schemas.resolutions import Resolution, per_resolution
+from schemas.topics import DLQ, RAW, STATUS
+
+#: The variables of earlier releases, one per resolution, and the resolution each sets.
+_TOPIC_VARIABLES: dict[str, str] = {
+    Resolution.FIVE_SECONDS: "agg_5s_topic",
+    Resolution.ONE_HOUR: "agg_1h_topic",
+    Resolution.ONE_DAY: "agg_1d_topic",
+}
 
 
 class StreamSettings(KafkaSettings, TelemetrySettings, RetrySettings):
@@ -19,6 +28,9 @@ class StreamSettings(KafkaSettings, TelemetrySettings, RetrySettings):
         # worker's outputs, for a worse ratio.
         description="Compression of the batches the worker sends (outputs, changelog).",
     )
+
+    # FLEETPULSE_AGG_TOPICS__1H=… sets one entry of the per-resolution mapping.
+    model_config = SettingsConfigDict(env_nested_delimiter="__")
 
     stream_group: str = Field(
         default="fleetpulse-stream",
@@ -59,11 +71,18 @@ class StreamSettings(KafkaSettings, TelemetrySettings, RetrySettings):
     )
 
     raw_topic: str = Field(default=RAW.name, description="Input topic of raw events.")
-    agg_5s_topic: str = Field(default=AGG_5S.name, description="Output topic of 5 s windows.")
-    agg_1h_topic: str = Field(default=AGG_1H.name, description="Output topic of hourly windows.")
-    agg_1d_topic: str = Field(default=AGG_1D.name, description="Output topic of daily windows.")
+    agg_topics: dict[str, str] = Field(
+        default_factory=dict,
+        description="Output topic of each resolution's windows, by resolution: "
+        "`FLEETPULSE_AGG_TOPICS__1H=…`, or a JSON object. A resolution not named goes to "
+        "its topic in the resolutions table.",
+    )
     status_topic: str = Field(default=STATUS.name, description="Output topic of status changes.")
     dlq_topic: str = Field(default=DLQ.name, description="Dead-letter topic.")
+    # Per-resolution variables of earlier releases, still read; `agg_topics` wins.
+    agg_5s_topic: str | None = Field(default=None, description="agg_topics 5s (older name).")
+    agg_1h_topic: str | None = Field(default=None, description="agg_topics 1h (older name).")
+    agg_1d_topic: str | None = Field(default=None, description="agg_topics 1d (older name).")
 
     @property
     def changelog_topic(self) -> str:
@@ -76,4 +95,11 @@ class StreamSettings(KafkaSettings, TelemetrySettings, RetrySettings):
     def _rollup_grace_covers_5s(self) -> StreamSettings:
         if self.grace_1h < self.grace_5s or self.grace_1d < self.grace_5s:
             raise ValueError("grace_1h and grace_1d must be at least grace_5s")
+        return self
+
+    @model_validator(mode="after")
+    def _every_resolution(self) -> Self:
+        """Complete `agg_topics`: the table's topics, the older variables, the mapping."""
+        older = {r: getattr(self, v) for r, v in _TOPIC_VARIABLES.items() if getattr(self, v)}
+        self.agg_topics = per_resolution(lambda r: r.topic, older, self.agg_topics)
         return self

@@ -43,15 +43,33 @@ from typing import Any, Final
 
 import orjson
 
+from runtime.errors import FleetPulseError
 from schemas import MetricStats, ProcessInfo, RawMetricEvent, Resolution, WindowAggregate
+from schemas.resolutions import BASE as _BASE_ROW
+from schemas.resolutions import RESOLUTIONS
 
-FIVE: Final = Resolution.FIVE_SECONDS
-#: The rollups fed by closed 5 s windows.
-ROLLUPS: Final = (Resolution.ONE_HOUR, Resolution.ONE_DAY)
-#: Shape of the changelog records; bumped when it changes, so old state is never misread.
-STATE_VERSION: Final = 2
+# The resolutions table, resolved once into constants: the hot path reads no table.
+#: The resolution windowed from the samples (5 s), and its size.
+BASE: Final = Resolution(_BASE_ROW.name)
+SIZE: Final = _BASE_ROW.seconds
+#: The rollups fed by closed 5 s windows, with their sizes.
+ROLLUPS: Final = tuple((Resolution(r.name), r.seconds) for r in RESOLUTIONS[1:])
+#: Version of the changelog records this worker writes (`"v"` in each); bumped whenever a
+#: record's shape changes, so old state is never misread. Version 2 is read too (and the
+#: previous release's version 1, see `restore_v1`); any other version is refused.
+STATE_VERSION: Final = 3
+#: The last version whose records were positional JSON arrays; its window array is the form
+#: closed windows are held in memory (`WindowAcc.pack`).
+POSITIONAL_VERSION: Final = 2
 #: Changelog keys of kept closed 5 s windows start with this (server keys are UUIDs).
 WINDOW_KEY_PREFIX: Final = b"w|"
+
+
+def _dumps(value: object) -> bytes:
+    """`value` as JSON, copied to its own size: orjson's result keeps an allocation of many
+    KiB behind a short value, tens of times what a kept window or a changelog record needs
+    while it waits in memory (kept, or until the next checkpoint sends it)."""
+    return bytes(memoryview(orjson.dumps(value)))
 
 
 def iso(ts: float) -> str:
@@ -91,6 +109,13 @@ class MetricAcc:
 
     def as_row(self) -> tuple[float, float, float, float]:
         return self.total, self.lo, self.hi, self.last
+
+    def record(self) -> dict[str, float]:
+        return {"sum": self.total, "min": self.lo, "max": self.hi, "last": self.last}
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> MetricAcc:
+        return cls(float(r["sum"]), float(r["min"]), float(r["max"]), float(r["last"]))
 
     def stats_json(self, count: int, with_last: bool) -> dict[str, float | None]:
         """`stats()` as the JSON object, without building the model."""
@@ -204,7 +229,7 @@ class WindowAcc:
     def to_aggregate(self, resolution: Resolution, emitted_at: datetime) -> WindowAggregate:
         """The window as a validated message (the reference `to_json_bytes` is tested
         against)."""
-        five = resolution is FIVE
+        five = resolution is BASE
         return WindowAggregate(
             server_id=self.server_id,
             resolution=resolution,
@@ -225,7 +250,7 @@ class WindowAcc:
     def to_json_bytes(self, resolution: Resolution, emitted_at: str) -> bytes:
         """The window as `WindowAggregate` JSON, written directly: building the pydantic
         model costs more than the whole windowing of its events."""
-        five = resolution is FIVE
+        five = resolution is BASE
         n = self.count
         processes: list[dict[str, Any]] | None = None
         if five and self.processes is not None:
@@ -257,13 +282,12 @@ class WindowAcc:
         return orjson.dumps(doc)
 
     def pack(self) -> bytes:
-        """The window as a changelog value (and as kept in memory once closed)."""
-        # Copied to its own size: orjson's result keeps a 4 KiB allocation behind a short
-        # value, twenty times what a kept window needs.
-        return bytes(memoryview(orjson.dumps(self.row())))
+        """The window as it is kept in memory once closed: a compact positional array (the
+        version-2 changelog value), never written to the changelog any more."""
+        return _dumps(self.row())
 
     def row(self) -> list[Any]:
-        """The window's state as a JSON array (see `unpack`)."""
+        """The window's state as a positional array (see `unpack`)."""
         procs = None
         if self.processes is not None:
             procs = [[p.pid, p.name, p.cpu_usage, p.memory_usage] for p in self.processes]
@@ -284,6 +308,10 @@ class WindowAcc:
 
     @classmethod
     def unpack(cls, server_id: str, data: bytes | list[Any]) -> WindowAcc:
+        """A kept window from memory: its positional array (`pack`, or a version-2 record),
+        or a changelog record restored as it was read (see `PartitionWindows.restore`)."""
+        if isinstance(data, bytes) and data[:1] == b"{":
+            return cls.from_record(server_id, orjson.loads(data))
         row = orjson.loads(data) if isinstance(data, bytes) else data
         procs = row[20]
         return cls(
@@ -307,6 +335,99 @@ class WindowAcc:
             ],
         )
 
+    def record(self) -> dict[str, Any]:
+        """The window's state with named fields, for the changelog (`first_offset` is not in
+        it: only open 5 s windows have one, and a restart rebuilds those by replaying)."""
+        procs = None
+        if self.processes is not None:
+            # By column: the names once, not once per process.
+            ps = self.processes
+            procs = {
+                "pid": [p.pid for p in ps],
+                "name": [p.name for p in ps],
+                "cpu_usage": [p.cpu_usage for p in ps],
+                "memory_usage": [p.memory_usage for p in ps],
+            }
+        return {
+            "start": self.start,
+            "size": self.size,
+            "count": self.count,
+            "cpu_usage": self.cpu.record(),
+            "memory_usage": self.mem.record(),
+            "disk_usage": self.disk.record(),
+            "network_rx": self.rx,
+            "network_tx": self.tx,
+            "last_event_at": self.last_ts,
+            "revision": self.revision,
+            "last_offset": self.last_offset,
+            "processes": procs,
+        }
+
+    @classmethod
+    def from_record(cls, server_id: str, r: dict[str, Any]) -> WindowAcc:
+        """The window of a `record()`."""
+        procs = r["processes"]
+        return cls(
+            server_id=server_id,
+            start=int(r["start"]),
+            size=int(r["size"]),
+            count=int(r["count"]),
+            cpu=MetricAcc.from_record(r["cpu_usage"]),
+            mem=MetricAcc.from_record(r["memory_usage"]),
+            disk=MetricAcc.from_record(r["disk_usage"]),
+            rx=int(r["network_rx"]),
+            tx=int(r["network_tx"]),
+            last_ts=float(r["last_event_at"]),
+            revision=int(r["revision"]),
+            last_offset=int(r["last_offset"]),
+            processes=None
+            if procs is None
+            else [
+                ProcessInfo.model_construct(pid=pid, name=name, cpu_usage=cpu, memory_usage=mem)
+                for pid, name, cpu, mem in zip(
+                    procs["pid"],
+                    procs["name"],
+                    procs["cpu_usage"],
+                    procs["memory_usage"],
+                    strict=True,
+                )
+            ],
+        )
+
+    def changelog_value(self) -> bytes:
+        """The window as its kept-window changelog record (version first, see `_RECORD_HEAD`)."""
+        return _dumps({"v": STATE_VERSION, **self.record()})
+
+
+#: How every record this worker writes begins: a kept window restored with it is held as read.
+_RECORD_HEAD: Final = b'{"v":%d,' % STATE_VERSION
+
+
+class ChangelogRecordError(FleetPulseError):
+    """A changelog record this worker cannot read: a version it does not know (written by a
+    newer release, or not by FleetPulse), or fields missing. Restoring stops at it rather than
+    guess; the message names the record's key."""
+
+    def __init__(self, key: bytes, problem: str) -> None:
+        super().__init__(f"changelog record {key!r}: {problem}")
+        self.key = key
+
+
+def _version_of(value: bytes) -> object:
+    """The version a record says it has (None if it says none or cannot be parsed)."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return data.get("v") if isinstance(data, dict) else None
+
+
+def _unreadable(key: bytes, version: object) -> ChangelogRecordError:
+    readable = f"{POSITIONAL_VERSION} and {STATE_VERSION}"
+    return ChangelogRecordError(
+        key, f"version {version!r}, but this worker reads versions {readable} only"
+    )
+
 
 @dataclass(frozen=True)
 class Grace:
@@ -322,7 +443,7 @@ class Grace:
             raise ValueError("hourly and daily grace must be at least the 5 s grace")
 
     def of(self, resolution: Resolution) -> float:
-        if resolution is FIVE:
+        if resolution is BASE:
             return self.five_seconds
         return self.one_hour if resolution is Resolution.ONE_HOUR else self.one_day
 
@@ -377,30 +498,51 @@ class ServerWindows:
     kept: dict[int, bytes] = field(default_factory=dict)  # closed 5 s windows, packed
     rollups: dict[RollupKey, WindowAcc] = field(default_factory=dict)  # open or emitted
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "v": STATE_VERSION,
-            "event_time": self.event_time,
-            "closed_time": self.closed_time,
-            "covered": self.covered,
-            "released": self.released,
-            "rollups": [[r.value, acc.row()] for (r, _), acc in self.rollups.items()],
-        }
+    def changelog_value(self) -> bytes:
+        """The server's record: its clocks and its open and emitted rollups, named."""
+        rollups = []
+        for (resolution, _), acc in self.rollups.items():
+            r = acc.record()
+            r["resolution"] = resolution
+            rollups.append(r)
+        return _dumps(
+            {
+                "v": STATE_VERSION,
+                "event_time": self.event_time,
+                "closed_time": self.closed_time,
+                "covered": self.covered,
+                "released": self.released,
+                "rollups": rollups,
+            }
+        )
 
     @classmethod
-    def from_json(cls, server_id: str, data: dict[str, Any]) -> ServerWindows:
-        if data.get("v") != STATE_VERSION:
-            raise ValueError(f"changelog record of version {data.get('v')!r}, not {STATE_VERSION}")
-        state = cls(
-            server_id,
-            event_time=float(data["event_time"]),
-            closed_time=float(data["closed_time"]),
-            covered=int(data["covered"]),
-            released=int(data["released"]),
-        )
-        for res, row in data["rollups"]:
-            acc = WindowAcc.unpack(server_id, row)
-            state.rollups[(Resolution(res), acc.start)] = acc
+    def from_changelog(cls, key: bytes, value: bytes) -> ServerWindows:
+        """The server of a record (version 3, or 2: rollups as positional arrays). Raises
+        `ChangelogRecordError` for any other version, or a record it cannot read."""
+        server_id = key.decode()
+        try:
+            data = orjson.loads(value)
+            version = data.get("v")
+            if version not in (STATE_VERSION, POSITIONAL_VERSION):
+                raise _unreadable(key, version)
+            state = cls(
+                server_id,
+                event_time=float(data["event_time"]),
+                closed_time=float(data["closed_time"]),
+                covered=int(data["covered"]),
+                released=int(data["released"]),
+            )
+            for r in data["rollups"]:
+                if version == STATE_VERSION:
+                    resolution, acc = r["resolution"], WindowAcc.from_record(server_id, r)
+                else:
+                    resolution, acc = r[0], WindowAcc.unpack(server_id, r[1])
+                state.rollups[(Resolution(resolution), acc.start)] = acc
+        except ChangelogRecordError:
+            raise
+        except (orjson.JSONDecodeError, LookupError, TypeError, ValueError, AttributeError) as exc:
+            raise ChangelogRecordError(key, f"not a readable server record ({exc!r})") from None
         return state
 
 
@@ -440,7 +582,7 @@ class PartitionWindows:
             s = self.servers[e.server_id] = ServerWindows(e.server_id)
         self._dirty.add(s.server_id)
         ts = e.timestamp.timestamp()
-        start = int(ts // 5) * 5
+        start = int(ts // SIZE) * SIZE
         replayed = offset < s.covered
         acc = s.five.get(start)
         if acc is not None:
@@ -448,7 +590,7 @@ class PartitionWindows:
         elif (
             start in s.kept
             or start < s.released
-            or start + 5 + self.grace.five_seconds <= s.event_time
+            or start + SIZE + self.grace.five_seconds <= s.event_time
         ):
             # Its window has closed (or, never opened, is behind the server's own event
             # time): late. A replayed one is in the restored state already.
@@ -459,7 +601,7 @@ class PartitionWindows:
         else:
             # A slot the wall clock passed while the server was quiet is not closed for a
             # sample newer than any it sent: an agent's outage buffer lands in open windows.
-            s.five[start] = WindowAcc.from_event(e, start, 5, offset)
+            s.five[start] = WindowAcc.from_event(e, start, SIZE, offset)
         if not replayed:
             s.arrived = wall
         if ts > s.event_time:
@@ -495,15 +637,14 @@ class PartitionWindows:
         packed = s.kept.get(start)
         w = None if packed is None else WindowAcc.unpack(s.server_id, packed)
         if w is None:  # nothing was in this window: it is emitted now, then complete
-            w = WindowAcc.from_event(e, start, 5, offset)
-            self._emit(w, FIVE, stamp, out)
+            w = WindowAcc.from_event(e, start, SIZE, offset)
+            self._emit(w, BASE, stamp, out)
         elif offset > w.last_offset:  # (at or below: a newer record of it has it already)
             w.add(e, offset)
-            self._emit(w, FIVE, stamp, out)
+            self._emit(w, BASE, stamp, out)
         w.first_offset = None
         self._keep(s, w)
-        for resolution in ROLLUPS:
-            size = resolution.seconds
+        for resolution, size in ROLLUPS:
             key = (resolution, int(ts // size) * size)
             r = s.rollups.get(key)
             if r is None:
@@ -519,16 +660,15 @@ class PartitionWindows:
         if t > s.closed_time:
             s.closed_time = t
         g5 = self.grace.five_seconds
-        due = [start for start in s.five if start + 5 + g5 <= t]
+        due = [start for start in s.five if start + SIZE + g5 <= t]
         if due:
             self._dirty.add(s.server_id)
             for start in sorted(due):
                 w = s.five.pop(start)
-                self._emit(w, FIVE, stamp, out)
+                self._emit(w, BASE, stamp, out)
                 w.first_offset = None
                 self._keep(s, w)
-                for resolution in ROLLUPS:
-                    size = resolution.seconds
+                for resolution, size in ROLLUPS:
                     key = (resolution, start // size * size)
                     r = s.rollups.get(key)
                     if r is None:
@@ -554,9 +694,9 @@ class PartitionWindows:
         self._dirty.add(w.server_id)
 
     def _keep(self, s: ServerWindows, w: WindowAcc) -> None:
-        packed = w.pack()
-        s.kept[w.start] = packed
-        self._dirty_windows[window_key(s.server_id, w.start)] = packed
+        # Held compact (positional: this process writes and reads it), recorded named.
+        s.kept[w.start] = w.pack()
+        self._dirty_windows[window_key(s.server_id, w.start)] = w.changelog_value()
 
     def _release(self, s: ServerWindows) -> None:
         """Forget what has fallen behind the horizon: kept 5 s windows (oldest first; one
@@ -565,7 +705,7 @@ class PartitionWindows:
         kept = s.kept
         while kept:
             start = next(iter(kept))
-            if start + 5 > edge:
+            if start + SIZE > edge:
                 break
             del kept[start]
             self._dirty_windows[window_key(s.server_id, start)] = None
@@ -591,7 +731,7 @@ class PartitionWindows:
             if t > s.closed_time:
                 self._close(s, t, stamp, out)
             if quiet > self.horizon and s.kept:
-                s.released = max(s.kept) + 5
+                s.released = max(s.kept) + SIZE
                 for start in s.kept:
                     self._dirty_windows[window_key(s.server_id, start)] = None
                 s.kept.clear()
@@ -617,27 +757,36 @@ class PartitionWindows:
         for server_id in dirty:
             s = self.servers[server_id]
             s.covered = max(s.covered, covered)
-            yield server_id.encode(), orjson.dumps(s.to_json())
+            yield server_id.encode(), s.changelog_value()
         for key in released:
             yield key, None
 
     def restore(self, records: dict[bytes, bytes], wall: float) -> None:
         """Start from the changelog (latest value per key, tombstones removed) at `wall`:
-        a restored server is quiet from then on, not since its last sample."""
+        a restored server is quiet from then on, not since its last sample. Records of
+        versions 2 and 3 are read; any other raises `ChangelogRecordError` with its key, and
+        nothing of the partition is restored (a server record written before an unreadable
+        window record would otherwise miss it)."""
         windows: list[tuple[str, int, bytes]] = []
+        servers: dict[str, ServerWindows] = {}
         for key, value in records.items():
             if key.startswith(WINDOW_KEY_PREFIX):
-                windows.append((*parse_window_key(key), value))
+                # Held as read, unparsed: a takeover reads thousands per server. Only the
+                # version is checked here; `WindowAcc.unpack` reads either form by its shape.
+                if not (value.startswith(_RECORD_HEAD) or value[:1] == b"["):
+                    raise _unreadable(key, _version_of(value))
+                server_id, start = parse_window_key(key)
+                windows.append((server_id, start, value))
             else:
-                server_id = key.decode()
-                s = ServerWindows.from_json(server_id, orjson.loads(value))
+                s = ServerWindows.from_changelog(key, value)
                 s.arrived = wall
-                self.servers[server_id] = s
+                servers[s.server_id] = s
+        self.servers.update(servers)
         g5 = self.grace.five_seconds
         for server_id, start, value in sorted(windows, key=lambda w: w[1]):
             owner = self.servers.get(server_id)
             # A window closed after its server's record was written is rebuilt by the replay.
-            closed = owner is not None and start + 5 + g5 <= owner.closed_time
+            closed = owner is not None and start + SIZE + g5 <= owner.closed_time
             if owner is not None and closed and start >= owner.released:
                 owner.kept[start] = value
 
@@ -648,7 +797,7 @@ class PartitionWindows:
         (`watermark`), open rollups per server, markers of emitted ones. The 5 s windows it
         had closed are released (their content was not kept), so a late sample for one is
         refused rather than turned into a window that holds only itself."""
-        released = int(watermark // 5) * 5 + 5
+        released = int(watermark // SIZE) * SIZE + SIZE
         for key, value in records.items():
             server_id = key.decode()
             data = orjson.loads(value)

@@ -1,6 +1,13 @@
 """Database migrations for FleetPulse (`fleetpulse db migrate`)."""
 
-from infra.db.migrate import Migration, MigrationError, MigrationReport, load_migrations, migrate
+from infra.db.migrate import (
+    Migration,
+    MigrationError,
+    MigrationReport,
+    load_migrations,
+    migrate,
+    missing_tables,
+)
 
 __all__ = [
     "Migration",
@@ -8,4 +15,5 @@ __all__ = [
     "MigrationReport",
     "load_migrations",
     "migrate",
+    "missing_tables",
 ]

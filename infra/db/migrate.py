@@ -4,13 +4,16 @@ A migration is `NNNN_name.sql` (every storage mode) or a pair `NNNN_name.postgre
 `NNNN_name.timescaledb.sql` (one per mode). Each runs in its own transaction and is recorded
 in `schema_migrations` with a checksum; a session-level advisory lock makes concurrent runs
 (two processes starting at once) apply each migration exactly once. The storage mode is chosen
-once, on the first run, and kept.
+once, on the first run, and kept. Before anything is applied, the migrations are checked
+against the resolutions table (`schemas/resolutions.py`): every resolution's table must be
+created by one of them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,11 +21,13 @@ from typing import Literal
 import asyncpg
 
 from runtime.errors import FleetPulseError
+from schemas import RESOLUTIONS, ResolutionSpec
 
 SQL_DIR = Path(__file__).parent / "sql"
 #: Advisory lock key of the migration runner ("fleetpulse" → a fixed 63-bit number).
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"fleetpulse.migrate").digest()[:8], "big") >> 1
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(postgres|timescaledb))?\.sql$")
+_CREATE_TABLE = re.compile(r'CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"?(\w+)"?', re.IGNORECASE)
 
 StorageMode = Literal["postgres", "timescaledb"]
 
@@ -72,6 +77,25 @@ def load_migrations(mode: StorageMode, directory: Path = SQL_DIR) -> list[Migrat
     return out
 
 
+def missing_tables(
+    migrations: Iterable[Migration], table: Iterable[ResolutionSpec] = RESOLUTIONS
+) -> list[str]:
+    """The tables of the resolutions in `table` that none of `migrations` creates."""
+    created = {name for m in migrations for name in _CREATE_TABLE.findall(m.sql)}
+    return [r.table for r in table if r.table not in created]
+
+
+def check_migrations(migrations: list[Migration], mode: StorageMode) -> list[Migration]:
+    """`migrations` if they create every resolution's table; else a `MigrationError`."""
+    missing = missing_tables(migrations)
+    if missing:
+        raise MigrationError(
+            f"the resolutions table names {', '.join(missing)}, which no {mode} migration "
+            "creates: add a migration for it"
+        )
+    return migrations
+
+
 async def detect_mode(conn: asyncpg.Connection) -> StorageMode:
     """`timescaledb` when the extension can be created in this database, else `postgres`."""
     available = await conn.fetchval(
@@ -118,7 +142,7 @@ async def migrate(
             mode = storage
 
         applied = []
-        for mig in load_migrations(mode, directory):
+        for mig in check_migrations(load_migrations(mode, directory), mode):
             row = done.get(mig.version)
             if row is not None:
                 if row["checksum"] != mig.checksum:

@@ -13,12 +13,13 @@ import pytest
 from infra.db import migrate
 from schemas import Resolution
 from sinks.read import ReadError, read_series
-from sinks.rows import DAILY, HOURLY, SNAPSHOTS, to_row
+from sinks.rows import TABLES, to_row
 from sinks.writer import BatchWriter, Item, write_isolating
 from tests.sinks.helpers import T0, add_server, aggregate
 
 pytestmark = pytest.mark.integration
 
+SNAPSHOTS = TABLES[Resolution.FIVE_SECONDS]
 SID = "6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"
 
 
@@ -45,10 +46,9 @@ async def _load(conn: asyncpg.Connection, writer: BatchWriter) -> None:
             aggregate(SID, T0, Resolution.ONE_HOUR, count=3600, cpu=12.0),
             aggregate(SID, hour_2, Resolution.ONE_HOUR, count=1800, cpu=30.0),
         ]
-        await writer.upsert(conn, HOURLY, [to_row(a) for a in hourly])
-        await writer.upsert(
-            conn, DAILY, [to_row(aggregate(SID, T0.replace(hour=0), Resolution.ONE_DAY, cpu=5.0))]
-        )
+        await writer.upsert(conn, TABLES[Resolution.ONE_HOUR], [to_row(a) for a in hourly])
+        day = aggregate(SID, T0.replace(hour=0), Resolution.ONE_DAY, cpu=5.0)
+        await writer.upsert(conn, TABLES[Resolution.ONE_DAY], [to_row(day)])
 
 
 async def _check_series(conn: asyncpg.Connection) -> None:

@@ -21,7 +21,6 @@ from runtime.topics import create_topics
 from schemas import DeadLetter, Resolution, WindowAggregate
 from schemas.topics import TopicSpec
 from sinks import Sink, SinkSettings
-from sinks.rows import DAILY, HOURLY, SNAPSHOTS
 from tests.sinks.helpers import T0, add_server, aggregate
 
 pytestmark = pytest.mark.integration
@@ -36,16 +35,8 @@ class Rig:
     servers: list[str]
 
     def sink(self, **settings: object) -> Sink:
-        return Sink(
-            self.settings.model_copy(update=settings),
-            topics=tuple(self.topics.values()),
-            dlq_topic=self.dlq,
-            tables={
-                self.topics[Resolution.FIVE_SECONDS]: SNAPSHOTS,
-                self.topics[Resolution.ONE_HOUR]: HOURLY,
-                self.topics[Resolution.ONE_DAY]: DAILY,
-            },
-        )
+        # Topics and tables: the settings' (the rig's topics, by resolution).
+        return Sink(self.settings.model_copy(update=settings), dlq_topic=self.dlq)
 
     async def produce(self, aggs: list[WindowAggregate], raw: list[bytes] | None = None) -> None:
         producer = AIOKafkaProducer(
@@ -113,6 +104,7 @@ async def rig(
         pg_sslmode=service_settings.pg_sslmode,
         pg_password=service_settings.password(),
         sink_group=f"test-sink-{suffix}",
+        agg_topics=dict(topics),
         batch_age_ms=200,
         retry_min=0.2,
         retry_max=2.0,

@@ -3,7 +3,8 @@ any point — between batches with only part of its outputs acknowledged, or hal
 writing a checkpoint — and restarts from its changelog and committed offset emits exactly the
 aggregates, corrections and dead letters of an uninterrupted run, with late samples (absorbed
 as corrections, or beyond the horizon) in the input. A revision of a window may come out
-twice, never with different content, never missing."""
+twice, never with different content, never missing. A changelog of an earlier version is
+taken over; one of a version this worker does not know is refused."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import DeadLetter, DeadLetterReason, Resolution, WindowAggregate
 from streams.processor import PROGRESS_KEY, Outputs, StreamProcessor
-from streams.windows import Grace
+from streams.windows import ChangelogRecordError, Grace
 from tests.factories import event_dict
 from tests.streams.test_windows import SERVERS, T0
 
@@ -241,3 +243,43 @@ def test_a_checkpoint_cut_short_anywhere_keeps_every_kept_window() -> None:
         assert got.keys() == expected.keys(), cut
         for key, contents in got.items():
             assert set(contents) == set(expected[key]), (cut, key)
+
+
+def test_a_changelog_of_version_2_is_taken_over() -> None:
+    """Records a worker of version 2 wrote, positional (as they are in a running deployment's
+    changelog): the kept 5 s window takes a late sample as a correction, the open hour goes
+    on from what it held."""
+    hour = int(HOUR.timestamp())
+    kept = hour - 300
+    stats = [100.0, 10.0, 30.0, 20.0] * 3  # cpu, memory, disk: sum, min, max, last
+    procs = [[1, "init", 0.1, 0.2]]
+    window = [kept, 5, 5, *stats, 35, 20, kept + 4.0, 0, 30, procs]
+    rollup = [hour - 3600, 3600, 100, *stats, 700, 400, hour - 101.0, -1, 39, None]
+    server: dict[str, object] = {"v": 2, "event_time": hour - 100.0, "closed_time": hour - 100.0}
+    server["covered"] = 40
+    server |= {"released": -(2**62), "rollups": [["1h", rollup]]}
+    v2 = {
+        PROGRESS_KEY: json.dumps({"v": 2, "next_offset": 40}).encode(),
+        SERVERS[0].encode(): json.dumps(server).encode(),
+        b"w|%s|%d" % (SERVERS[0].encode(), kept): json.dumps(window).encode(),
+    }
+    proc = StreamProcessor(source_topic="raw")
+    proc.restore(0, v2, WALL)
+    out = Outputs()
+    for offset, at in enumerate((3600 - 298.0, 3600 + 10.0), start=40):
+        proc.record(0, offset, None, _event(0, at, 50.0)[1], WALL, out)
+    assert out.dead_letters == []
+    by = {a.resolution: a.message() for a in out.aggregates}
+    five, hourly = by[Resolution.FIVE_SECONDS], by[Resolution.ONE_HOUR]
+    assert (five.count, five.revision, five.network_rx, five.cpu_usage.max) == (6, 1, 42, 50.0)
+    assert five.processes is not None and five.processes[0].name == "init"
+    assert (hourly.count, hourly.revision, hourly.network_rx) == (101, 0, 707)
+    # Written again as version 3, named.
+    assert all(json.loads(v)["v"] == 3 for _, v in proc.checkpoint(0) if v is not None)
+
+
+def test_a_progress_record_of_an_unknown_version_is_refused_with_its_key() -> None:
+    proc = StreamProcessor(source_topic="raw")
+    newer = {PROGRESS_KEY: json.dumps({"v": 9, "next_offset": 40, "other": []}).encode()}
+    with pytest.raises(ChangelogRecordError, match=r"b'progress': version 9"):
+        proc.restore(0, newer, WALL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 from uuid import UUID
 
 import asyncpg
@@ -24,9 +24,15 @@ from registry.chart import render_chart
 from registry.models import EARLIEST, LATEST, MetricSeries, ServerPublic
 from registry.permissions import Permission
 from registry.store import CurrentUser
-from sinks.read import ReadError, read_series
+from sinks.read import STEPS, ReadError, read_series
 
 router = APIRouter(prefix="/servers", tags=["metrics"], responses=AUTHENTICATED)
+
+# The steps the read path serves, as the query parameter's choices (a 422 for any other).
+if TYPE_CHECKING:
+    Step = str
+else:
+    Step = Literal[tuple(STEPS)]
 
 
 def _check_time(name: str, value: datetime) -> None:
@@ -61,9 +67,7 @@ def series_query(
         datetime | None,
         Query(alias="to", description="End, exclusive (ISO 8601 with offset); default now."),
     ] = None,
-    step: Annotated[
-        Literal["1m", "5m", "1h", "1d"], Query(description="Bucket size of the series.")
-    ] = "1m",
+    step: Annotated[Step, Query(description="Bucket size of the series.")] = "1m",
 ) -> SeriesQuery:
     """The range and step of a series request (`/metrics` and `/chart`)."""
     return SeriesQuery(start, end, step)
