@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import base64
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from pydantic import SecretStr
 
 from infra.settings import StackSettings
 from registry.settings import RegistrySettings
+from schemas import (
+    MetricStats,
+    ProcessInfo,
+    Resolution,
+    WindowAggregate,
+)
 
 SERVER_ID = "6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"
 
@@ -73,3 +81,55 @@ def server_body(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+#: Where the windowing tests' events start: two hours before a day boundary.
+EVENT_T0 = datetime(2026, 11, 25, 22, 0, tzinfo=UTC)
+#: Where the sink tests' rows start.
+ROW_T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+
+SERVERS = ["6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4", "0b6f6d8e-2f55-4c59-9a1c-6a8f3f4e7c21"]
+
+
+def aggregate(
+    server_id: str,
+    start: datetime,
+    resolution: Resolution = Resolution.FIVE_SECONDS,
+    *,
+    count: int = 5,
+    cpu: float = 10.0,
+    mem: float = 40.0,
+    disk: float = 70.0,
+    rx: int = 1000,
+    tx: int = 500,
+) -> WindowAggregate:
+    five = resolution is Resolution.FIVE_SECONDS
+    return WindowAggregate(
+        server_id=server_id,
+        resolution=resolution,
+        window_start=start,
+        window_end=start + timedelta(seconds=resolution.seconds),
+        count=count,
+        cpu_usage=MetricStats(
+            avg=cpu, min=max(cpu - 1, 0), max=min(cpu + 1, 100), last=cpu if five else None
+        ),
+        memory_usage=MetricStats(avg=mem, min=mem - 1, max=mem + 1, last=mem if five else None),
+        disk_usage=MetricStats(avg=disk, min=disk, max=disk, last=disk if five else None),
+        network_rx=rx,
+        network_tx=tx,
+        processes=[ProcessInfo(pid=1, name="init", cpu_usage=0.5, memory_usage=0.1)]
+        if five
+        else None,
+        last_event_at=start + timedelta(seconds=resolution.seconds - 1),
+        emitted_at=start + timedelta(seconds=resolution.seconds + 5),
+    )
+
+
+async def add_server(conn: asyncpg.Connection, server_id: str) -> None:
+    await conn.execute(
+        "INSERT INTO servers (id, name, hostname, port, username, encrypted_password) "
+        "VALUES ($1, 'test', $2, 22, 'ops', 'v1:test') ON CONFLICT DO NOTHING",
+        server_id,
+        f"{server_id}.test",
+    )

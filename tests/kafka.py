@@ -1,10 +1,18 @@
-"""Reading and writing test topics on the real broker."""
+"""Reading and writing test topics on the real broker, with clients from the runtime's
+factories."""
 
 from __future__ import annotations
 
 import asyncio
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition
+
+from runtime import kafka
+from runtime.settings import KafkaSettings
+
+
+def _settings(bootstrap: str) -> KafkaSettings:
+    return KafkaSettings(kafka_bootstrap=bootstrap, kafka_client_id="fleetpulse-test")
 
 
 async def read_all(
@@ -12,9 +20,7 @@ async def read_all(
 ) -> list[tuple[bytes, bytes]]:
     """The topic's records, in offset order per partition: read until `expect` have come (or
     `timeout`), then `settle` seconds more so that a duplicate would show."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
+    consumer = kafka.consumer(_settings(bootstrap), "read", topic)
     await consumer.start()
     out: list[tuple[bytes, bytes]] = []
     try:
@@ -29,3 +35,26 @@ async def read_all(
     finally:
         await consumer.stop()
     return out
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = kafka.producer(_settings(bootstrap), "produce")
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def records_in(bootstrap: str, topic: str, partitions: int) -> int:
+    """How many records `topic` (of `partitions` partitions) holds: the sum of its end
+    offsets (a DLQ that must stay empty, say)."""
+    consumer = kafka.consumer(_settings(bootstrap), "count")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()

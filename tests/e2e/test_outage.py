@@ -33,7 +33,7 @@ from tests.conftest import ROOT
 from tests.e2e.pipeline import PARTITIONS, Pipeline, register, running_pipeline, wait_for
 from tests.e2e.relay import Relay
 from tests.factories import event_dict
-from tests.streams.worker import produce, records_in
+from tests.kafka import produce, records_in
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ import pytest
 from infra.settings import StackSettings
 from tests.e2e.pipeline import Pipeline, register, running_pipeline, wait_for
 from tests.factories import event_dict
-from tests.streams.worker import produce
+from tests.kafka import produce
 
 pytestmark = pytest.mark.integration
 

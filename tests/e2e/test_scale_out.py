@@ -22,7 +22,8 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from infra.settings import StackSettings
 from tests.e2e.pipeline import PARTITIONS, Pipeline, register, running_pipeline, wait_for
-from tests.streams.worker import by_window, collect, expected_windows, fleet_events, produce
+from tests.kafka import produce
+from tests.streams.worker import by_window, collect, expected_windows, fleet_events
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from runtime.settings import KafkaSettings
 from runtime.topics import create_topics
 from schemas.topics import TopicSpec
 from tests.conftest import ROOT
-from tests.streams.worker import produce
+from tests.kafka import produce
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ from schemas import Resolution
 from sinks.read import ReadError, read_series
 from sinks.rows import TABLES, to_row
 from sinks.writer import BatchWriter, Item, write_isolating
-from tests.sinks.helpers import T0, add_server, aggregate
+from tests.factories import ROW_T0 as T0
+from tests.factories import add_server, aggregate
 
 pytestmark = pytest.mark.integration
 

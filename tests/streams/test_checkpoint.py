@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from schemas import DeadLetter, DeadLetterReason, Resolution, WindowAggregate
 from streams.processor import PROGRESS_KEY, Outputs, StreamProcessor
 from streams.windows import ChangelogRecordError, Grace
-from tests.factories import event_dict
-from tests.streams.test_windows import SERVERS, T0
+from tests.factories import EVENT_T0 as T0
+from tests.factories import SERVERS, event_dict
 
 WALL = (T0 + timedelta(days=3)).timestamp()  # emission time: constant, so content compares
 FAR = (T0 + timedelta(days=5)).timestamp()  # the idle clock that closes what is left

@@ -27,9 +27,9 @@ from streams.windows import (
     ServerWindows,
     WindowAcc,
 )
+from tests.factories import EVENT_T0 as T0
+from tests.factories import SERVERS
 
-T0 = datetime(2026, 11, 25, 22, 0, tzinfo=UTC)  # two hours before a day boundary
-SERVERS = ["6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4", "0b6f6d8e-2f55-4c59-9a1c-6a8f3f4e7c21"]
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 

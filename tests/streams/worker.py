@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from schemas import WindowAggregate
 from tests.conftest import ROOT
@@ -37,29 +37,6 @@ class Topics:
             "FLEETPULSE_STATUS_TOPIC": self.status,
             "FLEETPULSE_DLQ_TOPIC": self.dlq,
         }
-
-
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def records_in(bootstrap: str, topic: str, partitions: int) -> int:
-    """How many records `topic` (of `partitions` partitions) holds: the sum of its end
-    offsets (a DLQ that must stay empty, say)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        return sum((await consumer.end_offsets(tps)).values())
-    finally:
-        await consumer.stop()
 
 
 async def start_worker(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -18,10 +21,12 @@ from infra.db import migrate
 from infra.settings import StackSettings
 from infra.stack import PostgresCluster
 from runtime.topics import create_topics
-from schemas import DeadLetter, Resolution, WindowAggregate
+from schemas import AGG_5S, DeadLetter, Resolution, WindowAggregate
 from schemas.topics import TopicSpec
 from sinks import Sink, SinkSettings
-from tests.sinks.helpers import T0, add_server, aggregate
+from tests.conftest import ROOT
+from tests.factories import ROW_T0 as T0
+from tests.factories import add_server, aggregate
 
 pytestmark = pytest.mark.integration
 
@@ -334,3 +339,41 @@ async def test_sink_resumes_as_soon_as_the_database_is_back(
         await task
         await sink.close()
     assert landed < 4, f"rows landed {landed:.1f} s after the database was back"
+
+
+async def test_sink_command_writes_and_stops_cleanly(stack_settings: StackSettings) -> None:
+    sid = str(uuid.uuid4())
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    conn = await asyncpg.connect(**stack_settings.connect_kwargs())
+    try:
+        await add_server(conn, sid)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "infra.cli", "sink",
+            env={**os.environ, "FLEETPULSE_SINK_GROUP": f"test-{sid[:8]}"},
+            cwd=ROOT,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        producer = AIOKafkaProducer(bootstrap_servers=stack_settings.kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for i in range(6):
+                agg = aggregate(sid, start + timedelta(seconds=5 * i), cpu=float(i))
+                await producer.send_and_wait(AGG_5S.name, agg.to_json_bytes(), key=sid.encode())
+        finally:
+            await producer.stop()
+        try:
+            async with asyncio.timeout(60):
+                while True:
+                    n = await conn.fetchval(
+                        "SELECT count(*) FROM metrics_snapshots WHERE server_id = $1", sid
+                    )
+                    if n == 6:
+                        break
+                    await asyncio.sleep(0.3)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        assert proc.returncode == 0, err
+        assert b"sink stopped" in err
+    finally:
+        await conn.close()

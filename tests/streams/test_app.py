@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+import types
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -12,18 +14,21 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+import streams.app
 from runtime.settings import KafkaSettings
 from runtime.topics import create_topics
 from schemas import DeadLetter, ServerStatusChange, WindowAggregate
 from schemas.topics import TopicSpec
+from streams.app import StreamWorker
+from streams.settings import StreamSettings
 from tests.factories import event_dict
+from tests.kafka import produce, records_in
 from tests.streams.worker import (
     Topics,
     by_window,
     collect,
     expected_windows,
     fleet_events,
-    produce,
     start_worker,
     stop_worker,
 )
@@ -324,3 +329,89 @@ async def test_a_failed_send_starts_over_from_the_checkpoint_in_place(
         if t0 + timedelta(seconds=30) <= k[1] < t0 + timedelta(seconds=60)
     }
     assert summary(mine) == expected_windows(servers, t0, later, 5)
+
+
+HOSTS = 300
+
+
+SECONDS = 20
+
+
+PARTITIONS = 6
+
+
+RUNS = 5
+
+
+@pytest.fixture
+async def catch_up_topics(kafka_bootstrap: str) -> AsyncIterator[Topics]:
+    s = uuid.uuid4().hex[:8]
+    t = Topics(f"c.raw.{s}", f"c.a5.{s}", f"c.a1h.{s}", f"c.a1d.{s}", f"c.st.{s}", f"c.dlq.{s}")
+    specs = [TopicSpec(n, PARTITIONS, 3_600_000) for n in vars(t).values()]
+    await create_topics(KafkaSettings(kafka_bootstrap=kafka_bootstrap), specs)
+    yield t
+
+
+def with_forced_ticks(worker: StreamWorker, ahead: float) -> list[int]:
+    """Make `worker` run a tick between every fetch and its processing, its clock `ahead`
+    seconds in the future; returns the list the number of forced ticks is counted in."""
+    forced = [0]
+    fetched = worker.restore_missing  # awaited between the fetch and the processing
+
+    async def fetched_then_tick(partitions: list[int]) -> None:
+        await fetched(partitions)
+        real = time.time
+        ahead_clock = types.SimpleNamespace(time=lambda: real() + ahead, monotonic=time.monotonic)
+        setattr(streams.app, "time", ahead_clock)  # noqa: B010 - the worker's clock only
+        try:
+            await worker._tick()
+        finally:
+            setattr(streams.app, "time", time)  # noqa: B010
+        forced[0] += 1
+
+    worker.restore_missing = fetched_then_tick  # type: ignore[method-assign]
+    return forced
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_catch_up_with_a_tick_between_fetch_and_processing_loses_nothing(
+    kafka_bootstrap: str, catch_up_topics: Topics, run: int
+) -> None:
+    servers = [str(uuid.uuid4()) for _ in range(HOSTS)]
+    t0 = datetime.fromtimestamp((int(time.time()) - 7200) // 5 * 5, UTC)
+    await produce(kafka_bootstrap, catch_up_topics.raw, fleet_events(servers, t0, range(SECONDS)))
+    settings = StreamSettings(
+        kafka_bootstrap=kafka_bootstrap,
+        stream_group=f"test-catchup-{uuid.uuid4().hex[:8]}",
+        raw_topic=catch_up_topics.raw,
+        agg_5s_topic=catch_up_topics.a5,
+        agg_1h_topic=catch_up_topics.a1h,
+        agg_1d_topic=catch_up_topics.a1d,
+        status_topic=catch_up_topics.status,
+        dlq_topic=catch_up_topics.dlq,
+        stream_batch=400,  # many fetches, each ending a partition's backlog sooner or later
+        offline_after=4,
+    )
+    worker = StreamWorker(settings)
+    forced = with_forced_ticks(worker, ahead=3.0)
+    task = asyncio.create_task(worker._consume())
+    try:
+        values = await collect(
+            kafka_bootstrap, catch_up_topics.a5, HOSTS * SECONDS // 5, distinct=True
+        )
+        hours = by_window(await collect(kafka_bootstrap, catch_up_topics.a1h, HOSTS, distinct=True))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    fives = by_window(values)
+    assert forced[0] >= PARTITIONS
+    assert await records_in(kafka_bootstrap, catch_up_topics.dlq, PARTITIONS) == 0
+    assert len(fives) == HOSTS * SECONDS // 5
+    short = [(k, w.count) for k, w in fives.items() if w.count != 5 or w.revision != 0]
+    assert short == []
+    per_server: dict[str, int] = {}
+    for (sid, _), w in hours.items():
+        per_server[sid] = per_server.get(sid, 0) + w.count
+    assert per_server == dict.fromkeys(servers, SECONDS)
+    assert all(start >= t0 - timedelta(hours=1) for _, start in hours)

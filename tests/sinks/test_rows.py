@@ -1,0 +1,35 @@
+"""Unit tests: from window aggregates to rows, one table layout per resolution."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from schemas import RESOLUTIONS, Resolution
+from sinks.rows import TABLES, table_of, to_row
+from tests.factories import ROW_T0, SERVER_ID, aggregate
+
+
+def test_every_resolution_has_its_table_keyed_by_server_and_time() -> None:
+    for spec in RESOLUTIONS:
+        table = TABLES[spec.name]
+        assert table == table_of(spec) and table.name == spec.table
+        assert table.key == ("server_id", spec.time_column)
+        assert table.names[:2] == ["server_id", spec.time_column]
+
+
+def test_a_5s_row_follows_its_columns() -> None:
+    agg = aggregate(SERVER_ID, ROW_T0, cpu=12.0, mem=40.0, disk=70.0, rx=1000, tx=500)
+    row = dict(zip(TABLES[Resolution.FIVE_SECONDS.value].names, to_row(agg), strict=True))
+    assert row["server_id"] == SERVER_ID and row["timestamp"] == ROW_T0
+    assert (row["cpu_usage"], row["cpu_usage_min"], row["cpu_usage_max"]) == (12.0, 11.0, 13.0)
+    assert (row["sample_count"], row["network_rx"], row["network_tx"]) == (5, 1000, 500)
+    assert row["processes"].startswith('[{"pid":1,"name":"init"')
+
+
+def test_a_rollup_row_follows_its_columns() -> None:
+    start = ROW_T0 - timedelta(minutes=ROW_T0.minute)
+    agg = aggregate(SERVER_ID, start, Resolution.ONE_HOUR, count=3600, cpu=20.0)
+    row = dict(zip(TABLES[Resolution.ONE_HOUR.value].names, to_row(agg), strict=True))
+    assert row["bucket"] == start and row["sample_count"] == 3600
+    assert (row["cpu_usage_avg"], row["cpu_usage_min"], row["cpu_usage_max"]) == (20.0, 19.0, 21.0)
+    assert "processes" not in row
