@@ -18,7 +18,8 @@ from infra.settings import StackSettings
 from schemas import Resolution
 from sinks.rows import TABLES, to_row
 from sinks.writer import BatchWriter
-from tests.sinks.helpers import aggregate
+from tests.factories import aggregate
+
 
 SNAPSHOTS = TABLES[Resolution.FIVE_SECONDS]
 BATCH = 5000
