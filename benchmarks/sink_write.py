@@ -20,7 +20,6 @@ from sinks.rows import TABLES, to_row
 from sinks.writer import BatchWriter
 from tests.factories import aggregate
 
-
 SNAPSHOTS = TABLES[Resolution.FIVE_SECONDS]
 BATCH = 5000
 ROUNDS = 7
