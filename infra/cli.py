@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from infra.settings import StackSettings
 from runtime.errors import FleetPulseError
 from runtime.logs import configure_logging
+from schemas import RESOLUTIONS
 
 if TYPE_CHECKING:
     from registry.settings import RegistrySettings
@@ -366,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "sink",
         help="write the aggregate topics into the database (one consumer group)",
-        description="Consumes metrics.agg.5s.v1, .1h.v1 and .1d.v1, upserts batches into "
-        "metrics_snapshots, metrics_hourly and metrics_daily, commits offsets after the "
+        description=f"Consumes {', '.join(r.topic for r in RESOLUTIONS)}, upserts "
+        f"batches into {', '.join(r.table for r in RESOLUTIONS)}, commits offsets after the "
         "transaction, dead-letters what the database rejects. Stops cleanly on SIGTERM/SIGINT.",
     ).set_defaults(func=_sink)
 
