@@ -170,7 +170,7 @@ def _lag(args: argparse.Namespace) -> int:
         registry.registry_group: [registry.status_topic],
     }
     try:
-        print(asyncio.run(report(stream.kafka_bootstrap, groups, stream.dlq_topic)))
+        print(asyncio.run(report(stream, groups, stream.dlq_topic)))
     except KafkaError as exc:
         raise CommandError(f"Kafka at {stream.kafka_bootstrap}: {exc}") from None
     return 0

@@ -50,6 +50,7 @@ from registry.errors import Conflict
 from registry.models import ServerCategory, ServerCreate
 from registry.service import create_admin
 from registry.settings import RegistrySettings
+from runtime import kafka, postgres
 from runtime.errors import FleetPulseError
 from runtime.topics import create_topics
 from schemas import DLQ, RAW, RESOLUTIONS
@@ -149,7 +150,7 @@ async def register_servers(
         )
         for i in range(hosts)
     ]
-    conn = await asyncpg.connect(**settings.connect_kwargs())
+    conn = await postgres.connect(settings)
     try:
         rows = await conn.fetch("SELECT id, hostname FROM servers")
         known = {r["id"] for r in rows}
@@ -305,11 +306,11 @@ class Probe:
     _partitions: dict[str, list[TopicPartition]] = field(default_factory=dict)
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        self._consumer = kafka.consumer(self.db, "demo-probe")
         await self._consumer.start()
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        self._admin = kafka.admin(self.db, "demo-admin")
         await self._admin.start()
-        self._conn = await asyncpg.connect(**self.db.connect_kwargs())
+        self._conn = await postgres.connect(self.db)
         for topic, parts in (await partitions(self._admin, list(TOPICS))).items():
             self._partitions[topic] = [TopicPartition(topic, p) for p in parts]
 
@@ -440,7 +441,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 # -- the demo ------------------------------------------------------------------------------------
 async def _prepare_database(settings: StackSettings) -> str:
-    conn = await asyncpg.connect(**settings.connect_kwargs())
+    conn = await postgres.connect(settings)
     try:
         return (await migrate(conn, storage=settings.pg_storage)).mode
     finally:

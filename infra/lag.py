@@ -13,6 +13,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from runtime import kafka
+from runtime.settings import KafkaSettings
+
 
 @dataclass(frozen=True)
 class TopicLag:
@@ -62,12 +65,14 @@ async def group_lag(
     return out
 
 
-async def report(bootstrap: str, groups: dict[str, list[str]], dlq: str) -> str:
+async def report(settings: KafkaSettings, groups: dict[str, list[str]], dlq: str) -> str:
     """The text `fleetpulse lag` prints."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    # A command someone waits for: an unreachable broker is reported after 10 s, not 30.
+    settings = settings.model_copy(update={"kafka_request_timeout_ms": 10_000})
+    admin = kafka.admin(settings, "lag")
     await admin.start()
     try:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+        consumer = kafka.consumer(settings, "lag")
         await consumer.start()
         try:
             wanted = sorted({t for ts in groups.values() for t in ts} | {dlq})
