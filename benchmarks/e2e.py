@@ -57,6 +57,8 @@ from infra.settings import StackSettings
 from infra.stack.process import free_port
 from producers.simulator import simulated_server_id
 from runtime.topics import create_topics
+from schemas import RESOLUTIONS
+from schemas.resolutions import BASE
 from schemas.topics import AGG_1D, AGG_1H, AGG_5S, DLQ, RAW, STATUS, TopicSpec
 
 SEED = 7
@@ -189,8 +191,7 @@ async def _prepare(settings: StackSettings, hosts: int) -> str:
     try:
         await migrate(conn, storage="postgres")
         await conn.execute(
-            "ALTER TABLE metrics_snapshots ADD COLUMN landed_at timestamptz "
-            "DEFAULT clock_timestamp()"
+            f"ALTER TABLE {BASE.table} ADD COLUMN landed_at timestamptz DEFAULT clock_timestamp()"
         )
         records = [
             (simulated_server_id(SEED, i), f"sim-{i}", f"sim-{i}.bench", 22, "bench", "v1:unused")
@@ -236,7 +237,7 @@ async def _landed(
         seen, progress_at = -1, time.monotonic()
         while time.monotonic() - progress_at < DRAIN:
             n = await conn.fetchval(
-                'SELECT count(*) FROM metrics_snapshots WHERE "timestamp" >= $1 '
+                f'SELECT count(*) FROM {BASE.table} WHERE "timestamp" >= $1 '
                 'AND "timestamp" < $2 AND sample_count = 5',
                 *bounds,
             )
@@ -247,7 +248,7 @@ async def _landed(
             await asyncio.sleep(0.5)
         rows: list[asyncpg.Record] = await conn.fetch(
             'SELECT extract(epoch FROM landed_at - "timestamp")::float8 - 5 AS delay, '
-            'sample_count FROM metrics_snapshots WHERE "timestamp" >= $1 AND "timestamp" < $2',
+            f'sample_count FROM {BASE.table} WHERE "timestamp" >= $1 AND "timestamp" < $2',
             *bounds,
         )
         return rows
@@ -284,7 +285,7 @@ def stop_run(
 async def _truncate(settings: StackSettings, database: str) -> None:
     conn = await asyncpg.connect(**settings.connect_kwargs(database=database))
     try:
-        await conn.execute("TRUNCATE metrics_snapshots, metrics_hourly, metrics_daily")
+        await conn.execute(f"TRUNCATE {', '.join(r.table for r in RESOLUTIONS)}")
     finally:
         await conn.close()
 
@@ -413,7 +414,7 @@ def _report(target: list[Result], reference: Result, ladder: list[Result], overl
         f"and `fleetpulse registry` following the status topic; default partition counts. "
         f"Each run: {SECONDS} s of simulation; measured are the 5 s windows from {WARMUP} s "
         "after start to the simulator's end: every host's row must land complete, with "
-        "`landed_at` (a `clock_timestamp()` default on `metrics_snapshots`, in the sink's "
+        f"`landed_at` (a `clock_timestamp()` default on `{BASE.table}`, in the sink's "
         f"transaction) at most {TARGET_P99:g} s after the window's end at p99. Window grace "
         f"`FLEETPULSE_GRACE_5S={GRACE:g}` (the default 5 s would add 4 s to every delay; see "
         "the reference row).",

@@ -68,7 +68,7 @@ def run() -> str:
         "## Sink write path",
         "",
         f"{BATCH:,}-row batches of 5 s rows (15 columns, JSONB processes) into the partitioned "
-        f"`metrics_snapshots` on the local PostgreSQL 15 over TLS, {SERVERS} servers; one "
+        f"`{SNAPSHOTS.name}` on the local PostgreSQL 15 over TLS, {SERVERS} servers; one "
         f"transaction per batch; {ROUNDS} rounds, methods interleaved. `insert`: new keys; "
         "`rewrite`: the same batch again (every row conflicts and is updated).",
         "",

@@ -26,6 +26,7 @@ from streams.windows import (
     PartitionWindows,
     ServerWindows,
     WindowAcc,
+    window_key,
 )
 from tests.factories import EVENT_T0 as T0
 from tests.factories import SERVERS
@@ -410,3 +411,22 @@ def test_a_release_is_recorded_after_the_server_record_that_moved_past_it() -> N
     assert restored.add(ev(0, 50.0, cpu=90.0), 1000, 0.0, STAMP, OUT) is None
     [again] = [a for a in emitted(restored) if a.resolution is Resolution.FIVE_SECONDS]
     assert (again.count, again.revision, again.cpu_usage.max) == (6, 1, 90.0)
+
+
+def test_a_server_record_is_written_when_what_it_holds_changes() -> None:
+    """Samples that only fill an open window change nothing a restart needs (the replay
+    rebuilds open windows); a window closing, or a late sample, does."""
+    w = PartitionWindows(horizon=60)
+    feed(w, [ev(0, 0.0), ev(0, 1.0)])
+    list(w.checkpoint(2))
+    feed(w, [ev(0, 2.0), ev(0, 3.0)])  # [0, 5) is still open
+    assert list(w.checkpoint(4)) == []
+    feed(w, [ev(0, 10.0)])  # closes [0, 5)
+    assert [k for k, _ in w.checkpoint(5)] == [
+        window_key(SERVERS[0], int(T0.timestamp())),
+        SERVERS[0].encode(),
+    ]
+    feed(w, [ev(0, 11.0), ev(0, 12.0)])
+    assert list(w.checkpoint(7)) == []
+    assert feed(w, [ev(0, -100.0)]) == [False]  # refused: beyond the horizon
+    assert [k for k, _ in w.checkpoint(8)] == [SERVERS[0].encode()]
