@@ -136,6 +136,15 @@ async def count(conn: asyncpg.Connection, table: str) -> int:
     return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
 
 
+async def until_rows(conn: asyncpg.Connection, n: int, timeout: float, every: float) -> None:
+    """Wait until `metrics_snapshots` holds `n` rows (TimeoutError after `timeout` s)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await count(conn, "metrics_snapshots") >= n:
+                return
+            await asyncio.sleep(every)
+
+
 async def test_aggregates_in_exact_rows_out(rig: Rig) -> None:
     sid = rig.servers[0]
     fives = [
@@ -291,11 +300,7 @@ async def test_postgres_restart_mid_stream_loses_nothing(
         await asyncio.to_thread(cluster.start)
         conn = await asyncpg.connect(**rig.settings.connect_kwargs())
         try:
-            async with asyncio.timeout(60):
-                while True:
-                    if await count(conn, "metrics_snapshots") >= 150:
-                        break
-                    await asyncio.sleep(0.3)
+            await until_rows(conn, 150, timeout=60, every=0.3)
             stamps = await conn.fetch(
                 'SELECT "timestamp", count(*) AS n FROM metrics_snapshots GROUP BY 1'
             )
@@ -326,11 +331,7 @@ async def test_sink_resumes_as_soon_as_the_database_is_back(
         back = time.monotonic()
         conn = await asyncpg.connect(**rig.settings.connect_kwargs())
         try:
-            async with asyncio.timeout(30):
-                while True:
-                    if await count(conn, "metrics_snapshots") >= 20:
-                        break
-                    await asyncio.sleep(0.1)
+            await until_rows(conn, 20, timeout=30, every=0.1)
             landed = time.monotonic() - back
         finally:
             await conn.close()
