@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -117,19 +118,25 @@ async def rig(
     yield Rig(settings, app_conn, topics, dlq, servers)
 
 
-async def run_until(sink: Sink, done: Callable[[], Awaitable[bool]], timeout: float = 60) -> None:
+@contextlib.asynccontextmanager
+async def running(sink: Sink) -> AsyncIterator[asyncio.Task[None]]:
+    """The sink started and running for the block; stopped, flushed and closed after it."""
     await sink.start()
     task = asyncio.create_task(sink.run())
     try:
-        async with asyncio.timeout(timeout):
-            while not await done():
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.2)
+        yield task
     finally:
         sink.stop()
         await task
         await sink.close()
+
+
+async def run_until(sink: Sink, done: Callable[[], Awaitable[bool]], timeout: float = 60) -> None:
+    async with running(sink) as task, asyncio.timeout(timeout):
+        while not await done():
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.2)
 
 
 async def count(conn: asyncpg.Connection, table: str) -> int:
@@ -287,9 +294,7 @@ async def test_postgres_restart_mid_stream_loses_nothing(
     sid = rig.servers[0]
     cluster = PostgresCluster(stack_settings)
     sink = rig.sink()
-    await sink.start()
-    task = asyncio.create_task(sink.run())
-    try:
+    async with running(sink):
         first = [aggregate(sid, T0 + timedelta(seconds=5 * i)) for i in range(50)]
         await rig.produce(first)
         await asyncio.sleep(1.5)
@@ -306,10 +311,6 @@ async def test_postgres_restart_mid_stream_loses_nothing(
             )
         finally:
             await conn.close()
-    finally:
-        sink.stop()
-        await task
-        await sink.close()
     assert len(stamps) == 150 and {r["n"] for r in stamps} == {1}
 
 
@@ -321,9 +322,7 @@ async def test_sink_resumes_as_soon_as_the_database_is_back(
     sid = rig.servers[0]
     cluster = PostgresCluster(stack_settings)
     sink = rig.sink(retry_min=8.0, retry_max=30.0, retry_probe_every=0.25)
-    await sink.start()
-    task = asyncio.create_task(sink.run())
-    try:
+    async with running(sink):
         await asyncio.to_thread(cluster.stop)
         await rig.produce([aggregate(sid, T0 + timedelta(seconds=5 * i)) for i in range(20)])
         await asyncio.sleep(2)  # the sink has failed and is in its first 8 s delay
@@ -335,10 +334,6 @@ async def test_sink_resumes_as_soon_as_the_database_is_back(
             landed = time.monotonic() - back
         finally:
             await conn.close()
-    finally:
-        sink.stop()
-        await task
-        await sink.close()
     assert landed < 4, f"rows landed {landed:.1f} s after the database was back"
 
 
