@@ -9,6 +9,7 @@ import subprocess
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psutil
 
@@ -16,6 +17,10 @@ from infra import stack
 from infra.settings import StackSettings
 from infra.stack import PostgresCluster
 from runtime.topics import create_topics
+from schemas.resolutions import BASE
+
+#: The first resolution's window, s; at one event a second, also the samples a whole one holds.
+WINDOW = BASE.seconds
 
 
 def machine() -> str:
@@ -110,3 +115,30 @@ def kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
         p.kill()
     for p in procs:
         p.wait()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def head() -> str:
+    """The short commit of this tree."""
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def checkout(settings: StackSettings, rev: str) -> Path:
+    """A worktree of `rev` under the stack's home (made once): the baseline's code."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    path = settings.home_dir / "bench" / f"rev-{sha}"
+    if not path.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), sha], cwd=ROOT, check=True)
+    return path
+
+
+def code_env(code: Path) -> dict[str, str]:
+    """Environment for a child that runs the services' code from `code` (a checkout): first
+    on the path, and not the working directory (which `python -m` would put before it)."""
+    return {"PYTHONPATH": str(code), "PYTHONSAFEPATH": "1"}

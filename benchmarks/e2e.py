@@ -41,6 +41,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.common import (
+    WINDOW,
     bench_database,
     drop_database,
     drop_topics,
@@ -238,8 +239,9 @@ async def _landed(
         while time.monotonic() - progress_at < DRAIN:
             n = await conn.fetchval(
                 f'SELECT count(*) FROM {BASE.table} WHERE "timestamp" >= $1 '
-                'AND "timestamp" < $2 AND sample_count = 5',
+                'AND "timestamp" < $2 AND sample_count = $3',
                 *bounds,
+                WINDOW,
             )
             if n >= expected:
                 break
@@ -247,9 +249,10 @@ async def _landed(
                 seen, progress_at = n, time.monotonic()
             await asyncio.sleep(0.5)
         rows: list[asyncpg.Record] = await conn.fetch(
-            'SELECT extract(epoch FROM landed_at - "timestamp")::float8 - 5 AS delay, '
+            'SELECT extract(epoch FROM landed_at - "timestamp")::float8 - $3 AS delay, '
             f'sample_count FROM {BASE.table} WHERE "timestamp" >= $1 AND "timestamp" < $2',
             *bounds,
+            float(WINDOW),
         )
         return rows
     finally:
@@ -266,7 +269,7 @@ def landed_rows(
 ) -> tuple[int, list[asyncpg.Record], int]:
     """The rows a run must have landed for the windows in [since, until): how many, those
     that landed, and the dead letters of its DLQ topic."""
-    expected = hosts * (until - since) // 5
+    expected = hosts * (until - since) // WINDOW
     rows = asyncio.run(_landed(settings, database, since, until, expected))
     dead = asyncio.run(_dead_letters(settings.kafka_bootstrap, env["FLEETPULSE_DLQ_TOPIC"]))
     return expected, rows, dead
@@ -357,8 +360,8 @@ def one_run(
         if sim.returncode != 0 or first is None or last is None or last[0] - first[0] < 10:
             raise RuntimeError(f"the simulator failed; see {by_name['simulate'].log_path}")
         counts = summary(by_name["simulate"].log_path.read_text())
-        since = (int(start + WARMUP) // 5 + 1) * 5
-        until = int(start + SECONDS) // 5 * 5
+        since = (int(start + WARMUP) // WINDOW + 1) * WINDOW
+        until = int(start + SECONDS) // WINDOW * WINDOW
         expected, rows, dead = landed_rows(settings, database, env, hosts, since, until)
     finally:
         codes = stop_run(settings, children, env, topic_env)
@@ -372,7 +375,7 @@ def one_run(
         replicas=replicas,
         expected=expected,
         rows=len(rows),
-        complete=sum(1 for r in rows if r["sample_count"] == 5),
+        complete=sum(1 for r in rows if r["sample_count"] == WINDOW),
         events_per_s=sum(r["sample_count"] for r in rows) / (until - since),
         p50=percentile(delays, 0.50),
         p99=percentile(delays, 0.99),

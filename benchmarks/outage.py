@@ -21,7 +21,6 @@ import asyncio
 import base64
 import re
 import secrets
-import subprocess
 import sys
 import time
 import uuid
@@ -30,7 +29,17 @@ from pathlib import Path
 
 import asyncpg
 
-from benchmarks.common import bench_database, drop_database, median, stack_up
+from benchmarks.common import (
+    ROOT,
+    WINDOW,
+    bench_database,
+    checkout,
+    code_env,
+    drop_database,
+    head,
+    median,
+    stack_up,
+)
 from benchmarks.e2e import SEED, _topics, _wait_healthy, landed_rows, stop_run
 from infra.db import migrate
 from infra.demo import Child, DemoPaths, start_children
@@ -46,7 +55,6 @@ OUTAGE = 24  # s the broker is away
 RECOVERY = 40  # s after its return that are still counted
 SECONDS = WARMUP + OUTAGE + RECOVERY  # the simulator's run
 RUNS = 3
-ROOT = Path(__file__).resolve().parents[1]
 _NOISY = re.compile(rb" (WARNING|ERROR|CRITICAL) |\[(WARNING|ERROR|CRITICAL)\]")
 _STAMP = re.compile(rb"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d)")
 
@@ -114,10 +122,7 @@ def one_run(settings: StackSettings, code: Path, label: str) -> Outcome:
     port = free_port()
     env = {
         **topic_env,
-        # The services' code from `code`: first on the path, and not the working directory
-        # (which `python -m` would put before it).
-        "PYTHONPATH": str(code),
-        "PYTHONSAFEPATH": "1",
+        **code_env(code),
         "FLEETPULSE_PG_DATABASE": database,
         "FLEETPULSE_STREAM_GROUP": f"bench-outage-stream-{tag}",
         "FLEETPULSE_SINK_GROUP": f"bench-outage-sink-{tag}",
@@ -156,26 +161,15 @@ def one_run(settings: StackSettings, code: Path, label: str) -> Outcome:
         assert sim is not None
         sim.wait(timeout=SECONDS + 120)
         until = max(time.time(), back + RECOVERY)
-        since_row = (int(start) // 5 + 2) * 5
-        until_row = int(start + SECONDS) // 5 * 5
+        since_row = (int(start) // WINDOW + 2) * WINDOW
+        until_row = int(start + SECONDS) // WINDOW * WINDOW
         expected, rows, dead = landed_rows(settings, database, env, HOSTS, since_row, until_row)
     finally:
         codes = stop_run(settings, children, env, topic_env)
         asyncio.run(drop_database(settings, database))
     lines = {c.name: _noisy_lines(c.log_path, stopped, until) for c in children}
-    complete = sum(1 for r in rows if r["sample_count"] == 5)
+    complete = sum(1 for r in rows if r["sample_count"] == WINDOW)
     return Outcome(lines, complete, expected, dead, codes)
-
-
-def _checkout(settings: StackSettings, rev: str) -> Path:
-    """A worktree of `rev` under the stack's home (made once)."""
-    sha = subprocess.run(
-        ["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    path = settings.home_dir / "bench" / f"rev-{sha}"
-    if not path.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(path), sha], cwd=ROOT, check=True)
-    return path
 
 
 def _say(label: str, o: Outcome) -> None:
@@ -190,12 +184,9 @@ def _say(label: str, o: Outcome) -> None:
 
 def measure(runs: int, against: str | None) -> str:
     settings = stack_up()
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    codes = {f"`{head}` (this tree)": ROOT}
+    codes = {f"`{head()}` (this tree)": ROOT}
     if against:
-        codes[f"`{against}`"] = _checkout(settings, against)
+        codes[f"`{against}`"] = checkout(settings, against)
     results: dict[str, list[Outcome]] = {label: [] for label in codes}
     for _ in range(runs):
         for label, code in codes.items():

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from benchmarks.common import bench_database, drop_database, row, stack_up
+from benchmarks.common import WINDOW, bench_database, drop_database, row, stack_up
 from infra.db import migrate
 from infra.settings import StackSettings
 from schemas import Resolution
@@ -47,7 +47,7 @@ async def _measure(settings: StackSettings) -> dict[str, dict[str, list[float]]]
             for method, writer in writers.items():
                 rows = []
                 for i in range(BATCH):
-                    at = start + timedelta(seconds=5 * (window + i // SERVERS))
+                    at = start + timedelta(seconds=WINDOW * (window + i // SERVERS))
                     rows.append(to_row(aggregate(servers[i % SERVERS], at)))
                 window += BATCH // SERVERS
                 for kind in ("insert", "rewrite"):

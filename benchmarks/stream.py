@@ -19,18 +19,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from benchmarks.common import drop_topics, median, percentile, row, stack_up
+from benchmarks.common import (
+    ROOT,
+    WINDOW,
+    checkout,
+    code_env,
+    drop_topics,
+    head,
+    median,
+    percentile,
+    row,
+    stack_up,
+)
 from producers import MetricProducer, SimulatorSettings
 from producers.simulator import Simulator, fleet, iso_second
 from runtime.settings import KafkaSettings
@@ -83,7 +96,7 @@ async def _fill(bootstrap: str, topic: str) -> None:
     templates = [h.template for h in hosts]
     settings = SimulatorSettings(kafka_bootstrap=bootstrap, hosts=HOSTS)
     async with MetricProducer(settings, topic=topic) as producer:
-        t0 = (int(time.time()) - 3600) // 5 * 5  # whole windows: each host 10 of 5 samples
+        t0 = (int(time.time()) - 3600) // WINDOW * WINDOW  # whole windows: each host 10 of 5
         for t in range(t0, t0 + SECONDS):
             ts = iso_second(t)
             for i, h in enumerate(hosts):
@@ -97,10 +110,12 @@ async def _count(consumer: AIOKafkaConsumer, topic: str) -> int:
     return sum((await consumer.end_offsets(tps)).values())
 
 
-def _start_worker(bootstrap: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start_worker(
+    bootstrap: str, env: dict[str, str], code: Path = ROOT
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "infra.cli", "stream"],
-        env={**os.environ, **env, "FLEETPULSE_KAFKA_BOOTSTRAP": bootstrap},
+        env={**os.environ, **env, **code_env(code), "FLEETPULSE_KAFKA_BOOTSTRAP": bootstrap},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -135,7 +150,7 @@ async def _watch(bootstrap: str, topic: str, proc: subprocess.Popen[bytes], targ
     n90 = next(n for t, n in samples if n >= 0.9 * target)
     return Run(
         startup=first,
-        sustained=(n90 - n10) * 5 / (t90 - t10),
+        sustained=(n90 - n10) * WINDOW / (t90 - t10),
         overall=EVENTS / now,
         cpu=100 * (cpu.user + cpu.system) / now,
         rss=rss / 2**20,
@@ -149,7 +164,7 @@ async def _check(bootstrap: str, outs: dict[str, str], timeout: float = 90) -> N
     consumer = AIOKafkaConsumer(
         outs["a5"], bootstrap_servers=bootstrap, auto_offset_reset="earliest"
     )
-    expected = HOSTS * SECONDS // 5
+    expected = HOSTS * SECONDS // WINDOW
     counts: dict[tuple[bytes, bytes], tuple[int, int]] = {}
     await consumer.start()
     try:
@@ -166,7 +181,7 @@ async def _check(bootstrap: str, outs: dict[str, str], timeout: float = 90) -> N
         dead = await _count(consumer, outs["dlq"])
     finally:
         await consumer.stop()
-    short = sum(1 for _, n in counts.values() if n != 5)
+    short = sum(1 for _, n in counts.values() if n != WINDOW)
     if len(counts) != expected or short or dead:
         raise Shortfall(
             f"{len(counts):,} of {expected:,} windows, {short:,} with fewer than 5 samples, "
@@ -189,7 +204,7 @@ def throughput_run(bootstrap: str) -> Run | Shortfall:
     )
     # Timed: all 5 s windows but the ones the idle clock closes at the end, (SECONDS/5 - 1)
     # per host; the check then waits for those too.
-    target = HOSTS * (SECONDS // 5 - 1)
+    target = HOSTS * (SECONDS // WINDOW - 1)
     proc = _start_worker(bootstrap, env)
     try:
         figures = asyncio.run(_watch(bootstrap, outs["a5"], proc, target))
@@ -205,53 +220,128 @@ def throughput_run(bootstrap: str) -> Run | Shortfall:
 
 
 async def _simulate(bootstrap: str, topic: str, hosts: int, seconds: float) -> None:
+    """The live load; prints the seconds it skipped for being behind (0 on a valid run)."""
     settings = SimulatorSettings(kafka_bootstrap=bootstrap, hosts=hosts)
     sim = Simulator(settings, MetricProducer(settings, topic=topic))
     await sim.start()
     try:
-        await sim.emit(seconds)
+        stats = await sim.emit(seconds)
     finally:
         await sim.close()
+    print(stats.ticks_skipped)
 
 
-async def _delays(bootstrap: str, topic: str, since: float) -> list[float]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+async def _delays(bootstrap: str, outs: dict[str, str], since: float) -> list[float]:
+    """Each 5 s window's delay from `since` on, after checking the run's output: every window
+    before the last one holds all `LIVE_HOSTS` servers with 5 samples, and the DLQ is empty.
+    Raises `Shortfall` otherwise."""
+    consumer = AIOKafkaConsumer(
+        outs["a5"], bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+    )
     await consumer.start()
     delays: list[float] = []
+    counts: dict[tuple[str, float], int] = {}
+    first = math.ceil(since / WINDOW) * WINDOW  # the first window that starts after `since`
     try:
         while True:
             batch = await consumer.getmany(timeout_ms=2000)
             if not batch:
-                return delays
+                break
             for records in batch.values():
                 for r in records:
                     agg = WindowAggregate.model_validate_json(r.value)
-                    if agg.window_start.timestamp() >= since:  # not the start-up windows
+                    start = agg.window_start.timestamp()
+                    if start >= first:  # not the start-up windows
                         delays.append((agg.emitted_at - agg.window_end).total_seconds())
+                        key = (str(agg.server_id), start)
+                        counts[key] = max(counts.get(key, 0), agg.count)
+        dead = await _count(consumer, outs["dlq"])
     finally:
         await consumer.stop()
+    # Every window but the last one out (the simulator's end cuts it short) is whole.
+    last = max(t for _, t in counts)
+    short = sorted({t for (_, t), n in counts.items() if n != WINDOW and t < last})
+    expected = LIVE_HOSTS * (int(last) - first) // WINDOW
+    complete = sum(1 for (_, t), n in counts.items() if n == WINDOW and t < last)
+    if complete != expected or dead:
+        raise Shortfall(
+            f"{complete:,} of {expected:,} live windows complete (short: "
+            f"{', '.join(f'+{t - first:.0f} s' for t in short) or 'none'}), "
+            f"{dead:,} dead letters"
+        )
+    return delays
 
 
-def delay_run(bootstrap: str) -> list[float]:
+def delay_run(bootstrap: str, code: Path = ROOT) -> list[float]:
+    """One live run against the worker from `code`: the delays of its checked output."""
     raw, outs, env = _topics(uuid.uuid4().hex[:8])
     specs = [TopicSpec(n, 6, 3_600_000) for n in (raw, *outs.values())]
     asyncio.run(create_topics(KafkaSettings(kafka_bootstrap=bootstrap), specs))
-    proc = _start_worker(bootstrap, env)
+    proc = _start_worker(bootstrap, env, code)
     try:
         time.sleep(5)  # joined and consuming
         since = time.time() + 10
-        sim = subprocess.Popen(
+        sim = subprocess.run(
             [sys.executable, "-m", "benchmarks.stream", "simulate", bootstrap, raw],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=LIVE_SECONDS + 60,
         )
-        sim.wait(timeout=LIVE_SECONDS + 60)
+        skipped = int(sim.stdout.split()[-1]) if sim.stdout.split() else -1
+        if sim.returncode or skipped:
+            raise Shortfall(f"the simulator fell behind or failed (skipped seconds: {skipped})")
         time.sleep(12)  # the last windows close by the idle clock
-        return asyncio.run(_delays(bootstrap, outs["a5"], since))
+        return asyncio.run(_delays(bootstrap, outs, since))
     finally:
         proc.terminate()
         proc.wait(timeout=60)
         asyncio.run(drop_topics(bootstrap, _names(raw, outs, env)))
+
+
+def _live(bootstrap: str, codes: dict[str, Path], runs: int) -> dict[str, list[list[float]]]:
+    """`runs` live runs of each code, alternating; per code the delays of its complete runs
+    (a run that lost a window is reported and left out, never averaged in)."""
+    results: dict[str, list[list[float]]] = {label: [] for label in codes}
+    for i in range(runs):
+        for label, code in codes.items():
+            try:
+                d = delay_run(bootstrap, code)
+            except Shortfall as exc:
+                print(f"run {i + 1}/{runs} {label}: FAILED: {exc}", file=sys.stderr, flush=True)
+                continue
+            results[label].append(d)
+            print(
+                f"run {i + 1}/{runs} {label}: p50 {percentile(d, 0.5):.2f} s, "
+                f"p99 {percentile(d, 0.99):.2f} s, {len(d):,} windows",
+                file=sys.stderr,
+                flush=True,
+            )
+    return results
+
+
+def delay_compare(runs: int, against: str | None) -> str:
+    """The live delay alone, `runs` times, alternating with the worker of revision `against`
+    (the baseline, measured in the same session) when given."""
+    settings = stack_up()
+    codes = {f"`{head()}` (this tree)": ROOT}
+    if against:
+        codes[f"`{against}`"] = checkout(settings, against)
+    results = _live(settings.kafka_bootstrap, codes, runs)
+    lines = [
+        f"Delay, live, {LIVE_HOSTS:,} hosts at 1 Hz for {LIVE_SECONDS} s; runs alternate "
+        "between the revisions; medians over the complete runs, range in brackets.",
+        "",
+        "| Code | Runs complete | p50, s | p99, s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for label, live in results.items():
+        cells = [
+            f"{median(v):.2f} ({min(v):.2f} to {max(v):.2f})"
+            for v in ([percentile(d, q) for d in live] for q in (0.50, 0.99))
+            if v
+        ] or ["n/a", "n/a"]
+        lines.append(f"| {label} | {len(live)} of {runs} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def catch_up(runs: int) -> int:
@@ -265,8 +355,8 @@ def catch_up(runs: int) -> int:
             print(f"run {i + 1}/{runs}: FAILED: {result}", flush=True)
         else:
             print(
-                f"run {i + 1}/{runs}: complete ({HOSTS * SECONDS // 5:,} windows of 5 samples, "
-                f"DLQ empty), {result.sustained:,.0f} events/s sustained",
+                f"run {i + 1}/{runs}: complete ({HOSTS * SECONDS // WINDOW:,} windows of "
+                f"{WINDOW} samples, DLQ empty), {result.sustained:,.0f} events/s sustained",
                 flush=True,
             )
     print(f"{runs - failed} of {runs} catch-ups complete")
@@ -280,7 +370,9 @@ def run() -> str:
     failures = [str(r) for r in results if isinstance(r, Shortfall)]
     if not runs:
         raise RuntimeError(f"every stream run lost data: {'; '.join(failures)}")
-    live = [delay_run(settings.kafka_bootstrap) for _ in range(3)]
+    live = _live(settings.kafka_bootstrap, {"this tree": ROOT}, 3)["this tree"]
+    if not live:
+        raise RuntimeError("every live stream run lost data")
     sustained = [r.sustained for r in runs]
     p50 = [percentile(d, 0.50) for d in live]
     p99 = [percentile(d, 0.99) for d in live]
@@ -292,7 +384,7 @@ def run() -> str:
             f"events ({HOSTS:,} hosts x {SECONDS} s, ~400 bytes each) on 6 partitions, all "
             "three resolutions, checkpoints every 2 s; 3 runs. The broker runs on the same "
             "2 cores. Every run's output checked first: all "
-            f"{HOSTS * SECONDS // 5:,} windows with 5 samples each, DLQ empty; "
+            f"{HOSTS * SECONDS // WINDOW:,} windows with {WINDOW} samples each, DLQ empty; "
             f"{len(runs)} of {len(results)} runs passed"
             + (f" (failed: {'; '.join(failures)})." if failures else "."),
             "",
@@ -311,7 +403,8 @@ def run() -> str:
             "",
             f"Delay, live: {LIVE_HOSTS:,} simulated hosts at 1 Hz for {LIVE_SECONDS} s into a "
             "worker that keeps up; per 5 s window, `emitted_at - window_end` "
-            f"({sum(len(d) for d in live):,} windows over 3 runs). A window closes when its "
+            f"({sum(len(d) for d in live):,} windows over {len(live)} complete runs of 3; each "
+            "checked first: every window whole, DLQ empty). A window closes when its "
             "server's event time passes its end plus the 5 s grace, so about 5 s of the "
             "delay is the grace itself.",
             "",
@@ -339,9 +432,17 @@ def main() -> None:
         help=f"drain a {EVENTS:,}-event 6-partition backlog N times; check every window",
     )
     check.add_argument("--runs", type=int, default=20, help="how many catch-ups (default 20)")
+    delay = sub.add_parser(
+        "delay", help="the live window-end-to-emission delay alone, against a baseline revision"
+    )
+    delay.add_argument("--runs", type=int, default=5, help="runs per revision (default 5)")
+    delay.add_argument("--against", metavar="REV", help="also run this git revision (baseline)")
     args = parser.parse_args()
     if args.command == "catch-up":
         sys.exit(catch_up(args.runs))
+    if args.command == "delay":
+        print(delay_compare(args.runs, args.against))
+        return
     print(run())
 
 
