@@ -19,7 +19,7 @@ late and dropped nothing, and p99 is at most 3 s.
 
 Grace: a 5 s window closes when its server's event time passes its end plus the grace, so a
 row cannot land sooner than the grace after the window's end. The worker's default grace is
-5 s (room for hosts whose clocks or links lag); these runs set `FLEETPULSE_GRACE_5S=1`, the
+5 s (room for hosts whose clocks or links lag); these runs set `FLEETPULSE_GRACE__5S=1`, the
 setting for a fleet that wants rows within 3 s, and one reference run keeps the default.
 """
 
@@ -324,7 +324,7 @@ def one_run(
         "FLEETPULSE_REGISTRY_GROUP": f"bench-e2e-registry-{tag}",
         "FLEETPULSE_REGISTRY_PORT": str(port),
         "FLEETPULSE_REGISTRY_KEYS": f"1:{key}",
-        "FLEETPULSE_GRACE_5S": str(grace),
+        "FLEETPULSE_GRACE__5S": str(grace),
         "FLEETPULSE_METRICS_PORT": "0",
     }
     paths = DemoPaths(settings.home_dir / "bench")
@@ -419,7 +419,7 @@ def _report(target: list[Result], reference: Result, ladder: list[Result], overl
         "after start to the simulator's end: every host's row must land complete, with "
         f"`landed_at` (a `clock_timestamp()` default on `{BASE.table}`, in the sink's "
         f"transaction) at most {TARGET_P99:g} s after the window's end at p99. Window grace "
-        f"`FLEETPULSE_GRACE_5S={GRACE:g}` (the default 5 s would add 4 s to every delay; see "
+        f"`FLEETPULSE_GRACE__5S={GRACE:g}` (the default 5 s would add 4 s to every delay; see "
         "the reference row).",
         "",
         f"Target: {TARGET_HOSTS:,} hosts, {len(target)} runs that lost nothing"

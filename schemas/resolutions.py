@@ -49,7 +49,8 @@ class ResolutionSpec:
     steps the read path serves from them."""
 
     #: The `resolution` of its `WindowAggregate` messages, and its key in per-resolution
-    #: settings (`FLEETPULSE_AGG_TOPICS__1H`, `FLEETPULSE_RETENTION_DAYS__1H`).
+    #: settings (`FLEETPULSE_AGG_TOPICS__1H`, `FLEETPULSE_RETENTION_DAYS__1H`,
+    #: `FLEETPULSE_GRACE__1H`).
     name: str
     #: Window size, s.
     seconds: int
@@ -69,6 +70,9 @@ class ResolutionSpec:
     partition_unit: PartitionUnit
     #: Steps of the read path served from this table: name → seconds.
     steps: Mapping[str, int] = field(default_factory=dict)
+    #: Default of the seconds its windows wait past their end, in their server's event time,
+    #: for out-of-order samples (`FLEETPULSE_GRACE__1H`); never below the first row's.
+    grace: float = 5.0
 
 
 # Partition counts bound how far each stage scales out (one consumer per partition). The first

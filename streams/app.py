@@ -107,7 +107,7 @@ class StreamWorker:
         self.app.producer_only = True
         self.processor = StreamProcessor(
             source_topic=s.raw_topic,
-            grace=Grace(s.grace_5s, s.grace_1h, s.grace_1d),
+            grace=Grace(s.grace),
             offline_after=s.offline_after,
             lateness_horizon=s.lateness_horizon,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -10,12 +10,18 @@ from pydantic_settings import SettingsConfigDict
 from runtime.settings import KafkaSettings, RetrySettings, TelemetrySettings
 from schemas.resolutions import Resolution, per_resolution
 from schemas.topics import DLQ, RAW, STATUS
+from streams.windows import Grace
 
 #: The variables of earlier releases, one per resolution, and the resolution each sets.
 _TOPIC_VARIABLES: dict[str, str] = {
     Resolution.FIVE_SECONDS: "agg_5s_topic",
     Resolution.ONE_HOUR: "agg_1h_topic",
     Resolution.ONE_DAY: "agg_1d_topic",
+}
+_GRACE_VARIABLES: dict[str, str] = {
+    Resolution.FIVE_SECONDS: "grace_5s",
+    Resolution.ONE_HOUR: "grace_1h",
+    Resolution.ONE_DAY: "grace_1d",
 }
 
 
@@ -36,9 +42,13 @@ class StreamSettings(KafkaSettings, TelemetrySettings, RetrySettings):
         default="fleetpulse-stream",
         description="Faust application id: the consumer group shared by all stream workers.",
     )
-    grace_5s: float = Field(default=5.0, ge=0, description="Grace of 5 s windows, s.")
-    grace_1h: float = Field(default=5.0, ge=0, description="Grace of hourly windows, s.")
-    grace_1d: float = Field(default=5.0, ge=0, description="Grace of daily windows, s.")
+    grace: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Seconds each resolution's windows wait past their end, in their server's "
+        "event time, for out-of-order samples, by resolution: `FLEETPULSE_GRACE__5S=1`, or a "
+        "JSON object. A resolution not named waits the resolutions table's default (5 s); "
+        "hourly and daily at least the 5 s grace.",
+    )
     lateness_horizon: float = Field(
         default=3600.0,
         gt=0,
@@ -83,6 +93,9 @@ class StreamSettings(KafkaSettings, TelemetrySettings, RetrySettings):
     agg_5s_topic: str | None = Field(default=None, description="agg_topics 5s (older name).")
     agg_1h_topic: str | None = Field(default=None, description="agg_topics 1h (older name).")
     agg_1d_topic: str | None = Field(default=None, description="agg_topics 1d (older name).")
+    grace_5s: float | None = Field(default=None, ge=0, description="grace 5s (older name).")
+    grace_1h: float | None = Field(default=None, ge=0, description="grace 1h (older name).")
+    grace_1d: float | None = Field(default=None, ge=0, description="grace 1d (older name).")
 
     @property
     def changelog_topic(self) -> str:
@@ -92,14 +105,13 @@ class StreamSettings(KafkaSettings, TelemetrySettings, RetrySettings):
         return f"{self.stream_group}-rollups-changelog"
 
     @model_validator(mode="after")
-    def _rollup_grace_covers_5s(self) -> StreamSettings:
-        if self.grace_1h < self.grace_5s or self.grace_1d < self.grace_5s:
-            raise ValueError("grace_1h and grace_1d must be at least grace_5s")
-        return self
-
-    @model_validator(mode="after")
     def _every_resolution(self) -> Self:
-        """Complete `agg_topics`: the table's topics, the older variables, the mapping."""
+        """Complete the mappings: the table's defaults, the older variables, the mappings;
+        the grace checked (each cascaded resolution's at least the first one's)."""
         older = {r: getattr(self, v) for r, v in _TOPIC_VARIABLES.items() if getattr(self, v)}
         self.agg_topics = per_resolution(lambda r: r.topic, older, self.agg_topics)
+        older_grace = {
+            r: getattr(self, v) for r, v in _GRACE_VARIABLES.items() if getattr(self, v) is not None
+        }
+        self.grace = dict(Grace({**older_grace, **self.grace}).by_resolution)
         return self

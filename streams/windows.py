@@ -40,7 +40,7 @@ window instead of once per checkpoint.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -50,7 +50,7 @@ import orjson
 from runtime.errors import FleetPulseError
 from schemas import MetricStats, ProcessInfo, RawMetricEvent, Resolution, WindowAggregate
 from schemas.resolutions import BASE as _BASE_ROW
-from schemas.resolutions import RESOLUTIONS
+from schemas.resolutions import RESOLUTIONS, per_resolution
 
 # The resolutions table, resolved once into constants: the hot path reads no table.
 #: The resolution windowed from the samples (5 s), and its size.
@@ -435,21 +435,30 @@ def _unreadable(key: bytes, version: object) -> ChangelogRecordError:
 
 @dataclass(frozen=True)
 class Grace:
-    """Seconds a window waits past its end for out-of-order samples, per resolution."""
+    """Seconds a window waits past its end for out-of-order samples, by resolution name; a
+    resolution not named waits its default in the resolutions table."""
 
-    five_seconds: float = 5.0
-    one_hour: float = 5.0
-    one_day: float = 5.0
+    by_resolution: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # An hourly/daily window must outlive its last 5 s window, which feeds it on closing.
-        if self.one_hour < self.five_seconds or self.one_day < self.five_seconds:
-            raise ValueError("hourly and daily grace must be at least the 5 s grace")
+        values = per_resolution(lambda r: r.grace, self.by_resolution)
+        object.__setattr__(self, "by_resolution", values)
+        # A cascaded window must outlive the last of its first-resolution windows, which
+        # feeds it on closing.
+        short = [name for name, g in values.items() if g < values[BASE]]
+        if short:
+            raise ValueError(
+                f"the grace of {', '.join(short)} must be at least the {BASE} grace "
+                f"({values[BASE]:g} s)"
+            )
+
+    @property
+    def base(self) -> float:
+        """The grace of the first resolution's windows (those windowed from the samples)."""
+        return self.by_resolution[BASE]
 
     def of(self, resolution: Resolution) -> float:
-        if resolution is BASE:
-            return self.five_seconds
-        return self.one_hour if resolution is Resolution.ONE_HOUR else self.one_day
+        return self.by_resolution[resolution]
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,9 +600,7 @@ class PartitionWindows:
         if acc is not None:
             acc.add(e, offset)
         elif (
-            start in s.kept
-            or start < s.released
-            or start + SIZE + self.grace.five_seconds <= s.event_time
+            start in s.kept or start < s.released or start + SIZE + self.grace.base <= s.event_time
         ):
             # Its window has closed (or, never opened, is behind the server's own event
             # time): late. A replayed one is in the restored state already.
@@ -664,7 +671,7 @@ class PartitionWindows:
         """Close `s`'s open windows that `t` passes (end plus grace): emit, cascade, release."""
         if t > s.closed_time:
             s.closed_time = t
-        g5 = self.grace.five_seconds
+        g5 = self.grace.base
         due = [start for start in s.five if start + SIZE + g5 <= t]
         if due:
             self._dirty.add(s.server_id)
@@ -787,7 +794,7 @@ class PartitionWindows:
                 s.arrived = wall
                 servers[s.server_id] = s
         self.servers.update(servers)
-        g5 = self.grace.five_seconds
+        g5 = self.grace.base
         for server_id, start, value in sorted(windows, key=lambda w: w[1]):
             owner = self.servers.get(server_id)
             # A window closed after its server's record was written is rebuilt by the replay.

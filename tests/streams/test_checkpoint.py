@@ -88,7 +88,9 @@ def run(records: list[tuple[bytes, bytes]], data: st.DataObject | None) -> Kafka
     kafka = Kafka()
     crashes = 0
     while True:
-        proc = StreamProcessor(source_topic="raw", grace=Grace(5, 10, 15), lateness_horizon=120)
+        proc = StreamProcessor(
+            source_topic="raw", grace=Grace({"5s": 5, "1h": 10, "1d": 15}), lateness_horizon=120
+        )
         proc.restore(0, kafka.state(), WALL)
         pos, crashed = kafka.committed, False
         pending: list[WindowAggregate | DeadLetter] = []
@@ -195,7 +197,9 @@ def test_a_changelog_of_the_previous_release_is_taken_over() -> None:
 
 
 def _restarted(records: list[tuple[bytes, bytes]], kafka: Kafka) -> StreamProcessor:
-    proc = StreamProcessor(source_topic="raw", grace=Grace(5, 10, 15), lateness_horizon=120)
+    proc = StreamProcessor(
+        source_topic="raw", grace=Grace({"5s": 5, "1h": 10, "1d": 15}), lateness_horizon=120
+    )
     proc.restore(0, kafka.state(), WALL)
     return proc
 

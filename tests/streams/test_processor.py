@@ -171,7 +171,7 @@ def test_an_agent_cut_off_for_two_minutes_gets_every_window_complete() -> None:
 
 
 def test_a_late_sample_within_the_horizon_is_a_correction() -> None:
-    run = Run(StreamProcessor(source_topic="raw", grace=Grace(5, 5, 5)))
+    run = Run(StreamProcessor(source_topic="raw", grace=Grace({"5s": 5, "1h": 5, "1d": 5})))
     run.send([keyed_event(FAST, s, cpu=10) for s in range(0, 20) if s != 2], BASE + 20)
     first = run.latest(Resolution.FIVE_SECONDS)[(FAST, 0)]
     assert (first.count, first.revision) == (4, 0)

@@ -195,7 +195,7 @@ def test_out_of_order_within_grace_is_kept_and_last_is_by_event_time() -> None:
 
 
 def test_each_server_is_judged_by_its_own_event_time() -> None:
-    w = PartitionWindows(Grace(five_seconds=2.0))
+    w = PartitionWindows(Grace({"5s": 2.0}))
     feed(w, [ev(0, 0.5), ev(0, 100.0)])  # server 0 is far ahead
     assert [a.window_start for a in emitted(w)] == [T0]
     assert all(feed(w, [ev(1, 0.5), ev(1, 3.0), ev(1, 4.9)]))  # server 1: nothing late
@@ -206,7 +206,7 @@ def test_each_server_is_judged_by_its_own_event_time() -> None:
 
 
 def test_a_late_sample_corrects_its_window_and_the_rollups() -> None:
-    w = PartitionWindows(Grace(five_seconds=2.0))
+    w = PartitionWindows(Grace({"5s": 2.0}))
     feed(w, [ev(0, 0.5, cpu=10), ev(0, 7.0)])
     [first] = emitted(w)
     assert (first.count, first.revision) == (1, 0)
@@ -305,7 +305,7 @@ def test_committable_offset_is_the_oldest_open_window() -> None:
 
 def test_grace_of_rollups_must_cover_the_five_second_grace() -> None:
     with pytest.raises(ValueError, match="at least"):
-        Grace(five_seconds=10, one_hour=5)
+        Grace({"5s": 10, "1h": 5})
 
 
 # -- changelog records ---------------------------------------------------------------------
