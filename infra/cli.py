@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from infra.backup.cli import add_commands as add_backup_commands
 from infra.settings import StackSettings
 from runtime.errors import FleetPulseError
 from runtime.logs import configure_logging
@@ -395,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate-key",
         help="activate a new encryption key version and re-encrypt every server password",
     ).set_defaults(func=_registry_rotate_key)
+
+    add_backup_commands(sub)
 
     demo = sub.add_parser(
         "demo",

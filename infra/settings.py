@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from runtime.settings import KafkaSettings, PostgresSettings
@@ -51,6 +54,26 @@ class StackSettings(KafkaSettings, PostgresSettings):
         ge=0,
         description="archive_timeout in seconds: the longest WAL stays unarchived (RPO).",
     )
+    backup_repo_path: Path | None = Field(
+        default=None,
+        description="Folder of the pgBackRest repository (encrypted base backups and archived "
+        "WAL); default `<home>/backups/pgbackrest`.",
+    )
+    backup_retention_full: int = Field(
+        default=7,
+        ge=1,
+        description="Full backups pgBackRest keeps; WAL older than the oldest kept one is "
+        "expired with it.",
+    )
+    backup_compress: Literal["zst", "lz4", "gz", "bz2", "none"] = Field(
+        default="zst", description="Compression of the repository's files."
+    )
+    backup_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="More pgBackRest options for its `[global]` section, by pgBackRest's own "
+        'names, as a JSON object: a second repository is `{"repo2-path": "/mnt/other"}` (another '
+        'disk) or `{"repo2-host": "backup1", ...}` (another host).',
+    )
 
     @model_validator(mode="after")
     def _proxy_ports_together(self) -> StackSettings:
@@ -59,6 +82,11 @@ class StackSettings(KafkaSettings, PostgresSettings):
                 "FLEETPULSE_KAFKA_PROXIED_PORT and FLEETPULSE_KAFKA_PROXY_PORT go together"
             )
         return self
+
+    @property
+    def backup_repo(self) -> Path:
+        """The pgBackRest repository's folder."""
+        return self.backup_repo_path or self.home_dir / "backups" / "pgbackrest"
 
     @property
     def kafka_port(self) -> int:

@@ -11,6 +11,7 @@ check openjdk-17-jre-headless java
 check maven mvn
 check postgresql-15 /usr/lib/postgresql/15/bin/initdb
 check postgresql-client-15 psql
+check pgbackrest pgbackrest
 if [[ "${1:-}" == "--test" ]]; then
   check kcat kcat
   check nodejs node

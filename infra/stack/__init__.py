@@ -1,4 +1,5 @@
-"""The local stack: a real Kafka broker and a PostgreSQL 15 cluster under `<home>/`."""
+"""The local stack: a real Kafka broker and a PostgreSQL 15 cluster (WAL archived by
+pgBackRest) under `<home>/`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from contextlib import contextmanager
 
 from infra.settings import StackSettings
 from infra.stack.kafka import KafkaBroker
+from infra.stack.pgbackrest import PgBackRest
 from infra.stack.postgres import PostgresCluster
 from infra.stack.process import ComponentStatus, StackError
 
@@ -44,6 +46,10 @@ def up(settings: StackSettings) -> list[tuple[ComponentStatus, bool]]:
         started = []
         for component in (PostgresCluster(settings), KafkaBroker(settings)):
             was_started = component.start()
+            if isinstance(component, PostgresCluster):
+                pgbackrest = PgBackRest(settings, component)
+                if was_started or not pgbackrest.stanza_exists():
+                    pgbackrest.ensure()
             started.append((component.status(), was_started))
         return started
 

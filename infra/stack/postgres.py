@@ -1,4 +1,5 @@
-"""The local PostgreSQL 15 cluster: initdb'd under `<home>/postgres/`, TLS on, WAL archived.
+"""The local PostgreSQL 15 cluster: initdb'd under `<home>/postgres/`, TLS on, WAL archived
+by pgBackRest (`infra/stack/pgbackrest.py`).
 
 PostgreSQL refuses to run as root, so when the stack is started by root the cluster belongs
 to an unprivileged system user (`FLEETPULSE_PG_OS_USER`, default `postgres`) and every server
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import secrets
 import shutil
 import signal
 import stat
@@ -27,6 +27,7 @@ from infra.stack.process import (
     port_open,
     read_pid,
     run_checked,
+    secret_file,
     stop_process,
     wait_until,
 )
@@ -34,6 +35,8 @@ from infra.stack.tls import ensure_certificates
 
 _DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")
 _MARKER = "postgres"
+#: The local cluster's pgBackRest stanza (`infra/stack/pgbackrest.py`).
+STANZA = "fleetpulse"
 
 
 class PostgresCluster:
@@ -42,8 +45,9 @@ class PostgresCluster:
         self.dir = settings.home_dir / "postgres"
         self.data = self.dir / "data"
         self.socket_dir = self.dir / "run"
-        self.archive = self.dir / "wal-archive"
-        self.backups = self.dir / "backups"
+        #: pgBackRest's configuration (with the repository's key), log and lock folders.
+        self.pgbackrest = self.dir / "pgbackrest"
+        self.pgbackrest_config = self.pgbackrest / "pgbackrest.conf"
         self.server_tls = self.dir / "tls"
         self.log = self.dir / "log" / "postgres.log"
         self.bin = Path(settings.pg_bin_dir) if settings.pg_bin_dir else _DEBIAN_BIN
@@ -72,24 +76,29 @@ class PostgresCluster:
                 f"{exe} not found; install Debian's postgresql-15 package "
                 "or set FLEETPULSE_PG_BIN_DIR"
             )
-        argv = [str(exe), *args]
+        return self.as_owner(str(exe), *args)
+
+    def as_owner(self, *argv: str) -> list[str]:
+        """`argv` run as the cluster's user (through `runuser` when this is root)."""
         if self._as_root:
             return ["runuser", "-u", self.settings.pg_os_user, "--", *argv]
-        return argv
+        return list(argv)
 
-    def _chown(self, path: Path, mode: int) -> None:
+    def chown(self, path: Path, mode: int) -> None:
+        """Give `path` to the cluster's user, with `mode`."""
         owner = self._owner()
         os.chown(path, owner.pw_uid, owner.pw_gid)
         path.chmod(mode)
 
-    def _ensure_traversable(self) -> None:
-        """Let the cluster's user reach its folder: add o+x to ancestors that lack it.
+    def ensure_traversable(self, path: Path | None = None) -> None:
+        """Let the cluster's user reach its folder (or `path`): add o+x to ancestors that
+        lack it.
 
         A checkout under `mktemp -d` (mode 0700, owned by root) is the usual case.
         """
         if not self._as_root:
             return
-        for parent in reversed(self.dir.parents):
+        for parent in reversed((path or self.dir).parents):
             mode = parent.stat().st_mode
             if not mode & stat.S_IXOTH:
                 parent.chmod(mode | stat.S_IXOTH)
@@ -97,29 +106,20 @@ class PostgresCluster:
     # -- secrets and config ----------------------------------------------------------------
     def app_password(self) -> str:
         """The application role's password, generated once into the secrets folder."""
-        path = self.settings.password_path
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.parent.chmod(0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(24))
-        return path.read_text().strip()
+        return secret_file(self.settings.password_path)
 
     def _init(self) -> None:
         if (self.data / "PG_VERSION").exists():
             return
-        self._ensure_traversable()
+        self.ensure_traversable()
         for d in (
             self.dir,
             self.socket_dir,
-            self.archive,
-            self.backups,
             self.server_tls,
             self.log.parent,
         ):
             d.mkdir(parents=True, exist_ok=True)
-            self._chown(d, 0o700)
+            self.chown(d, 0o700)
         run_checked(
             self._cmd(
                 "initdb",
@@ -142,8 +142,11 @@ class PostgresCluster:
         for src in (tls.server_cert, tls.server_key, tls.ca_cert):
             dst = self.server_tls / src.name
             shutil.copyfile(src, dst)
-            self._chown(dst, 0o600)
-        archive_cmd = f"test ! -f {self.archive}/%f && cp %p {self.archive}/%f"
+            self.chown(dst, 0o600)
+        # Each segment into the pgBackRest repository, which refuses a second, different copy.
+        archive_cmd = (
+            f"pgbackrest --config={self.pgbackrest_config} --stanza={STANZA} archive-push %p"
+        )
         conf = {
             "listen_addresses": f"'{s.pg_host}'",
             "port": str(s.pg_port),
@@ -185,7 +188,7 @@ class PostgresCluster:
 
     def _write_owned(self, path: Path, text: str) -> None:
         path.write_text(text)
-        self._chown(path, 0o600)
+        self.chown(path, 0o600)
 
     # -- lifecycle -------------------------------------------------------------------------
     def process(self) -> psutil.Process | None:

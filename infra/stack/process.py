@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,6 +31,19 @@ class ComponentStatus:
 
 class StackError(FleetPulseError):
     """The local stack could not do what was asked; the message says why and what to do."""
+
+
+def secret_file(path: Path, nbytes: int = 24) -> str:
+    """The secret in `path`, generated once (URL-safe, from `nbytes` random bytes) into a
+    file of mode 0600 in a folder of mode 0700."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(nbytes))
+    return path.read_text().strip()
 
 
 def read_pid(path: Path) -> int | None:
