@@ -1,4 +1,5 @@
-"""The stream worker's output topics, by resolution: the table's unless a variable says."""
+"""The stream worker's output topics, by resolution: the table's unless a variable says; its own
+compression default."""
 
 from __future__ import annotations
 
@@ -19,3 +20,9 @@ def test_output_topics_by_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert topics == {"5s": "old.5s", "1h": "kwarg.1h", "1d": "new.1d"}
     with pytest.raises(ValueError, match="no resolution 5m"):
         StreamSettings(agg_topics={"5m": "x"})
+
+
+def test_the_worker_compresses_with_zstd_unless_told(clean_env: pytest.MonkeyPatch) -> None:
+    assert StreamSettings().compression == "zstd"  # the other services: lz4
+    clean_env.setenv("FLEETPULSE_COMPRESSION", "gzip")
+    assert StreamSettings().compression == "gzip"
