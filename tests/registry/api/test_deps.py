@@ -1,4 +1,6 @@
-"""RBAC: every route declares one permission; the matrix of roles by routes holds over HTTP."""
+"""The routes' dependencies: the caller's session from the bearer token (401 when missing,
+wrong or expired). RBAC: every route declares one permission (`Requires`); the matrix of roles
+by routes holds over HTTP."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from registry.api.main import ROUTERS
 from registry.app import create_app
 from registry.crypto import Keyring
 from registry.permissions import ROLE_PERMISSIONS, Permission, Role
+from registry.security import token_hash
 from registry.settings import RegistrySettings
 from tests.registry.harness import Api, new_user
 
@@ -99,3 +102,19 @@ def test_the_matrix_of_roles_and_routes(api: Api, admin_token: str) -> None:
             assert ok, f"{who} {method} {path}: expected {expected}, got {r.status_code} {r.text}"
             checked += 1
     assert checked == 3 * len(routes)
+
+
+@pytest.mark.integration
+def test_wrong_missing_and_expired_tokens_get_401(api: Api, admin_token: str) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic Zm9vOmJhcg=="}):
+        r = api.request("GET", "/servers", headers=headers)
+        assert r.status_code == 401, headers
+        assert r.headers["www-authenticate"] == "Bearer"
+    _, _, token = new_user(api, admin_token)
+    assert api.request("GET", "/servers", token).status_code == 200
+    api.sql(
+        "UPDATE sessions SET expires_at = now() - interval '1 second' WHERE token_hash = $1",
+        token_hash(token),
+    )
+    r = api.request("GET", "/servers", token)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
