@@ -1,6 +1,7 @@
-"""Integration: the registry application itself over HTTP against the real PostgreSQL: odd or
-huge requests answered with a 4xx (never a 500), the database reached over verified TLS, the
-docs and /metrics served. The routes have their own tests in `tests/registry/api/routes/`."""
+"""Integration: the registry application itself over HTTP against the real PostgreSQL: each
+refusal's status, odd or huge requests answered with a 4xx (never a 500), the database reached
+over verified TLS, the docs and /metrics served. The routes have their own tests in
+`tests/registry/api/routes/`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,83 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.registry.harness import Api
+from registry.app import REFUSALS
+from registry.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    LockedOut,
+    NotFound,
+    RegistryError,
+    Unauthenticated,
+    WrongPassword,
+)
+from tests.factories import server_body
+from tests.registry.harness import Api, new_user
 
 pytestmark = pytest.mark.integration
+
+
+def test_each_refusal_gets_its_status_and_only_its_message(api: Api, admin_token: str) -> None:
+    user, password, user_token = new_user(api, admin_token)
+    server = api.request("POST", "/servers", admin_token, json=server_body()).json()
+    duplicate = server_body(hostname=server["hostname"])
+    wrong_current = {"current_password": "not-it", "new_password": "long-enough"}
+    # refusal: (status, method, path, token, body, detail)
+    cases: dict[type[RegistryError], tuple[int, str, str, str, object, str]] = {
+        NotFound: (404, "GET", f"/users/{uuid.uuid4()}", admin_token, None, "user not found"),
+        Conflict: (
+            409,
+            "POST",
+            "/servers",
+            admin_token,
+            duplicate,
+            "hostname: a server with this hostname exists",
+        ),
+        Forbidden: (
+            403,
+            "GET",
+            "/users",
+            user_token,
+            None,
+            "forbidden: needs permission users:manage",
+        ),
+        Invalid: (
+            422,
+            "PATCH",
+            f"/servers/{server['id']}",
+            admin_token,
+            {"hostname": None},
+            "hostname: may not be null",
+        ),
+        Unauthenticated: (401, "GET", "/servers", "not-a-token", None, "invalid or expired token"),
+        WrongPassword: (
+            400,
+            "PATCH",
+            "/users/me/password",
+            user_token,
+            wrong_current,
+            "current_password: not the current password",
+        ),
+    }
+    for refusal, (code, method, path, token, body, detail) in cases.items():
+        assert REFUSALS[refusal] == code, refusal
+        r = api.request(method, path, token, json=body)
+        assert (r.status_code, r.json()) == (code, {"detail": detail}), refusal
+        challenge = r.headers.get("www-authenticate")
+        assert challenge == ("Bearer" if refusal is Unauthenticated else None), refusal
+
+    # A locked e-mail: 429 with the whole seconds left, even for the right password.
+    api.sql(
+        "INSERT INTO login_failures (email, failures, first_failed_at, locked_until) "
+        "VALUES ($1, 5, now(), now() + interval '90 seconds')",
+        user["email"],
+    )
+    r = api.request("POST", "/login", json={"email": user["email"], "password": password})
+    assert r.status_code == REFUSALS[LockedOut] == 429
+    assert r.json() == {"detail": "too many failed logins for this e-mail; try again later"}
+    assert 85 <= int(r.headers["retry-after"]) <= 91
+    assert set(REFUSALS) == set(cases) | {LockedOut}
 
 
 def test_odd_requests_never_get_a_500(api: Api, admin_token: str) -> None:
@@ -71,9 +146,13 @@ def test_the_database_connection_is_tls_verified(api: Api) -> None:
     assert api.settings.pg_sslmode == "verify-full"
     (row,) = api.sql("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
     assert row["ssl"] is True
-    r = api.request("GET", "/health")
-    assert r.status_code == 200 and r.json()["status"] == "ok"
-    assert r.json()["component"] == "registry" and r.json()["dependencies"]["postgres"] == "up"
+    # The registry's own pool too (it keeps a connection open), not only this test's.
+    assert api.request("GET", "/health").status_code == 200
+    others = api.sql(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+        "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()"
+    )
+    assert others and all(r["ssl"] for r in others)
 
 
 def test_openapi_docs_and_prometheus_metrics_are_served(api: Api) -> None:

@@ -1,6 +1,7 @@
 """The routes' dependencies: the caller's session from the bearer token (401 when missing,
-wrong or expired). RBAC: every route declares one permission (`Requires`); the matrix of roles
-by routes holds over HTTP."""
+unknown, expired or the account's deactivated) and `Requires` (403 for a role without the
+permission). RBAC: every route declares one permission; the matrix of roles by routes holds
+over HTTP."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import uuid
 from typing import Any
 
 import pytest
+from fastapi.params import Depends
 from fastapi.routing import APIRoute
 from pydantic import SecretStr
 
-from registry.api.deps import Requires
+from registry.api.deps import Requires, require
 from registry.api.main import ROUTERS
 from registry.app import create_app
 from registry.crypto import Keyring
@@ -21,6 +23,8 @@ from registry.settings import RegistrySettings
 from tests.registry.harness import Api, new_user
 
 PUBLIC = {("POST", "/login"), ("GET", "/health")}
+MISSING = "not authenticated: send Authorization: Bearer <token>"
+INVALID = "invalid or expired token"
 #: What the issue asks for, spelled out: users read servers and metrics and see themselves.
 USER_MAY = {
     ("GET", "/users/me"),
@@ -104,12 +108,25 @@ def test_the_matrix_of_roles_and_routes(api: Api, admin_token: str) -> None:
     assert checked == 3 * len(routes)
 
 
+def test_require_is_a_dependency_on_requires_of_the_permission() -> None:
+    dependency = require(Permission.SERVERS_MANAGE)
+    assert isinstance(dependency, Depends) and isinstance(dependency.dependency, Requires)
+    assert dependency.dependency.permission is Permission.SERVERS_MANAGE
+    assert repr(dependency.dependency) == "Requires(servers:manage)"
+
+
 @pytest.mark.integration
 def test_wrong_missing_and_expired_tokens_get_401(api: Api, admin_token: str) -> None:
-    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic Zm9vOmJhcg=="}):
+    for headers, detail in (
+        ({}, MISSING),
+        ({"Authorization": "Bearer"}, MISSING),
+        ({"Authorization": "Basic Zm9vOmJhcg=="}, MISSING),
+        ({"Authorization": "Bearer nope"}, INVALID),
+    ):
         r = api.request("GET", "/servers", headers=headers)
         assert r.status_code == 401, headers
         assert r.headers["www-authenticate"] == "Bearer"
+        assert r.json() == {"detail": detail}, headers
     _, _, token = new_user(api, admin_token)
     assert api.request("GET", "/servers", token).status_code == 200
     api.sql(
@@ -118,3 +135,43 @@ def test_wrong_missing_and_expired_tokens_get_401(api: Api, admin_token: str) ->
     )
     r = api.request("GET", "/servers", token)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert r.json() == {"detail": INVALID}
+
+
+@pytest.mark.integration
+def test_a_token_of_a_deleted_user_or_a_hash_as_token_is_401(api: Api, admin_token: str) -> None:
+    user, _, token = new_user(api, admin_token)
+    # What the database keeps of a token does not open the session (it is hashed again).
+    stored = api.sql("SELECT token_hash FROM sessions WHERE user_id = $1", user["id"])
+    assert [bytes(r["token_hash"]) for r in stored] == [token_hash(token)]
+    r = api.request("GET", "/users/me", bytes(stored[0]["token_hash"]).hex())
+    assert r.status_code == 401
+    assert api.request("DELETE", f"/users/{user['id']}", admin_token).status_code == 204
+    r = api.request("GET", "/users/me", token)
+    assert r.status_code == 401 and r.json() == {"detail": INVALID}
+
+
+@pytest.mark.integration
+def test_a_role_without_the_permission_is_403_naming_it(api: Api, admin_token: str) -> None:
+    _, _, token = new_user(api, admin_token)
+    for method, path, permission in (
+        ("GET", "/users", Permission.USERS_MANAGE),
+        ("POST", "/servers", Permission.SERVERS_MANAGE),
+        ("DELETE", f"/servers/{uuid.uuid4()}", Permission.SERVERS_MANAGE),
+    ):
+        r = api.request(method, path, token)
+        assert r.status_code == 403, (method, path)
+        assert r.json() == {"detail": f"forbidden: needs permission {permission.value}"}
+        assert "www-authenticate" not in r.headers
+
+
+@pytest.mark.integration
+def test_a_role_change_applies_to_open_sessions_at_once(api: Api, admin_token: str) -> None:
+    user, _, token = new_user(api, admin_token)
+    assert api.request("GET", "/users", token).status_code == 403
+    r = api.request("PATCH", f"/users/{user['id']}", admin_token, json={"role": "admin"})
+    assert r.status_code == 200 and r.json()["role"] == "admin"
+    assert api.request("GET", "/users", token).status_code == 200
+    api.request("PATCH", f"/users/{user['id']}", admin_token, json={"role": "user"})
+    assert api.request("GET", "/users", token).status_code == 403
+    assert api.request("GET", "/users/me", token).status_code == 200  # still logged in

@@ -16,6 +16,25 @@ from tests.registry.harness import Api, new_user
 pytestmark = pytest.mark.integration
 
 
+def test_a_login_answers_a_bearer_token_and_its_expiry(api: Api, admin_token: str) -> None:
+    user, password, _ = new_user(api, admin_token)
+    r = api.request("POST", "/login", json={"email": user["email"].upper(), "password": password})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"access_token", "token_type", "expires_at"}
+    assert body["token_type"] == "bearer" and len(body["access_token"]) >= 43
+    expires = datetime.fromisoformat(body["expires_at"])
+    ttl = timedelta(hours=api.settings.session_hours)
+    assert abs(expires - datetime.now(UTC) - ttl) < timedelta(minutes=1)
+    r = api.request("GET", "/users/me", body["access_token"])
+    assert r.status_code == 200 and r.json()["id"] == user["id"]
+    # Each login is a session of its own.
+    assert api.login(user["email"], password) != body["access_token"]
+    r = api.request("POST", "/login", json={"email": user["email"], "password": "not-it"})
+    assert r.status_code == 401
+    assert r.json() == {"detail": "wrong e-mail or password, or the account is deactivated"}
+
+
 def test_sessions_are_stored_as_hashes_and_expire(api: Api, admin_token: str) -> None:
     user, _, token = new_user(api, admin_token)
     rows = api.sql(

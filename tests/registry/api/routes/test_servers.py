@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
 from registry.crypto import Keyring
 from tests.factories import KEY_1, server_body
-from tests.registry.harness import Api, new_user
+from tests.registry.harness import Api, add_snapshot, new_user
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +110,27 @@ def test_bad_server_input_is_a_4xx_naming_the_field(
     assert r.status_code == 422, r.text
     assert field in r.json()["detail"]
     assert "p" * 2000 not in r.text
+
+
+def test_servers_are_listed_by_hostname_a_page_at_a_time(api: Api, admin_token: str) -> None:
+    for _ in range(2):
+        assert api.request("POST", "/servers", admin_token, json=server_body()).status_code == 201
+    first = api.request("GET", "/servers", admin_token, params={"limit": 1}).json()
+    assert len(first["data"]) == 1 and first["count"] >= 2
+    second = api.request("GET", "/servers", admin_token, params={"skip": 1, "limit": 1}).json()
+    assert second["count"] == first["count"]
+    both = api.request("GET", "/servers", admin_token, params={"limit": 2}).json()
+    assert both["data"] == first["data"] + second["data"]  # one order, page after page
+    for bad in ({"limit": 0}, {"limit": 1001}, {"skip": -1}):
+        r = api.request("GET", "/servers", admin_token, params=bad)
+        assert r.status_code == 422 and next(iter(bad)) in r.json()["detail"]
+
+
+def test_deleting_a_server_removes_its_stored_metrics(api: Api, admin_token: str) -> None:
+    server = api.request("POST", "/servers", admin_token, json=server_body()).json()
+    add_snapshot(api, server["id"], datetime.now(UTC).replace(microsecond=0), 10.0)
+    count = "SELECT count(*) AS n FROM metrics_snapshots WHERE server_id = $1"
+    assert api.sql(count, server["id"])[0]["n"] == 1
+    assert api.request("DELETE", f"/servers/{server['id']}", admin_token).status_code == 204
+    assert api.sql(count, server["id"])[0]["n"] == 0
+    assert api.request("DELETE", f"/servers/{server['id']}", admin_token).status_code == 404

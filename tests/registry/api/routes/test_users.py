@@ -11,6 +11,35 @@ from tests.registry.harness import Api, new_user
 pytestmark = pytest.mark.integration
 
 
+def test_everyone_reads_their_own_account_without_its_password(api: Api, admin_token: str) -> None:
+    user, _, token = new_user(api, admin_token)
+    assert user["role"] == "user" and user["provider"] == "email" and user["active"] is True
+    assert "password" not in user and "password_hash" not in user
+    r = api.request("GET", "/users/me", token)
+    assert r.status_code == 200
+    me = r.json()
+    assert me["email"] == user["email"] and me["last_login_at"] is not None
+    assert {k: v for k, v in me.items() if k != "last_login_at"} == {
+        k: v for k, v in user.items() if k != "last_login_at"
+    }
+
+
+def test_an_admin_reads_a_user_and_lists_them_a_page_at_a_time(api: Api, admin_token: str) -> None:
+    user, _, token = new_user(api, admin_token)
+    r = api.request("GET", f"/users/{user['id']}", admin_token)
+    assert r.status_code == 200 and r.json() == api.request("GET", "/users/me", token).json()
+    first = api.request("GET", "/users", admin_token, params={"limit": 1}).json()
+    assert len(first["data"]) == 1 and first["count"] >= 2
+    second = api.request("GET", "/users", admin_token, params={"skip": 1, "limit": 1}).json()
+    assert second["count"] == first["count"] and second["data"] != first["data"]
+    everyone = api.request("GET", "/users", admin_token, params={"limit": 1000}).json()
+    assert len(everyone["data"]) == min(everyone["count"], 1000)
+    assert everyone["data"][:2] == first["data"] + second["data"]  # in creation order
+    for bad in ({"limit": 0}, {"limit": 1001}, {"skip": -1}):
+        r = api.request("GET", "/users", admin_token, params=bad)
+        assert r.status_code == 422 and next(iter(bad)) in r.json()["detail"]
+
+
 def test_deactivating_a_user_ends_their_sessions(api: Api, admin_token: str) -> None:
     user, password, token = new_user(api, admin_token)
     r = api.request("PATCH", f"/users/{user['id']}", admin_token, json={"active": False})
