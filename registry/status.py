@@ -4,7 +4,8 @@ Lifecycle: `start()` joins the registry's consumer group, `run()` applies status
 commits offsets only after the database has them, `stop()` ends `run()` within its timeout.
 A change older than the one already applied (replay, out of order) is ignored; an unknown
 server is ignored; an invalid message is logged, counted and skipped. While Kafka or the
-database is unavailable it retries with capped backoff and never takes the API down.
+database is unavailable it retries with capped backoff and never takes the API down; a batch
+the database could not take for a transient reason is read again, not skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from registry.settings import RegistrySettings
 from registry.store import Conn, Connection
 from runtime import kafka, postgres
 from runtime.backoff import Backoff
+from runtime.errors import Disposition
 from runtime.postgres import POSTGRES_ERRORS
 from runtime.postgres import probe as postgres_probe
 from runtime.telemetry import telemetry
@@ -130,11 +132,16 @@ class StatusConsumer:
         batch = await self._consumer.getmany(timeout_ms=500, max_records=500)
         if batch:
             with TELEMETRY.batch_seconds.time():
-                async with self.pool.acquire() as conn:
-                    for tp, records in batch.items():
-                        for record in records:
-                            await self._take(conn, record)
-                        self._positions[tp] = records[-1].offset + 1
+                try:
+                    async with self.pool.acquire() as conn:
+                        for tp, records in batch.items():
+                            for record in records:
+                                await self._take(conn, record)
+                            self._positions[tp] = records[-1].offset + 1
+                except POSTGRES_ERRORS as exc:
+                    if postgres.disposition(exc) is Disposition.TRANSIENT:
+                        self._rewind(batch)
+                    raise
                 self._database.ok()
                 # Only after the database has every change of the batch.
                 await self._consumer.commit()
@@ -144,6 +151,16 @@ class StatusConsumer:
             if high is not None and position is not None:
                 lag += max(0, high - position)
         TELEMETRY.lag.set(lag)
+
+    def _rewind(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Fetch `batch` again at the next poll: the database did not take all of it. (The
+        consumer's position is past it already; the next commit would skip it for good.)
+        Changes of it already applied are ignored the second time, as not newer."""
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        for tp, records in batch.items():
+            if tp in assigned:
+                self._consumer.seek(tp, records[0].offset)
 
     async def _take(self, conn: Connection, record: ConsumerRecord) -> None:
         TELEMETRY.received.inc()

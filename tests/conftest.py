@@ -188,18 +188,9 @@ async def ts_conn(standin: int) -> AsyncIterator[asyncpg.Connection]:
         conn.terminate()
 
 
-_OURS = (
-    "FLEETPULSE_HOME",
-    "FLEETPULSE_KAFKA_BOOTSTRAP",
-    "FLEETPULSE_KAFKA_CONTROLLER_PORT",
-    "FLEETPULSE_PG_PORT",
-    "FLEETPULSE_PG_STORAGE",
-    "FLEETPULSE_PG_SSLMODE",
-)
-
-
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in _OURS:
-        monkeypatch.delenv(name, raising=False)
+    """No FLEETPULSE_* variable (the test stack's or the shell's): settings see their defaults."""
+    for name in [n for n in os.environ if n.startswith("FLEETPULSE_")]:
+        monkeypatch.delenv(name)
     return monkeypatch

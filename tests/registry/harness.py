@@ -1,5 +1,6 @@
 """The registry under test as a real server: uvicorn in a thread on its own event loop, an
-HTTP client that keeps every response, the log recorder, databases of its own."""
+HTTP client that keeps every response, the log recorder, databases of its own, and a relay
+(tests/e2e/relay.py) on an event loop of its own thread to cut the server off a dependency."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -26,7 +27,10 @@ from registry.app import create_app
 from registry.crypto import Keyring
 from registry.settings import RegistrySettings
 from tests.conftest import superuser_connect
+from tests.e2e.relay import Relay
 from tests.factories import server_body, unique
+
+T = TypeVar("T")
 
 
 class Recorder(logging.Handler):
@@ -120,6 +124,51 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+class RelayThread:
+    """A relay from `port` to `target` on loopback, on an event loop in a thread of its own, so
+    a test can cut it (every connection dropped, new ones refused) and restore it while the
+    server's thread goes on."""
+
+    def __init__(self, port: int, target: int, *, started: bool = True) -> None:
+        self.relay = Relay(port, target)
+        self.started = started
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def __enter__(self) -> RelayThread:
+        self.thread.start()
+        if self.started:
+            self.restore()
+        return self
+
+    def cut(self) -> None:
+        self._run(self.relay.cut())
+
+    def restore(self) -> None:
+        self._run(self.relay.restore())
+
+    def __exit__(self, *exc: object) -> None:
+        self._run(self.relay.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def wait_for_health(
+    base_url: str, done: Callable[[httpx.Response], bool], timeout: float = 60
+) -> httpx.Response:
+    """GET /health until `done(response)` holds; the last response (the test asserts on it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.get(base_url + "/health", timeout=30)
+        if done(r) or time.monotonic() > deadline:
+            return r
+        time.sleep(0.2)
 
 
 @dataclass

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import server_body
 from tests.registry.harness import Api, server_with_rows
 
 pytestmark = pytest.mark.integration
@@ -55,10 +54,3 @@ def test_the_chart_page_draws_the_series_in_a_browser(
     assert int(drawn.group(1)) == 4 * 7
     length = re.search(r'data-drawn-length="(\d+)"', dom)
     assert length and int(length.group(1)) > 0  # the lines were laid out, not just present
-
-
-def test_the_chart_needs_a_token_and_a_known_server(api: Api, admin_token: str) -> None:
-    server = api.request("POST", "/servers", admin_token, json=server_body()).json()
-    assert api.request("GET", f"/servers/{server['id']}/chart").status_code == 401
-    unknown = "00000000-0000-4000-8000-000000000000"
-    assert api.request("GET", f"/servers/{unknown}/chart", admin_token).status_code == 404

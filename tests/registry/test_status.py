@@ -15,9 +15,11 @@ from prometheus_client import REGISTRY
 
 from infra.db import migrate
 from infra.settings import StackSettings
+from infra.stack.process import free_port
 from registry.status import StatusConsumer, apply_status
 from schemas.messages import ServerState, ServerStatusChange
 from schemas.topics import TopicSpec
+from tests.e2e.relay import Relay
 from tests.factories import registry_settings
 
 pytestmark = pytest.mark.integration
@@ -163,3 +165,59 @@ async def test_consumer_waits_for_an_unreachable_broker_and_stops_on_request(
     assert not task.done()
     consumer.stop()
     await asyncio.wait_for(task, 15)
+
+
+async def test_a_batch_that_met_a_database_outage_is_applied_when_it_is_back(
+    stack_settings: StackSettings,
+    fresh_database: str,
+    conn: asyncpg.Connection,
+    new_topic: TopicSpec,
+) -> None:
+    # The consumer reaches the database through a relay the test cuts.
+    relay = Relay(free_port(), stack_settings.pg_port)
+    await relay.start()
+    settings = registry_settings(
+        stack_settings,
+        fresh_database,
+        pg_port=relay.port,
+        status_topic=new_topic.name,
+        registry_group=f"test-registry-{uuid.uuid4().hex[:8]}",
+        retry_min=0.1,
+        retry_max=0.5,
+    )
+    relayed = await asyncpg.create_pool(**settings.connect_kwargs(), min_size=1, max_size=2)
+    server_id = await add_server(conn)
+    await relay.cut()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        value = change(server_id, ServerState.ONLINE, T0).to_json_bytes()
+        await producer.send_and_wait(new_topic.name, value, key=server_id.encode())
+    finally:
+        await producer.stop()
+
+    def errors() -> float:
+        value = REGISTRY.get_sample_value("fleetpulse_registry_errors_total", {"kind": "postgres"})
+        return value or 0.0
+
+    before = errors()
+    consumer = StatusConsumer(settings, relayed)
+    task = asyncio.create_task(consumer.run())
+    try:
+        for _ in range(300):  # the change is read, and the database is away
+            if errors() > before:
+                break
+            await asyncio.sleep(0.1)
+        assert errors() > before and consumer.applied == 0
+        await relay.restore()
+        for _ in range(300):
+            if consumer.applied:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 15)
+        await relayed.close()
+        await relay.close()
+    assert consumer.applied == 1
+    assert (await _state(conn, server_id))[0] is True

@@ -1,5 +1,5 @@
 """The stream worker's per-resolution settings (output topics, grace): the table's unless a
-variable says."""
+variable says; its own compression default."""
 
 from __future__ import annotations
 
@@ -39,3 +39,9 @@ def test_a_grace_that_cannot_work_is_refused(monkeypatch: pytest.MonkeyPatch) ->
         StreamSettings(grace={"1w": 5})
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         StreamSettings(grace={"5s": -1})
+
+
+def test_the_worker_compresses_with_zstd_unless_told(clean_env: pytest.MonkeyPatch) -> None:
+    assert StreamSettings().compression == "zstd"  # the other services: lz4
+    clean_env.setenv("FLEETPULSE_COMPRESSION", "gzip")
+    assert StreamSettings().compression == "gzip"

@@ -1,4 +1,6 @@
-"""Integration: GET /servers/{id}/metrics serves the sinks' read path, bounded in points."""
+"""Integration: GET /servers/{id}/metrics and /chart (`registry/api/routes/metrics.py`) serve the
+sinks' read path, bounded in points; the chart page itself is checked in
+`tests/registry/test_chart.py`."""
 
 from __future__ import annotations
 
@@ -63,3 +65,10 @@ def test_bad_ranges_are_refused_with_a_message(
 def test_unknown_server_is_404(api: Api, admin_token: str) -> None:
     r = api.request("GET", f"/servers/{uuid.uuid4()}/metrics", admin_token)
     assert r.status_code == 404
+
+
+def test_the_chart_needs_a_token_and_a_known_server(api: Api, admin_token: str) -> None:
+    server = api.request("POST", "/servers", admin_token, json=server_body()).json()
+    assert api.request("GET", f"/servers/{server['id']}/chart").status_code == 401
+    unknown = "00000000-0000-4000-8000-000000000000"
+    assert api.request("GET", f"/servers/{unknown}/chart", admin_token).status_code == 404
