@@ -10,12 +10,13 @@ ends recovery at the end of the archive instead).
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,18 @@ from infra.stack.postgres import PostgresCluster
 from infra.stack.process import find_process, port_open, read_pid, stop_process
 
 BackupType = Literal["full", "diff", "incr"]
+
+
+#: PostgreSQL's line for each WAL segment its restore_command brought back.
+_RESTORED = re.compile(r'restored log file "([0-9A-F]{24})" from archive')
+
+
+def next_segment(name: str) -> str:
+    """The WAL segment after `name` (16 MiB segments: 256 per log id)."""
+    timeline, log_id, seg = int(name[:8], 16), int(name[8:16], 16), int(name[16:], 16) + 1
+    if seg > 0xFF:
+        log_id, seg = log_id + 1, 0
+    return f"{timeline:08X}{log_id:08X}{seg:08X}"
 
 
 def _at(epoch: float | None) -> str | None:
@@ -46,6 +59,12 @@ class Backup:
     repo_size: int
     wal_start: str
     wal_stop: str
+
+    @property
+    def reachable_from(self) -> datetime:
+        """The earliest restore target this backup serves: pgBackRest keeps its stop time to
+        the second and picks a backup whose stop second is before the target."""
+        return datetime.fromisoformat(self.stopped) + timedelta(seconds=1)
 
     @classmethod
     def of(cls, entry: dict[str, Any]) -> Backup:
@@ -111,7 +130,7 @@ def repository(settings: BackupSettings) -> Repository:
     info = pg.info()
     backups = [Backup.of(b) for b in info.get("backup", [])]
     archives = [a for a in info.get("archive", []) if a.get("min")]
-    earliest = backups[0].stopped if backups else None
+    earliest = backups[0].reachable_from.isoformat() if backups else None
     return Repository(
         backups=backups,
         wal_min=min(a["min"] for a in archives) if archives else None,
@@ -203,14 +222,13 @@ class _Restore:
             raise BackupError("the repository holds no backup yet: `fleetpulse backup run`")
         if self.target is None:
             return backups[-1]
-        earliest = datetime.fromisoformat(backups[0].stopped)
+        earliest = backups[0].reachable_from
         if self.target < earliest:
             raise BackupError(
                 f"{self.target.isoformat()} is before the earliest point a restore can reach, "
                 f"{earliest.isoformat()} (the end of the oldest backup, {backups[0].label})"
             )
-        usable = [b for b in backups if datetime.fromisoformat(b.stopped) <= self.target]
-        return usable[-1]
+        return [b for b in backups if b.reachable_from <= self.target][-1]
 
     def options(self, promote: bool) -> list[str]:
         opts = [f"--pg1-path={self.into}", "--archive-mode=off"]
@@ -298,14 +316,26 @@ class _Restore:
         return BackupError(f"the restored cluster did not recover: {reason}")
 
     def _missing_wal(self) -> str | None:
-        """pgBackRest's own line about a WAL segment it could not find, from its log."""
-        log = self.pg.dir / "log" / "fleetpulse-archive-get.log"
-        if not log.exists():
+        """The WAL segment recovery wanted next and the repository does not have, with
+        pgBackRest's own words about it (None when the next one is there)."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        restored = _RESTORED.findall(text)
+        if not restored:
             return None
-        for line in reversed(log.read_text(errors="replace").splitlines()):
-            if "unable to find" in line:
-                return "pgBackRest: " + line.split("INFO: ", 1)[-1].strip()
-        return None
+        wanted = next_segment(restored[-1])
+        probe = self.into / f".probe-{wanted}"
+        result = self.pg.run("archive-get", "--log-level-console=info", wanted, str(probe))
+        probe.unlink(missing_ok=True)
+        if result.returncode == 0:
+            return None
+        said = [ln.split("INFO: ", 1)[1] for ln in result.stdout.splitlines() if wanted in ln]
+        words = said[-1] if said else result.message
+        return f"WAL segment {wanted} is missing from the repository (pgBackRest: {words})"
+
+    def _wait_exit(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._running() and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def _running(self) -> bool:
         return find_process(read_pid(self.into / "postmaster.pid"), "postgres") is not None
@@ -319,8 +349,12 @@ class _Restore:
             raise self._failure() from None
         try:
             return await self._wait_recovery(conn, promote, deadline)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            # It stopped while recovering (e.g. the target is past the WAL it could get).
+            await asyncio.to_thread(self._wait_exit)
+            raise self._failure() from None
         finally:
-            await conn.close()
+            conn.terminate()
 
     async def _wait_recovery(
         self, conn: asyncpg.Connection, promote: bool, deadline: float

@@ -102,7 +102,12 @@ class PgBackRest:
         )
         try:
             done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, check=False
+                argv,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                check=False,
             )
         except FileNotFoundError:
             raise BackupError(

@@ -98,7 +98,9 @@ class PostgresCluster:
         """
         if not self._as_root:
             return
-        for parent in reversed((path or self.dir).parents):
+        target = path or self.dir
+        target.mkdir(parents=True, exist_ok=True)
+        for parent in reversed(target.parents):
             mode = parent.stat().st_mode
             if not mode & stat.S_IXOTH:
                 parent.chmod(mode | stat.S_IXOTH)
