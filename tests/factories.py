@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 from pydantic import SecretStr
 
+from infra.backup.settings import BackupSettings
 from infra.settings import StackSettings
 from registry.settings import RegistrySettings
 from schemas import (
@@ -21,6 +23,10 @@ from schemas import (
 )
 
 SERVER_ID = "6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"
+
+#: The `scratch_cluster` fixture (tests/infra/conftest.py): start a PostgreSQL cluster of its
+#: own, with pgBackRest set up, settings overridable by keyword; its settings.
+ScratchCluster = Callable[..., BackupSettings]
 
 
 def event_dict(**overrides: Any) -> dict[str, Any]:

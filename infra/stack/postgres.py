@@ -137,7 +137,9 @@ class PostgresCluster:
             what="initdb",
         )
 
-    def _write_config(self) -> None:
+    def _write_config(self) -> bool:
+        """Write the cluster's configuration from the settings; True if `fleetpulse.conf`
+        changed."""
         s = self.settings
         tls = ensure_certificates(s.home_dir / "tls")
         # The server's copy of its key must belong to the server's user, mode 0600.
@@ -171,7 +173,9 @@ class PostgresCluster:
         }
         text = "# Written by `fleetpulse stack up` from FLEETPULSE_* settings; edits are lost.\n"
         text += "".join(f"{k} = {v}\n" for k, v in conf.items())
-        self._write_owned(self.data / "fleetpulse.conf", text)
+        ours = self.data / "fleetpulse.conf"
+        changed = not ours.exists() or ours.read_text() != text
+        self._write_owned(ours, text)
         main_conf = self.data / "postgresql.conf"
         include = "include_if_exists = 'fleetpulse.conf'\n"
         if include not in main_conf.read_text():
@@ -187,6 +191,7 @@ class PostgresCluster:
             "hostnossl all all      all            reject\n"
         )
         self._write_owned(self.data / "pg_hba.conf", hba)
+        return changed
 
     def _write_owned(self, path: Path, text: str) -> None:
         path.write_text(text)
@@ -205,6 +210,10 @@ class PostgresCluster:
     def start(self) -> bool:
         """Initialise on first use, start unless running, wait until healthy."""
         if self.process() is not None:
+            if self._write_config():
+                # A cluster started by an earlier release (its archive_command, …): the
+                # settings that need no restart apply at once.
+                run_checked(self._cmd("pg_ctl", "-D", str(self.data), "reload"), what="reload")
             wait_until(
                 self.healthy,
                 timeout=self.settings.pg_start_timeout,

@@ -23,7 +23,7 @@ from infra.stack import PostgresCluster
 from infra.stack.pgbackrest import BackupError
 from infra.stack.postgres import STANZA
 from infra.stack.process import free_port
-from tests.infra.backup.conftest import ScratchCluster
+from tests.factories import ScratchCluster
 
 pytestmark = pytest.mark.integration
 

@@ -1,10 +1,10 @@
-"""Clusters of their own for the backup drills: each an initdb'd PostgreSQL 15 with its own
-home, port and pgBackRest repository (a drill kills and deletes one without touching the
-shared test stack)."""
+"""Clusters of their own for the stack's and the backups' drills: each an initdb'd PostgreSQL 15
+with its own home, port and pgBackRest repository (a drill kills and deletes one without
+touching the shared test stack)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,7 @@ from infra.backup.settings import BackupSettings
 from infra.stack import PostgresCluster
 from infra.stack.pgbackrest import PgBackRest
 from infra.stack.process import free_port
-
-ScratchCluster = Callable[..., BackupSettings]
+from tests.factories import ScratchCluster
 
 
 @pytest.fixture
