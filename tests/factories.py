@@ -139,3 +139,28 @@ async def add_server(conn: asyncpg.Connection, server_id: str) -> None:
         server_id,
         f"{server_id}.test",
     )
+
+
+async def fill_snapshots(conn: asyncpg.Connection, servers: int, windows: int) -> int:
+    """`servers` new servers with `windows` consecutive 5 s rows each in metrics_snapshots,
+    ending now (inside the partitions the migrations create); the rows inserted."""
+    ids = await conn.fetch(
+        "INSERT INTO servers (id, name, hostname, port, username, encrypted_password) "
+        "SELECT gen_random_uuid()::text, 'fill', 'fill-' || gen_random_uuid(), 22, 'ops', "
+        "'v1:fill' FROM generate_series(1, $1) RETURNING id",
+        servers,
+    )
+    step = Resolution.FIVE_SECONDS.seconds
+    status = await conn.execute(
+        'INSERT INTO metrics_snapshots (server_id, "timestamp", cpu_usage, memory_usage, '
+        "disk_usage, cpu_usage_min, cpu_usage_max, memory_usage_min, memory_usage_max, "
+        "disk_usage_min, disk_usage_max, sample_count, network_rx, network_tx, processes) "
+        "SELECT s, date_trunc('minute', now()) - make_interval(secs => $3 * g), "
+        "50 + 40 * sin(g), 40 + 10 * cos(g), 70, 10, 90, 30, 50, 70, 70, 5, g * 100, g * 50, "
+        '\'[{"pid": 1, "name": "init", "cpu_usage": 0.1, "memory_usage": 0.2}]\'::jsonb '
+        "FROM unnest($1::text[]) s CROSS JOIN generate_series(1, $2) g",
+        [r["id"] for r in ids],
+        windows,
+        step,
+    )
+    return int(status.split()[-1])
