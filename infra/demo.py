@@ -65,7 +65,7 @@ POLL_EVERY: Final = 1.5
 #: Samples the rates are computed over (about 10 s).
 RATE_SAMPLES: Final = 7
 #: The order children start in; they are stopped producers first.
-ROLES: Final = ("registry", "sink", "stream", "agent", "simulate")
+ROLES: Final = ("backup", "registry", "sink", "stream", "agent", "simulate")
 
 
 @dataclass(frozen=True)
@@ -201,6 +201,9 @@ async def ensure_admin(settings: RegistrySettings, paths: DemoPaths) -> str | No
 # -- children ------------------------------------------------------------------------------------
 def plan_children(paths: DemoPaths, options: DemoOptions, own_id: str) -> list[Child]:
     args = {
+        # The backup schedule: a full backup and dump at once on a new stack, then by the
+        # timetable (FLEETPULSE_BACKUP_DAILY_AT, FLEETPULSE_BACKUP_DIFF_EVERY).
+        "backup": ["backup", "schedule"],
         "registry": ["registry"],
         "sink": ["sink"],
         "stream": ["stream"],

@@ -88,10 +88,11 @@ def test_demo_lands_rows_and_ctrl_c_leaves_no_child(
     assert proc.returncode == 0, out[-4000:]
 
     # Every child it started has exited, and said so with a clean status.
-    pids = [int(p) for p in re.findall(r"\b(?:registry|sink|stream|agent|simulate) pid (\d+)", out)]
-    assert len(set(pids)) == 5, out[-4000:]
+    roles = r"\b(?:backup|registry|sink|stream|agent|simulate) pid (\d+)"
+    pids = [int(p) for p in re.findall(roles, out)]
+    assert len(set(pids)) == 6, out[-4000:]
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
-    assert "registry 0, sink 0, stream 0, agent 0, simulate 0" in out
+    assert "backup 0, registry 0, sink 0, stream 0, agent 0, simulate 0" in out
 
     own_id = ids[0]
     password_file = paths.admin_password

@@ -28,6 +28,7 @@ def test_environment_overrides(clean_env: pytest.MonkeyPatch, tmp_path: Path) ->
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
+    from infra.backup.settings import BackupSettings
     from producers.settings import AgentSettings, SimulatorSettings
     from registry.settings import RegistrySettings
     from sinks.settings import SinkSettings
@@ -36,6 +37,7 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     models = (
         StackSettings,
+        BackupSettings,
         AgentSettings,
         SimulatorSettings,
         SinkSettings,
