@@ -1,7 +1,8 @@
 """Runs the benchmarks and writes BENCHMARKS.md (not part of `make test`).
 
     benchmarks/run                 # every benchmark
-    benchmarks/run agent e2e       # only some: agent, simulator, sink_write, stream, e2e, outage
+    benchmarks/run agent e2e       # only some: agent, simulator, sink_write, stream, stream_delay,
+                                   # e2e, outage
 
 Each benchmark's section is kept in benchmarks/results/<name>.md with the machine and date it
 ran on; BENCHMARKS.md is assembled from all of them, so running one refreshes only its own.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.common import machine
 
-ALL = ("agent", "simulator", "sink_write", "stream", "e2e", "outage")
+ALL = ("agent", "simulator", "sink_write", "stream", "stream_delay", "e2e", "outage")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "BENCHMARKS.md"
