@@ -2,7 +2,7 @@
 
     benchmarks/run                 # every benchmark
     benchmarks/run agent e2e       # only some: agent, simulator, sink_write, stream, stream_delay,
-                                   # e2e, outage
+                                   # e2e, outage, backup
 
 Each benchmark's section is kept in benchmarks/results/<name>.md with the machine and date it
 ran on; BENCHMARKS.md is assembled from all of them, so running one refreshes only its own.
@@ -16,7 +16,16 @@ from pathlib import Path
 
 from benchmarks.common import machine
 
-ALL = ("agent", "simulator", "sink_write", "stream", "stream_delay", "e2e", "outage")
+ALL = (
+    "agent",
+    "simulator",
+    "sink_write",
+    "stream",
+    "stream_delay",
+    "e2e",
+    "outage",
+    "backup",
+)
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "BENCHMARKS.md"

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -199,9 +200,15 @@ class _Restore:
     """One restore: checks, pgBackRest's restore, the new cluster started and watched."""
 
     def __init__(
-        self, settings: BackupSettings, target: datetime | None, into: Path, port: int
+        self,
+        settings: BackupSettings,
+        target: datetime | None,
+        into: Path,
+        port: int,
+        progress: Callable[[str], None],
     ) -> None:
         self.settings = settings
+        self.progress = progress
         self.pg = PgBackRest(settings)
         self.cluster = self.pg.cluster
         self.target = target
@@ -249,9 +256,13 @@ class _Restore:
         self.cluster.chown(self.into, 0o700)
         self.cluster.ensure_traversable(self.into)
         try:
+            say = self.progress
+            say("archiving the running cluster's current WAL segment")
             asyncio.run(_archive_current_wal(self.cluster))
+            say(f"restoring backup {backup.label} into {self.into}")
             self.pg.checked("restore", *self.options(promote), timeout=self.settings.backup_timeout)
             self._configure()
+            say(f"starting it on port {self.port}; replaying the archived WAL")
             self._start()
             last, writable = asyncio.run(self._recovered(promote))
         except BaseException:
@@ -425,11 +436,18 @@ async def _archive_current_wal(cluster: PostgresCluster) -> None:
 
 
 def restore(
-    settings: BackupSettings, target: str, into: Path, port: int, *, promote: bool = False
+    settings: BackupSettings,
+    target: str,
+    into: Path,
+    port: int,
+    *,
+    promote: bool = False,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> Restored:
     """Restore the repository to `target` (`latest` or a time) into a new cluster in `into`
-    on `port`, start it and leave it running. On failure nothing is left behind."""
-    return _Restore(settings, parse_target(target), into, port).run(promote)
+    on `port`, start it and leave it running; `progress` hears each stage. On failure
+    nothing is left behind."""
+    return _Restore(settings, parse_target(target), into, port, progress).run(promote)
 
 
 def stop_restored(into: Path) -> bool:

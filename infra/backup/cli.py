@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,13 @@ def _say(args: argparse.Namespace, lines: list[str], data: dict[str, Any]) -> in
     return 0
 
 
+def _progress(stage: str) -> None:
+    """A long command's stages, on stderr when it is a terminal (stdout carries the result;
+    a script reads only that)."""
+    if sys.stderr.isatty():
+        print(f"… {stage}", file=sys.stderr, flush=True)
+
+
 def _settings() -> Any:
     from infra.backup.settings import BackupSettings
 
@@ -31,6 +39,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from infra.backup import base
 
+    _progress(f"taking a {args.type} backup with pgBackRest")
     backup, seconds = base.take(_settings(), args.type)
     return _say(
         args,
@@ -44,6 +53,7 @@ def _dump(args: argparse.Namespace) -> int:
 
     from infra.backup import dumps
 
+    _progress("pg_dump -Fc of the database")
     made = dumps.dump(_settings())
     return _say(args, [made.line()], asdict(made))
 
@@ -71,7 +81,9 @@ def _restore(args: argparse.Namespace) -> int:
 
     from infra.backup import base
 
-    done = base.restore(_settings(), args.to, args.into, args.port, promote=args.promote)
+    done = base.restore(
+        _settings(), args.to, args.into, args.port, promote=args.promote, progress=_progress
+    )
     return _say(
         args,
         [done.line(), f"stop it with `fleetpulse backup stop {done.into}`"],
@@ -90,6 +102,7 @@ def _stop(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from infra.backup import dumps
 
+    _progress("restoring the newest dump into a scratch database")
     done = dumps.verify(_settings())
     return _say(args, [done.line()], done.asdict())
 
