@@ -114,6 +114,8 @@ def _rpo(home: Path) -> tuple[float, float]:
     if settings.wal_archive_timeout != 300:
         raise RuntimeError("FLEETPULSE_WAL_ARCHIVE_TIMEOUT is set: the RPO is for the default")
 
+    began = datetime.now(UTC)
+
     async def write() -> tuple[datetime, float]:
         conn = await PostgresCluster(settings).superuser_connect(settings.pg_database)
         await conn.execute(
@@ -140,17 +142,17 @@ def _rpo(home: Path) -> tuple[float, float]:
     into, port = home / "latest", free_port()
     base.restore(settings, "latest", into, port)
 
-    async def newest() -> datetime:
+    async def newest() -> datetime | None:
         conn = await asyncpg.connect(
             host=str(into), port=port, user="postgres", database="fleetpulse"
         )
         try:
-            value: datetime = await conn.fetchval("SELECT max(committed_at) FROM drill")
+            value: datetime | None = await conn.fetchval("SELECT max(committed_at) FROM drill")
             return value
         finally:
             await conn.close()
 
-    recovered = asyncio.run(newest())
+    recovered = asyncio.run(newest()) or began  # none recovered: every commit lost
     base.stop_restored(into)
     shutil.rmtree(home, ignore_errors=True)
     return (last - recovered).total_seconds(), seconds
