@@ -88,7 +88,7 @@ def test_demo_lands_rows_and_ctrl_c_leaves_no_child(
     assert proc.returncode == 0, out[-4000:]
 
     # Every child it started has exited, and said so with a clean status.
-    roles = r"\b(?:backup|registry|sink|stream|agent|simulate) pid (\d+)"
+    roles = r"\b(?:backup|registry|sink|stream|agent|simulate)\s+pid\s+(\d+)"  # lines wrap
     pids = [int(p) for p in re.findall(roles, out)]
     assert len(set(pids)) == 6, out[-4000:]
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
