@@ -98,7 +98,8 @@ class Repository:
     #: (the last archived WAL segment's time, as the running cluster reports it).
     earliest: str | None
     latest: str | None
-    size: int
+    #: Bytes on disk (None: not measured).
+    size: int | None
 
     def asdict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,7 +126,8 @@ def expire(settings: BackupSettings) -> None:
     pg.checked("expire", timeout=settings.backup_timeout)
 
 
-def repository(settings: BackupSettings) -> Repository:
+def repository(settings: BackupSettings, *, size: bool = True) -> Repository:
+    """What the repository holds (`size`: also its bytes on disk, a walk of every file)."""
     pg = PgBackRest(settings)
     pg.write_config()
     info = pg.info()
@@ -138,7 +140,7 @@ def repository(settings: BackupSettings) -> Repository:
         wal_max=max(a["max"] for a in archives) if archives else None,
         earliest=earliest,
         latest=asyncio.run(_last_archived(settings)) if backups else None,
-        size=pg.repo_size(),
+        size=pg.repo_size() if size else None,
     )
 
 

@@ -69,7 +69,7 @@ def _list(args: argparse.Namespace) -> int:
     lines = [b.line() for b in repo.backups] or ["no base backup yet (`fleetpulse backup run`)"]
     lines += [d.line() for d in found] or [f"no dump yet in {settings.dumps}"]
     lines.append(
-        f"repository {settings.backup_repo}: {repo.size / 1e6:,.1f} MB; WAL archived "
+        f"repository {settings.backup_repo}: {(repo.size or 0) / 1e6:,.1f} MB; WAL archived "
         f"{repo.wal_min or '-'} to {repo.wal_max or '-'}; a restore reaches from "
         f"{repo.earliest or '- (no backup)'} to {repo.latest or 'the last archived WAL'}"
     )

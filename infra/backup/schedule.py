@@ -16,6 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Literal
 
 from prometheus_client import Gauge
@@ -94,7 +95,7 @@ class BackupSchedule(Service):
         WAL_AGE.set_function(lambda: _age(self.last_wal))
 
     async def _state(self) -> tuple[datetime | None, datetime | None, datetime | None]:
-        repo = await asyncio.to_thread(base.repository, self.settings)
+        repo = await asyncio.to_thread(partial(base.repository, self.settings, size=False))
         fulls = [b for b in repo.backups if b.type == "full"]
         found = await asyncio.to_thread(dumps.dumps, self.settings)
         self.last_backup = _time(repo.backups[-1].stopped) if repo.backups else None
