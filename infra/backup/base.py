@@ -281,20 +281,24 @@ class _Restore:
         )
 
     def _configure(self) -> None:
-        """The restored copy of `fleetpulse.conf` names the running cluster's port and socket:
-        this one gets its own (TLS material and the rest stay)."""
+        """The restored copy of `fleetpulse.conf` names the running cluster's port, socket and
+        TLS files: this one gets its own (a copy of the TLS files in DIR/tls, so it starts
+        when the lost cluster's folder is gone too); the rest stays."""
         conf = self.into / "fleetpulse.conf"
+        tls = self.cluster.install_tls(self.into / "tls")
+        own = {
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.into}'",
+            **tls,
+            "archive_mode": "off",
+            "hot_standby": "on",
+        }
         lines = [
             ln
             for ln in conf.read_text().splitlines()
-            if not ln.startswith(("port ", "unix_socket_directories ", "archive_"))
+            if ln.split(" ", 1)[0] not in own and not ln.startswith("archive_")
         ]
-        lines += [
-            f"port = {self.port}",
-            f"unix_socket_directories = '{self.into}'",
-            "archive_mode = off",
-            "hot_standby = on",
-        ]
+        lines += [f"{k} = {v}" for k, v in own.items()]
         conf.write_text("\n".join(lines) + "\n")
         self.cluster.chown(conf, 0o600)
         self.log.parent.mkdir(exist_ok=True)

@@ -141,12 +141,7 @@ class PostgresCluster:
         """Write the cluster's configuration from the settings; True if `fleetpulse.conf`
         changed."""
         s = self.settings
-        tls = ensure_certificates(s.home_dir / "tls")
-        # The server's copy of its key must belong to the server's user, mode 0600.
-        for src in (tls.server_cert, tls.server_key, tls.ca_cert):
-            dst = self.server_tls / src.name
-            shutil.copyfile(src, dst)
-            self.chown(dst, 0o600)
+        tls = self.install_tls(self.server_tls)
         # Each segment into the pgBackRest repository, which refuses a second, different copy.
         archive_cmd = (
             f"pgbackrest --config={self.pgbackrest_config} --stanza={STANZA} archive-push %p"
@@ -159,9 +154,7 @@ class PostgresCluster:
             "shared_buffers": "'256MB'",
             "password_encryption": "'scram-sha-256'",
             "ssl": "on",
-            "ssl_cert_file": f"'{self.server_tls / 'server.crt'}'",
-            "ssl_key_file": f"'{self.server_tls / 'server.key'}'",
-            "ssl_ca_file": f"'{self.server_tls / 'ca.crt'}'",
+            **tls,
             "ssl_min_protocol_version": "'TLSv1.2'",
             # Seed: continuous WAL archiving with a 5-minute recovery point objective.
             "wal_level": "replica",
@@ -192,6 +185,23 @@ class PostgresCluster:
         )
         self._write_owned(self.data / "pg_hba.conf", hba)
         return changed
+
+    def install_tls(self, folder: Path) -> dict[str, str]:
+        """The server's certificate, key and CA (generated under `<home>/tls/` once) copied
+        into `folder` for the server's user (its key must be theirs, mode 0600); the
+        settings that name them."""
+        tls = ensure_certificates(self.settings.home_dir / "tls")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.chown(folder, 0o700)
+        for src in (tls.server_cert, tls.server_key, tls.ca_cert):
+            dst = folder / src.name
+            shutil.copyfile(src, dst)
+            self.chown(dst, 0o600)
+        return {
+            "ssl_cert_file": f"'{folder / tls.server_cert.name}'",
+            "ssl_key_file": f"'{folder / tls.server_key.name}'",
+            "ssl_ca_file": f"'{folder / tls.ca_cert.name}'",
+        }
 
     def _write_owned(self, path: Path, text: str) -> None:
         path.write_text(text)
