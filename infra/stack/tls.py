@@ -1,7 +1,15 @@
-"""A private CA and a server certificate for the local PostgreSQL, made with `cryptography`.
+"""The local stack's private CA and the certificates it issues, made with `cryptography`.
 
-Clients verify the server with `sslmode=verify-full` against `<home>/tls/ca.crt`; the server
-certificate names `localhost`, `127.0.0.1` and `::1`.
+Everything lives in `<home>/tls/`: `ca.crt` (what clients trust) and `ca.key`, then one
+certificate and key per server, each naming `localhost`, `127.0.0.1` and `::1`:
+
+- `server.crt` for PostgreSQL (clients verify it with `sslmode=verify-full`);
+- `kafka.crt` for the broker: its client listener, and as its own identity (`kafka-broker`)
+  on the mutual-TLS controller and inter-broker listeners, so it may also authenticate clients;
+- `registry.crt` for the registry's HTTPS.
+
+Keys are written mode 0600. `issue(..., force=True)` re-issues one from the same CA
+(`fleetpulse stack rotate-certs`); clients keep trusting `ca.crt`.
 """
 
 from __future__ import annotations
@@ -18,6 +26,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _VALID_DAYS = 825
+#: Common names of the issued certificates (the broker's is its principal on mTLS listeners).
+COMMON_NAMES = {"server": "localhost", "kafka": "kafka-broker", "registry": "localhost"}
+#: Certificates that also serve as a client identity.
+_CLIENT_AUTH = frozenset({"kafka"})
+
+
+@dataclass(frozen=True)
+class Certificate:
+    cert: Path
+    key: Path
 
 
 @dataclass(frozen=True)
@@ -43,9 +61,18 @@ class TlsFiles:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    tmp.replace(path)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(0o644)
+    tmp.replace(path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -56,21 +83,22 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def ensure_certificates(directory: Path, hostnames: tuple[str, ...] = ("localhost",)) -> TlsFiles:
-    """Create the CA and server certificate once; later calls keep what exists."""
-    files = TlsFiles.under(directory)
-    if files.exist():
-        return files
+def _ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA, created once."""
+    cert_path, key_path = directory / "ca.crt", directory / "ca.key"
+    if cert_path.exists() and key_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "FleetPulse local CA")])
-    ca_cert = (
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "FleetPulse local CA")])
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=_VALID_DAYS))
@@ -89,33 +117,61 @@ def ensure_certificates(directory: Path, hostnames: tuple[str, ...] = ("localhos
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
     )
+    _write_private(key_path, _key_pem(key))
+    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return cert, key
 
-    server_key = ec.generate_private_key(ec.SECP256R1())
+
+def issue(
+    directory: Path,
+    name: str,
+    *,
+    hostnames: tuple[str, ...] = ("localhost",),
+    force: bool = False,
+) -> Certificate:
+    """`<name>.crt` and `<name>.key` signed by the CA in `directory` (made first if missing).
+    Kept when they exist, unless `force` (a rotation)."""
+    files = Certificate(directory / f"{name}.crt", directory / f"{name}.key")
+    if files.cert.exists() and files.key.exists() and not force:
+        return files
+    ca_cert, ca_key = _ca(directory)
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
     alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "::1")]
-    server_cert = (
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if name in _CLIENT_AUTH:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    common_name = COMMON_NAMES.get(name, hostnames[0])
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=_VALID_DAYS))
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
         )
         .sign(ca_key, hashes.SHA256())
     )
+    # Key first: a certificate next to an older key would not load.
+    _write_private(files.key, _key_pem(key))
+    _write_public(files.cert, cert.public_bytes(serialization.Encoding.PEM))
+    return files
 
-    _write_private(files.ca_key, _key_pem(ca_key))
-    _write_private(files.server_key, _key_pem(server_key))
-    files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    # Written last: its presence means the set is complete.
-    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+
+def ensure_certificates(directory: Path, hostnames: tuple[str, ...] = ("localhost",)) -> TlsFiles:
+    """The CA and PostgreSQL's server certificate, created once; later calls keep what
+    exists."""
+    files = TlsFiles.under(directory)
+    if not files.exist():
+        issue(directory, "server", hostnames=hostnames)
     return files
