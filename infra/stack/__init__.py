@@ -1,5 +1,5 @@
 """The local stack: a real Kafka broker and a PostgreSQL 15 cluster (WAL archived by
-pgBackRest) under `<home>/`."""
+pgBackRest) under `<home>/`, and the registry's HTTPS certificate from the stack's CA."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from infra.stack.kafka import KafkaBroker
 from infra.stack.pgbackrest import PgBackRest
 from infra.stack.postgres import PostgresCluster
 from infra.stack.process import ComponentStatus, StackError
+from infra.stack.tls import issue
 
 __all__ = [
     "ComponentStatus",
@@ -38,11 +39,13 @@ def _stack_lock(settings: StackSettings) -> Iterator[None]:
 
 
 def up(settings: StackSettings) -> list[tuple[ComponentStatus, bool]]:
-    """Start what is not running and wait until both are healthy.
+    """Start what is not running and wait until both are healthy; issue the registry's
+    certificate (`<home>/tls/registry.crt`) when it is missing.
 
     Returns each component's status and whether this call started it.
     """
     with _stack_lock(settings):
+        issue(settings.home_dir / "tls", "registry")
         started = []
         for component in (PostgresCluster(settings), KafkaBroker(settings)):
             was_started = component.start()

@@ -1,7 +1,7 @@
 """Integration: the stack's lifecycle on a stack of its own (own folder, own ports).
 
 Two `fleetpulse stack up` at once leave exactly one broker and one database; `status` says
-what runs; `down` leaves no process behind.
+what runs; `down` leaves no process behind. `up` issues the registry's certificate once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from cryptography import x509
 
+from infra import stack
+from infra.settings import StackSettings
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -105,3 +108,23 @@ def test_port_taken_by_a_stranger_is_a_clear_error(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert f"port 127.0.0.1:{port} is taken" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_up_issues_the_registry_certificate_when_it_is_missing(
+    stack_settings: StackSettings,
+) -> None:
+    tls = stack_settings.home_dir / "tls"
+    cert, key = tls / "registry.crt", tls / "registry.key"
+    issued = x509.load_pem_x509_certificate(cert.read_bytes())  # by the session's `stack up`
+    issued.verify_directly_issued_by(x509.load_pem_x509_certificate((tls / "ca.crt").read_bytes()))
+    names = issued.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+    assert key.stat().st_mode & 0o777 == 0o600
+
+    stack.up(stack_settings)  # everything running: the certificate is kept
+    assert x509.load_pem_x509_certificate(cert.read_bytes()) == issued
+    cert.unlink()
+    stack.up(stack_settings)  # missing: issued again, from the same CA
+    again = x509.load_pem_x509_certificate(cert.read_bytes())
+    assert again.serial_number != issued.serial_number and again.issuer == issued.issuer
