@@ -29,11 +29,13 @@ import asyncio
 import base64
 import os
 import secrets
+import ssl
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -293,16 +295,22 @@ async def _truncate(settings: StackSettings, database: str) -> None:
         await conn.close()
 
 
-def _wait_healthy(port: int, child: Child, timeout: float = 60) -> None:
+def _wait_healthy(port: int, child: Child, ca: Path, timeout: float = 60) -> None:
+    """Until the registry answers /health: over HTTPS verified against `ca` (the stack's CA,
+    which issued its certificate), or over plain HTTP (a baseline revision from before the
+    registry served HTTPS by default)."""
+    verify = ssl.create_default_context(cafile=ca)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.proc is not None and child.proc.poll() is not None:
             raise RuntimeError(f"the registry exited; see {child.log_path}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
+        for scheme in ("https", "http"):
+            url = f"{scheme}://127.0.0.1:{port}/health"
+            try:
+                if httpx.get(url, timeout=2, verify=verify).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
         time.sleep(0.3)
     raise RuntimeError(f"the registry did not answer within {timeout:.0f} s")
 
@@ -341,7 +349,7 @@ def one_run(
         for name, pid in services.items():
             procs[name].append(psutil.Process(pid))
         meter = Meter(procs)
-        _wait_healthy(port, by_name["registry"])
+        _wait_healthy(port, by_name["registry"], settings.home_dir / "tls" / "ca.crt")
         sim = by_name["simulate"].proc
         assert sim is not None
         first: tuple[float, dict[str, float], float] | None = None

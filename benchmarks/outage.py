@@ -150,7 +150,7 @@ def one_run(settings: StackSettings, code: Path, label: str) -> Outcome:
     start_children(children, paths)
     try:
         by_name = {c.name: c for c in children}
-        _wait_healthy(port, by_name["registry"])
+        _wait_healthy(port, by_name["registry"], settings.home_dir / "tls" / "ca.crt")
         time.sleep(max(0.0, start + WARMUP - time.time()))
         stopped = time.time()
         broker.stop()

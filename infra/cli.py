@@ -376,9 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     registry = sub.add_parser(
         "registry",
         help="run the registry API (users, servers, RBAC, metrics reads) and its admin commands",
-        description="Without an action: serve the HTTP API (FLEETPULSE_REGISTRY_HOST/PORT, "
-        "default 127.0.0.1:8080, OpenAPI at /docs) and keep servers.is_online from "
-        "metrics.status.v1. Stops cleanly on SIGTERM/SIGINT.",
+        description="Without an action: serve the API over HTTPS (FLEETPULSE_REGISTRY_HOST/PORT, "
+        "default 127.0.0.1:8080, OpenAPI at /docs; the certificate <home>/tls/registry.crt that "
+        "`stack up` issues, or FLEETPULSE_REGISTRY_TLS_CERT/KEY) and keep servers.is_online "
+        "from metrics.status.v1. Stops cleanly on SIGTERM/SIGINT.",
     )
     registry.set_defaults(func=_registry)
     registry_sub = registry.add_subparsers(dest="action", metavar="ACTION")

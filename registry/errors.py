@@ -16,6 +16,11 @@ class KeyringError(RegistryError):
     """The encryption keys are missing or malformed (the message names no key material)."""
 
 
+class TlsError(RegistryError):
+    """The certificate or key to serve HTTPS with is missing or does not load (the message names
+    the files, never what is in them)."""
+
+
 class DecryptionError(RegistryError):
     """A stored password cannot be decrypted: wrong key, wrong row, or tampered ciphertext."""
 

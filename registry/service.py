@@ -1,8 +1,8 @@
 """`fleetpulse registry` and its administration commands.
 
-- `RegistryService`: the HTTP API under uvicorn (HTTPS when a certificate is configured), in
-  the common lifecycle: SIGTERM or SIGINT drain requests, stop the status consumer (bounded)
-  and close the pool.
+- `RegistryService`: the HTTP API under uvicorn (`build_server`: HTTPS, or plain HTTP only
+  when asked), in the common lifecycle: SIGTERM or SIGINT drain requests, stop the status
+  consumer (bounded) and close the pool.
 - `create_admin()`: the first admin (or another one), with the password hashed like any other.
 - `rotate_key()`: a new key version, then every stored password re-encrypted under it in one
   transaction (all rows or none).
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import asyncpg
 import uvicorn
+from starlette.types import ASGIApp
 
 from registry import accounts
 from registry.crypto import Keyring, load_keyring, write_key_file
@@ -24,6 +25,7 @@ from registry.errors import Conflict, Invalid, RegistryError
 from registry.permissions import Role
 from registry.security import Passwords
 from registry.settings import RegistrySettings
+from registry.tls import ServingCertificate
 from runtime.postgres import connect
 from runtime.service import Service
 from schemas.messages import describe_validation_error
@@ -40,26 +42,17 @@ class RegistryService(Service):
     def __init__(self, settings: RegistrySettings) -> None:
         super().__init__()
         self.settings = settings
-        self.server: _Server | None = None
+        self.server: RegistryServer | None = None
 
     async def start(self) -> None:
         from registry.app import create_app
 
         s = self.settings
+        # The certificate first: without it nothing else is worth checking.
+        certificate = serving_certificate(s)
         await _preflight(s)
         app = create_app(s, load_keyring(s, create=True))
-        config = uvicorn.Config(
-            app,
-            host=s.registry_host,
-            port=s.registry_port,
-            ssl_certfile=s.registry_tls_cert,
-            ssl_keyfile=s.registry_tls_key,
-            log_config=None,  # the command line's logging; uvicorn's access lines carry no bodies
-            # Requests in progress get most of the stop timeout; the lifespan's shutdown the rest.
-            timeout_graceful_shutdown=max(1, int(s.stop_timeout / 2)),
-            server_header=False,
-        )
-        self.server = _Server(config)
+        self.server = build_server(s, app, certificate)
 
     async def run(self) -> None:
         server = self.server
@@ -67,11 +60,13 @@ class RegistryService(Service):
         serving = asyncio.create_task(server.serve(), name="uvicorn")
         stopping = asyncio.create_task(self.stopping.wait())
         s = self.settings
+        certificate = server.certificate
         log.info(
-            "registry on %s://%s:%d (OpenAPI at /docs), database %s",
+            "registry on %s://%s:%d (OpenAPI at /docs), %s, database %s",
             s.scheme,
             s.registry_host,
             s.registry_port,
+            "plain HTTP" if certificate is None else f"certificate {certificate.describe()}",
             s.describe(),
         )
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -85,10 +80,57 @@ class RegistryService(Service):
             ) from None
 
 
-class _Server(uvicorn.Server):
+class RegistryServer(uvicorn.Server):
+    """uvicorn, with the certificate checked for a change once a second (on uvicorn's tick) and
+    without signal handlers of its own."""
+
+    #: uvicorn ticks every 0.1 s; the certificate's files are looked at every 10th tick.
+    CERTIFICATE_EVERY_TICKS = 10
+
+    def __init__(self, config: uvicorn.Config, certificate: ServingCertificate | None) -> None:
+        super().__init__(config)
+        self.certificate = certificate
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield  # the service lifecycle owns SIGTERM/SIGINT
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.certificate is not None and counter % self.CERTIFICATE_EVERY_TICKS == 0:
+            self.certificate.refresh()
+        return await super().on_tick(counter)
+
+
+def serving_certificate(settings: RegistrySettings) -> ServingCertificate | None:
+    """The certificate to serve, loaded (`TlsError` when missing or unloadable); None, with a
+    warning, when `registry_plain_http` asks for plain HTTP."""
+    if settings.registry_plain_http:
+        log.warning(
+            "serving plain HTTP (FLEETPULSE_REGISTRY_PLAIN_HTTP): passwords and bearer tokens "
+            "cross the network readable; use it only behind a proxy on this host that "
+            "terminates TLS"
+        )
+        return None
+    return ServingCertificate(settings.tls_cert_path, settings.tls_key_path)
+
+
+def build_server(
+    settings: RegistrySettings, app: ASGIApp, certificate: ServingCertificate | None
+) -> RegistryServer:
+    """uvicorn serving `app` over HTTPS with `certificate` (its context, reloaded in place
+    when the files change), or plain HTTP when it is None."""
+    context = certificate.context if certificate is not None else None
+    config = uvicorn.Config(
+        app,
+        host=settings.registry_host,
+        port=settings.registry_port,
+        ssl_context_factory=None if context is None else (lambda _config, _default: context),
+        log_config=None,  # the command line's logging; uvicorn's access lines carry no bodies
+        # Requests in progress get most of the stop timeout; the lifespan's shutdown the rest.
+        timeout_graceful_shutdown=max(1, int(settings.stop_timeout / 2)),
+        server_header=False,
+    )
+    return RegistryServer(config, certificate)
 
 
 async def _preflight(settings: RegistrySettings) -> None:

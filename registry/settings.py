@@ -19,10 +19,26 @@ class RegistrySettings(KafkaSettings, PostgresSettings, ServiceSettings):
     )
     registry_tls_cert: Path | None = Field(
         default=None,
-        description="Certificate (PEM) to serve HTTPS with; needs `registry_tls_key`.",
+        description=(
+            "Certificate (PEM, the chain after it) the API serves HTTPS with; default "
+            "`<home>/tls/registry.crt`, which `fleetpulse stack up` issues from the stack's CA. "
+            "Read again when it changes on disk. Needs `registry_tls_key`."
+        ),
     )
     registry_tls_key: Path | None = Field(
-        default=None, description="Private key (PEM) of `registry_tls_cert`."
+        default=None,
+        description=(
+            "Private key (PEM, unencrypted) of `registry_tls_cert`; default "
+            "`<home>/tls/registry.key`."
+        ),
+    )
+    registry_plain_http: bool = Field(
+        default=False,
+        description=(
+            "Serve plain HTTP instead of HTTPS (a warning at startup): bearer tokens and "
+            "passwords then cross the network readable. Only behind a proxy on the same host "
+            "that terminates TLS, or for an experiment."
+        ),
     )
     registry_keys: SecretStr | None = Field(
         default=None,
@@ -80,6 +96,10 @@ class RegistrySettings(KafkaSettings, PostgresSettings, ServiceSettings):
     def _tls_needs_both(self) -> RegistrySettings:
         if (self.registry_tls_cert is None) != (self.registry_tls_key is None):
             raise ValueError("registry_tls_cert and registry_tls_key go together")
+        if self.registry_plain_http and self.registry_tls_cert is not None:
+            raise ValueError(
+                "registry_plain_http and registry_tls_cert/registry_tls_key exclude each other"
+            )
         return self
 
     @property
@@ -87,5 +107,13 @@ class RegistrySettings(KafkaSettings, PostgresSettings, ServiceSettings):
         return self.registry_key_file or self.home_dir / "secrets" / "registry_keys"
 
     @property
+    def tls_cert_path(self) -> Path:
+        return self.registry_tls_cert or self.home_dir / "tls" / "registry.crt"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self.registry_tls_key or self.home_dir / "tls" / "registry.key"
+
+    @property
     def scheme(self) -> str:
-        return "https" if self.registry_tls_cert else "http"
+        return "http" if self.registry_plain_http else "https"

@@ -4,8 +4,10 @@ the stream worker, the sink and the registry (with its status consumer)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
+import ssl
 import sys
 import time
 import uuid
@@ -53,7 +55,12 @@ class Pipeline:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
+
+    @functools.cached_property
+    def verify(self) -> ssl.SSLContext:
+        """Trusts the stack's CA, which issued the registry's certificate (`stack up`)."""
+        return ssl.create_default_context(cafile=self.stack.home_dir / "tls" / "ca.crt")
 
     @property
     def stream_group(self) -> str:
@@ -89,7 +96,7 @@ class Pipeline:
                 name = verb if n == 1 else f"{verb}-{n}"
                 self.procs[name] = await self._service(verb, name)
         self.procs["registry"] = await self._service("registry", "registry")
-        async with httpx.AsyncClient() as client, asyncio.timeout(60):
+        async with httpx.AsyncClient(verify=self.verify) as client, asyncio.timeout(60):
             while True:
                 try:
                     if (await client.get(f"{self.base_url}/health")).status_code == 200:
@@ -137,7 +144,9 @@ class Pipeline:
         self, method: str, path: str, token: str | None = None, **kw: Any
     ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base_url, timeout=30, verify=self.verify
+        ) as client:
             return await client.request(method, path, headers=headers, **kw)
 
 

@@ -7,9 +7,11 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -30,7 +32,10 @@ def _free_port() -> int:
 
 
 def _get(url: str) -> tuple[int, str]:
-    r = httpx.get(url, timeout=5)
+    # The registry's API is HTTPS with the stack's certificate; the other services' /metrics
+    # is plain HTTP on loopback.
+    ca = Path(os.environ["FLEETPULSE_HOME"]) / "tls" / "ca.crt"
+    r = httpx.get(url, timeout=5, verify=ssl.create_default_context(cafile=ca))
     return r.status_code, r.text
 
 
@@ -50,9 +55,9 @@ def _command(service: str, port: int) -> tuple[list[str], dict[str, str], str]:
     if service == "sink":
         env["FLEETPULSE_SINK_GROUP"] = f"telemetry-sink-{tag}"
         return ["sink"], env, base
-    # The registry's API serves /metrics and /health itself.
+    # The registry's API serves /metrics and /health itself, over HTTPS.
     env = {"FLEETPULSE_REGISTRY_PORT": str(port), "FLEETPULSE_REGISTRY_GROUP": f"tel-{tag}"}
-    return ["registry"], env, base
+    return ["registry"], env, f"https://127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize("service", ["agent", "simulator", "stream", "sink", "registry"])

@@ -1,12 +1,16 @@
-"""The registry under test as a real server: uvicorn in a thread on its own event loop, an
-HTTP client that keeps every response, the log recorder, databases of its own, and a relay
-(tests/e2e/relay.py) on an event loop of its own thread to cut the server off a dependency."""
+"""The registry under test as a real server: uvicorn in a thread on its own event loop, built
+as `fleetpulse registry` builds it (HTTPS with the stack's certificate), an HTTPS client that
+verifies it against the stack's CA and keeps every response, the log recorder, databases of
+its own, and a relay (tests/e2e/relay.py) on an event loop of its own thread to cut the server
+off a dependency."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
+import ssl
 import threading
 import time
 import uuid
@@ -14,18 +18,21 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 
 from infra.db import migrate
 from infra.settings import StackSettings
+from infra.stack.tls import TlsFiles
 from registry.app import create_app
 from registry.crypto import Keyring
+from registry.service import build_server, serving_certificate
 from registry.settings import RegistrySettings
+from runtime.settings import HomeSettings
 from tests.conftest import superuser_connect
 from tests.e2e.relay import Relay
 from tests.factories import server_body, unique
@@ -84,23 +91,25 @@ def drop_database(stack: StackSettings, name: str) -> None:
     run_sync(go())
 
 
+def ca_file(settings: HomeSettings) -> Path:
+    """The stack's CA certificate, which issued the registry's."""
+    return TlsFiles.under(settings.home_dir / "tls").ca_cert
+
+
+def trusting(ca: Path) -> ssl.SSLContext:
+    """A client context that trusts `ca` only (and checks the host name)."""
+    return ssl.create_default_context(cafile=ca)
+
+
 class ServerThread:
-    """uvicorn serving the registry app in a thread with its own event loop."""
+    """The registry's server, as `fleetpulse registry` builds it, in a thread with its own
+    event loop."""
 
     def __init__(self, settings: RegistrySettings, keyring: Keyring) -> None:
         self.settings = settings
         self.app = create_app(settings, keyring)
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                host=settings.registry_host,
-                port=settings.registry_port,
-                ssl_certfile=settings.registry_tls_cert,
-                ssl_keyfile=settings.registry_tls_key,
-                log_config=None,
-                lifespan="on",
-            )
-        )
+        self.server = build_server(settings, self.app, serving_certificate(settings))
+        self.verify = trusting(ca_file(settings))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ServerThread:
@@ -120,6 +129,10 @@ class ServerThread:
     @property
     def base_url(self) -> str:
         return f"{self.settings.scheme}://localhost:{self.port}"
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        """GET `path`, verifying the server against the stack's CA."""
+        return httpx.get(self.base_url + path, verify=self.verify, timeout=30, **kw)
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
@@ -160,12 +173,12 @@ class RelayThread:
 
 
 def wait_for_health(
-    base_url: str, done: Callable[[httpx.Response], bool], timeout: float = 60
+    server: ServerThread, done: Callable[[httpx.Response], bool], timeout: float = 60
 ) -> httpx.Response:
     """GET /health until `done(response)` holds; the last response (the test asserts on it)."""
     deadline = time.monotonic() + timeout
     while True:
-        r = httpx.get(base_url + "/health", timeout=30)
+        r = server.get("/health")
         if done(r) or time.monotonic() > deadline:
             return r
         time.sleep(0.2)
@@ -173,11 +186,20 @@ def wait_for_health(
 
 @dataclass
 class Api:
-    """An HTTP client to the running registry that keeps every response it saw."""
+    """An HTTPS client to the running registry, verifying it against the stack's CA, that keeps
+    every response it saw."""
 
     base_url: str
     settings: RegistrySettings
     seen: list[str] = field(default_factory=list)
+
+    @property
+    def ca(self) -> Path:
+        return ca_file(self.settings)
+
+    @functools.cached_property
+    def verify(self) -> ssl.SSLContext:
+        return trusting(self.ca)
 
     def request(
         self, method: str, path: str, token: str | None = None, **kw: Any
@@ -185,7 +207,9 @@ class Api:
         headers = dict(kw.pop("headers", {}))
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        r = httpx.request(method, self.base_url + path, headers=headers, timeout=60, **kw)
+        r = httpx.request(
+            method, self.base_url + path, headers=headers, timeout=60, verify=self.verify, **kw
+        )
         self.seen.append(f"{r.status_code} {dict(r.headers)} {r.text}")
         return r
 

@@ -53,7 +53,7 @@ CHECKS = [
 
 
 # The schema the server serves, built without I/O from the same app (the lazy fixture loader
-# does not run under pytest 9); requests go over HTTP to the running server.
+# does not run under pytest 9); requests go over HTTPS to the running server.
 schema = schemathesis.openapi.from_dict(
     create_app(RegistrySettings(registry_keys=SecretStr("")), Keyring({1: bytes(32)})).openapi()
 )
@@ -69,5 +69,7 @@ schema = schemathesis.openapi.from_dict(
 def test_no_request_gets_a_500(case: schemathesis.Case[Any], admin_token: str, api: Api) -> None:
     # Logging out with the shared token would end it for the cases after this one.
     headers = {} if case.path == "/logout" else {"Authorization": f"Bearer {admin_token}"}
-    response = case.call_and_validate(base_url=api.base_url, headers=headers, checks=CHECKS)
+    response = case.call_and_validate(
+        base_url=api.base_url, headers=headers, checks=CHECKS, verify=str(api.ca)
+    )
     api.seen.append(f"{response.status_code} {dict(response.headers)} {response.text}")

@@ -19,7 +19,7 @@ import pytest
 
 from infra.settings import StackSettings
 from infra.stack.process import free_port
-from infra.stack.tls import ensure_certificates
+from infra.stack.tls import ensure_certificates, issue
 from registry.crypto import Keyring, parse_keys
 from registry.settings import RegistrySettings
 from tests.conftest import ROOT
@@ -79,7 +79,8 @@ def test_create_admin_serve_https_and_rotate_the_key(database: str, tmp_path: Pa
     assert again.returncode == 1
     assert again.stderr.strip().splitlines()[-1].startswith("fleetpulse: error: a user with e-mail")
 
-    # Serve over HTTPS, verified against the CA; stop with SIGTERM.
+    # Serve over HTTPS with the certificate the variables name, verified against the CA; stop
+    # with SIGTERM.
     proc = subprocess.Popen(
         [sys.executable, "-m", "infra.cli", "registry"],
         env=env,
@@ -170,10 +171,13 @@ def _stored(settings: RegistrySettings, server_id: str) -> str:
 
 
 def test_serve_without_a_database_is_one_line(tmp_path: Path) -> None:
+    tls = issue(tmp_path / "tls", "registry")  # the certificate is checked first
     env = {
         **os.environ,
         "FLEETPULSE_PG_PORT": str(free_port()),
         "FLEETPULSE_REGISTRY_KEY_FILE": str(tmp_path / "keys"),
+        "FLEETPULSE_REGISTRY_TLS_CERT": str(tls.cert),
+        "FLEETPULSE_REGISTRY_TLS_KEY": str(tls.key),
     }
     done = _cli(env)
     assert done.returncode == 1

@@ -1,5 +1,6 @@
-"""The registry's settings: defaults, FLEETPULSE_* variables, TLS only with both files, the key
-file under the home unless given, bounds named in the refusal, keys kept secret."""
+"""The registry's settings: defaults, FLEETPULSE_* variables, HTTPS with the home's certificate
+unless both files are given, plain HTTP only when asked (and then without certificate files),
+the key file under the home unless given, bounds named in the refusal, keys kept secret."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from schemas.topics import STATUS
 
 def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
     s = RegistrySettings()
-    assert (s.registry_host, s.registry_port, s.scheme) == ("127.0.0.1", 8080, "http")
+    assert (s.registry_host, s.registry_port, s.scheme) == ("127.0.0.1", 8080, "https")
     assert (s.registry_tls_cert, s.registry_tls_key, s.registry_keys) == (None, None, None)
+    assert s.registry_plain_http is False
+    tls = Path(".fleetpulse").resolve() / "tls"
+    assert (s.tls_cert_path, s.tls_key_path) == (tls / "registry.crt", tls / "registry.key")
     assert (s.registry_pool_size, s.session_hours, s.max_points) == (10, 12.0, 10_000)
     assert (s.login_max_failures, s.login_window, s.login_lockout) == (5, 900.0, 900.0)
     assert (s.registry_consume_status, s.registry_group) == (True, "fleetpulse-registry")
@@ -72,6 +76,28 @@ def test_tls_needs_both_the_certificate_and_the_key(
     clean_env.setenv("FLEETPULSE_REGISTRY_TLS_KEY", str(key))
     s = RegistrySettings()
     assert (s.registry_tls_cert, s.registry_tls_key, s.scheme) == (cert, key, "https")
+    assert (s.tls_cert_path, s.tls_key_path) == (cert, key)
+
+
+def test_the_certificate_is_under_the_home_unless_given(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.setenv("FLEETPULSE_HOME", str(tmp_path / "home"))
+    s = RegistrySettings()
+    assert s.tls_cert_path == tmp_path / "home" / "tls" / "registry.crt"
+    assert s.tls_key_path == tmp_path / "home" / "tls" / "registry.key"
+
+
+def test_plain_http_only_when_asked_and_without_certificate_files(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.setenv("FLEETPULSE_REGISTRY_PLAIN_HTTP", "true")
+    s = RegistrySettings()
+    assert (s.registry_plain_http, s.scheme) == (True, "http")
+    clean_env.setenv("FLEETPULSE_REGISTRY_TLS_CERT", str(tmp_path / "registry.crt"))
+    clean_env.setenv("FLEETPULSE_REGISTRY_TLS_KEY", str(tmp_path / "registry.key"))
+    with pytest.raises(ValueError, match="registry_plain_http and registry_tls_cert"):
+        RegistrySettings()
 
 
 def test_the_key_file_is_under_the_home_unless_given(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 
 from infra.settings import StackSettings
@@ -65,7 +64,7 @@ def test_degraded_while_the_status_consumer_cannot_reach_kafka(
         ) as relay,
         ServerThread(settings, Keyring({1: KEY_1})) as server,
     ):
-        r = wait_for_health(server.base_url, lambda r: r.json()["status"] != "ok")
+        r = wait_for_health(server, lambda r: r.json()["status"] != "ok")
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["status"] == "degraded" and body["dependencies"]["postgres"] == "up"
@@ -73,10 +72,10 @@ def test_degraded_while_the_status_consumer_cannot_reach_kafka(
         assert "failed attempts" in body["dependencies"]["kafka"]
         # The API itself still serves (sessions are in the database this server shares).
         auth = {"Authorization": f"Bearer {admin_token}"}
-        assert httpx.get(server.base_url + "/servers", headers=auth).status_code == 200
+        assert server.get("/servers", headers=auth).status_code == 200
 
         relay.restore()
-        r = wait_for_health(server.base_url, lambda r: r.json()["status"] == "ok")
+        r = wait_for_health(server, lambda r: r.json()["status"] == "ok")
         assert r.status_code == 200
         assert r.json()["dependencies"] == {"kafka": "up", "postgres": "up"}, r.text
 
@@ -90,12 +89,12 @@ def test_503_while_the_database_cannot_be_reached_and_200_when_it_is_back(
         RelayThread(port, stack_settings.pg_port) as relay,
         ServerThread(settings, Keyring({1: KEY_1})) as server,
     ):
-        assert httpx.get(server.base_url + "/health").json()["status"] == "ok"
+        assert server.get("/health").json()["status"] == "ok"
         relay.cut()
-        r = wait_for_health(server.base_url, lambda r: r.status_code != 200)
+        r = wait_for_health(server, lambda r: r.status_code != 200)
         assert r.status_code == 503
         assert r.json() == {"detail": "database unavailable; try again"}
         relay.restore()
-        r = wait_for_health(server.base_url, lambda r: r.status_code == 200)
+        r = wait_for_health(server, lambda r: r.status_code == 200)
         assert r.status_code == 200 and r.json()["status"] == "ok"
         assert r.json()["dependencies"] == {"postgres": "up"}
