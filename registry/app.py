@@ -4,6 +4,7 @@ Error answers are 4xx and never echo what was sent: validation errors name the f
 what is wrong without the input (a password must not come back in an error), the refusals of
 `registry.accounts` and `registry.inventory` get their status from `REFUSALS` (the one place
 that chooses it), other constraint violations become 422, an unreachable database 503.
+The security headers wrap the application at the server (`registry.headers`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry import store
 from registry.api.deps import Registry
+from registry.api.docs import add_docs
 from registry.api.main import ROUTERS
 from registry.crypto import Keyring
 from registry.errors import (
@@ -190,6 +192,8 @@ def create_app(
         summary="Users, the server inventory and metric reads.",
         version="1.0.0",
         lifespan=lifespan,
+        docs_url=None,  # served by `add_docs`, with the page's own Content-Security-Policy
+        redoc_url=None,
     )
     app.add_middleware(BodyLimit)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -208,5 +212,6 @@ def create_app(
 
     for router in ROUTERS:
         app.include_router(router)
+    add_docs(app)
     app.mount("/metrics", make_asgi_app())
     return app

@@ -5,6 +5,10 @@ from the network (no script, font or style sheet is fetched) and its request car
 bearer token like any other (no token in a URL). A few lines of inline script count what the
 browser actually laid out and set `data-drawn-points` / `data-drawn-length` on `<body>`,
 which a headless browser can check.
+
+`POLICY` allows that one script and the one style element, by hash, and nothing else (colours
+are SVG attributes, never `style=`); the page states it in a `<meta>` too, so a saved copy
+opened from disk keeps it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from datetime import datetime
 from html import escape
 from typing import Final
 
+from registry.headers import source_hash
 from registry.models import MetricSeries
 from sinks.read import SeriesPoint
 
@@ -44,8 +49,16 @@ section { margin-bottom: 1em; } h2 { font-size: 1em; margin: 0 0 .2em; }
 svg { background: #fafafa; border: 1px solid #ddd; }
 .grid { stroke: #e4e4e4; } .axis { fill: #777; font-size: 11px; }
 .series { fill: none; stroke-width: 1.6; } .point { stroke: none; }
-.legend span { margin-right: 1em; } .empty { fill: #999; font-size: 13px; }
+.legend span { margin-right: 1em; }
+.legend svg { background: none; border: 0; margin-right: .3em; }
+.empty { fill: #999; font-size: 13px; }
 """
+
+#: The page's Content-Security-Policy: its own script and style element, nothing else.
+POLICY: Final = (
+    f"default-src 'none'; script-src {source_hash(_SCRIPT)}; style-src {source_hash(_STYLE)}; "
+    "base-uri 'none'; form-action 'none'"
+)
 
 
 def _scale_x(i: int, n: int) -> float:
@@ -113,7 +126,9 @@ def _panel(
         )
     parts.append("</svg>")
     legend = "".join(
-        f'<span style="color:{color}">&#9632; {escape(label)}</span>' for label, color, _ in lines
+        f'<span><svg width="10" height="10" aria-hidden="true"><rect width="10" height="10" '
+        f'fill="{color}"/></svg>{escape(label)}</span>'
+        for label, color, _ in lines
     )
     return (
         f"<section><h2>{escape(title)}</h2>{''.join(parts)}"
@@ -167,6 +182,7 @@ def render_chart(series: MetricSeries, server_name: str) -> str:
     title = f"{server_name} ({series.server_id})"
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">'
         f"<title>FleetPulse: {escape(title)}</title><style>{_STYLE}</style></head>"
         f'<body data-points="{filled}"><h1>{escape(title)}</h1>'
         f'<p class="range">{_stamp(series.start)} to {_stamp(series.end)}, step {series.step}: '

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp
 from registry import accounts
 from registry.crypto import Keyring, load_keyring, write_key_file
 from registry.errors import Conflict, Invalid, RegistryError
+from registry.headers import SecurityHeaders
 from registry.permissions import Role
 from registry.security import Passwords
 from registry.settings import RegistrySettings
@@ -117,11 +118,11 @@ def serving_certificate(settings: RegistrySettings) -> ServingCertificate | None
 def build_server(
     settings: RegistrySettings, app: ASGIApp, certificate: ServingCertificate | None
 ) -> RegistryServer:
-    """uvicorn serving `app` over HTTPS with `certificate` (its context, reloaded in place
-    when the files change), or plain HTTP when it is None."""
+    """uvicorn serving `app` with the security headers, over HTTPS with `certificate` (its
+    context, reloaded in place when the files change), or plain HTTP when it is None."""
     context = certificate.context if certificate is not None else None
     config = uvicorn.Config(
-        app,
+        SecurityHeaders(app, hsts=context is not None),
         host=settings.registry_host,
         port=settings.registry_port,
         ssl_context_factory=None if context is None else (lambda _config, _default: context),

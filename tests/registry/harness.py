@@ -1,8 +1,8 @@
 """The registry under test as a real server: uvicorn in a thread on its own event loop, built
-as `fleetpulse registry` builds it (HTTPS with the stack's certificate), an HTTPS client that
-verifies it against the stack's CA and keeps every response, the log recorder, databases of
-its own, and a relay (tests/e2e/relay.py) on an event loop of its own thread to cut the server
-off a dependency."""
+as `fleetpulse registry` builds it (HTTPS with the stack's certificate, the security headers),
+an HTTPS client that verifies it against the stack's CA and keeps every response, the log
+recorder, databases of its own, and a relay (tests/e2e/relay.py) on an event loop of its own
+thread to cut the server off a dependency."""
 
 from __future__ import annotations
 

@@ -1,15 +1,17 @@
-"""Integration: the registry application itself over HTTP against the real PostgreSQL: each
+"""Integration: the registry application itself over HTTPS against the real PostgreSQL: each
 refusal's status, odd or huge requests answered with a 4xx (never a 500), the database reached
-over verified TLS, the docs and /metrics served. The routes have their own tests in
-`tests/registry/api/routes/`."""
+over verified TLS, the docs and /metrics served, the security headers on every answer. The
+routes have their own tests in `tests/registry/api/routes/`."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from registry.api.docs import SCRIPT_URL, STYLE_URL
 from registry.app import REFUSALS
 from registry.errors import (
     Conflict,
@@ -21,6 +23,7 @@ from registry.errors import (
     Unauthenticated,
     WrongPassword,
 )
+from registry.headers import POLICY, source_hash
 from tests.factories import server_body
 from tests.registry.harness import Api, new_user
 
@@ -159,3 +162,51 @@ def test_openapi_docs_and_prometheus_metrics_are_served(api: Api) -> None:
     assert api.request("GET", "/docs").status_code == 200
     assert "/servers/{server_id}/metrics" in api.request("GET", "/openapi.json").json()["paths"]
     assert "fleetpulse_registry_received_total" in api.request("GET", "/metrics/").text
+
+
+def test_every_answer_carries_the_security_headers(api: Api, admin_token: str) -> None:
+    answers = {
+        "health": api.request("GET", "/health"),
+        "json": api.request("GET", "/servers", admin_token),
+        "401": api.request("GET", "/servers"),
+        "404": api.request("GET", "/no-such-route"),
+        "405": api.request("DELETE", "/health"),
+        "413": api.request(
+            "POST",
+            "/servers",
+            admin_token,
+            content=b"x" * (2 << 20),
+            headers={"Content-Type": "application/json"},
+        ),
+        "422": api.request("POST", "/login", json={}),
+        "openapi": api.request("GET", "/openapi.json"),
+        "prometheus": api.request("GET", "/metrics/"),
+    }
+    for name, r in answers.items():
+        assert r.headers["x-content-type-options"] == "nosniff", name
+        assert r.headers["x-frame-options"] == "DENY", name
+        assert r.headers["referrer-policy"] == "no-referrer", name
+        assert r.headers["strict-transport-security"] == "max-age=31536000", name
+        assert r.headers.get_list("content-security-policy") == [POLICY], name
+    assert answers["413"].status_code == 413 and answers["405"].status_code == 405
+
+
+def test_the_docs_page_allows_exactly_what_it_loads(api: Api) -> None:
+    r = api.request("GET", "/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    (policy,) = r.headers.get_list("content-security-policy")
+    directives = dict(d.split(" ", 1) for d in policy.split("; "))
+    # Every inline script of the page by its hash, the two files from the CDN, nothing else.
+    inline = re.findall(r"<script>(.*?)</script>", r.text, re.DOTALL)
+    assert len(inline) == 1
+    assert directives["script-src"] == f"https://cdn.jsdelivr.net {source_hash(inline[0])}"
+    assert re.findall(r'<script src="([^"]+)"', r.text) == [SCRIPT_URL]
+    assert STYLE_URL in r.text and directives["style-src"].startswith("https://cdn.jsdelivr.net ")
+    assert directives["default-src"] == "'none'"
+    assert directives["connect-src"] == "'self'"  # /openapi.json and "Try it out"
+    assert directives["frame-ancestors"] == "'none'"
+    assert "validator.swagger.io" not in policy and '"validatorUrl": null' in r.text
+    assert r.headers["x-frame-options"] == "DENY"
+    # ReDoc and the OAuth2 redirect page are not served.
+    assert api.request("GET", "/redoc").status_code == 404
+    assert api.request("GET", "/docs/oauth2-redirect").status_code == 404

@@ -1,8 +1,8 @@
 """The registry's HTTPS (`registry/tls.py`, `registry/service.py`): the certificate loaded
 before serving and reloaded in place when its files change (in memory, then as `fleetpulse
-registry` serves it), HTTPS by default with the stack's certificate, no HTTP answer to plain
-HTTP on its port, plain HTTP only when asked and then with a warning, and a missing or broken
-certificate as one line."""
+registry` serves it), HTTPS by default with the stack's certificate (and HSTS), no HTTP answer
+to plain HTTP on its port, plain HTTP only when asked and then with a warning (and no HSTS),
+and a missing or broken certificate as one line."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from infra.settings import StackSettings
 from infra.stack.process import free_port
 from infra.stack.tls import issue
 from registry.errors import TlsError
+from registry.headers import POLICY
 from registry.tls import ServingCertificate
 from tests.conftest import ROOT
 from tests.registry.harness import create_database, drop_database, trusting
@@ -221,6 +222,14 @@ def test_https_by_default_with_the_stacks_certificate(
         registry.wait_until_serving(base, trusting(ca))
         served = _served_certificate(registry.port, ca)
         assert served.serial_number == _serial(tls / "registry.crt")
+        r = httpx.get(base + "/health", verify=trusting(ca))
+        assert r.headers["strict-transport-security"] == "max-age=31536000"
+        assert r.headers["content-security-policy"] == POLICY
+        assert (r.headers["x-content-type-options"], r.headers["x-frame-options"]) == (
+            "nosniff",
+            "DENY",
+        )
+        assert r.headers["referrer-policy"] == "no-referrer"
         # The host name is checked too: `localhost` is one of the certificate's names.
         r = httpx.get(f"https://localhost:{registry.port}/health", verify=trusting(ca))
         assert r.status_code == 200
@@ -288,6 +297,9 @@ def test_plain_http_only_when_asked_and_with_a_warning(
         registry.wait_until_serving(base, verify=False)
         r = httpx.get(base + "/health")
         assert r.status_code == 200
+        assert "strict-transport-security" not in r.headers  # not over plain HTTP
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["content-security-policy"] == POLICY
     assert registry.proc is not None and registry.proc.returncode == 0, registry.err
     warnings = [line for line in registry.err.splitlines() if " WARNING " in line]
     (warning,) = [line for line in warnings if "plain HTTP" in line]

@@ -11,7 +11,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import HTMLResponse
 
-from registry import inventory
+from registry import chart, inventory
 from registry.api.deps import (
     AUTHENTICATED,
     BAD_REQUEST,
@@ -20,7 +20,6 @@ from registry.api.deps import (
     RegistryDep,
     require,
 )
-from registry.chart import render_chart
 from registry.models import EARLIEST, LATEST, MetricSeries, ServerPublic
 from registry.permissions import Permission
 from registry.store import CurrentUser
@@ -142,4 +141,8 @@ async def read_chart(
     of CPU, memory, disk and network (nothing fetched from elsewhere). Authenticated like every
     route, with the bearer token in the header: save the page (`curl -o`) and open the file."""
     series, server = await _series(registry, server_id, query)
-    return HTMLResponse(render_chart(series, server.name))
+    # The page's own policy (its inline script and style by hash), never in a frame.
+    policy = f"{chart.POLICY}; frame-ancestors 'none'"
+    return HTMLResponse(
+        chart.render_chart(series, server.name), headers={"Content-Security-Policy": policy}
+    )
