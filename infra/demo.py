@@ -43,6 +43,7 @@ from infra import stack
 from infra.db import migrate
 from infra.lag import group_lag, partitions
 from infra.settings import StackSettings
+from infra.stack.tls import TlsFiles
 from producers.simulator import simulated_server_id
 from registry import inventory
 from registry.crypto import load_keyring
@@ -459,6 +460,9 @@ def _print_access(
     password: str | None,
 ) -> None:
     base = f"{registry.scheme}://{registry.registry_host}:{registry.registry_port}"
+    # The registry serves the certificate `stack up` issued from the stack's CA.
+    ca = TlsFiles.under(registry.home_dir / "tls").ca_cert
+    curl = "curl -s" if registry.registry_plain_http else f"curl -s --cacert {ca}"
     console.print(f"Registry: [bold]{base}[/] (OpenAPI at {base}/docs)")
     if password is None:
         console.print(
@@ -472,7 +476,7 @@ def _print_access(
             f"(kept in {paths.admin_password}, mode 0600)"
         )
     login = (
-        f"TOKEN=$(curl -s {base}/login -H 'Content-Type: application/json' "
+        f"TOKEN=$({curl} {base}/login -H 'Content-Type: application/json' "
         f'-d "{{\\"email\\": \\"{ADMIN_EMAIL}\\", \\"password\\": '
         f'\\"$(cat {paths.admin_password})\\"}}" | jq -r .access_token)'
     )
@@ -485,8 +489,8 @@ def _print_access(
     )
     for line in (
         login,
-        f'curl -s "{base}/servers/{own_id}/metrics?{window}&step=1m" {bearer}',
-        f'curl -s "{chart}?from=$(date -u -d "-30 min" +%FT%TZ)&step=1m" {bearer} -o chart.html',
+        f'{curl} "{base}/servers/{own_id}/metrics?{window}&step=1m" {bearer}',
+        f'{curl} "{chart}?from=$(date -u -d "-30 min" +%FT%TZ)&step=1m" {bearer} -o chart.html',
     ):
         console.print(line, soft_wrap=True, markup=False, highlight=False)
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import ssl
 import stat
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from infra.db import migrate
@@ -51,13 +53,23 @@ async def _landed(settings: StackSettings, ids: list[str], since: datetime) -> t
     return registered, {r["server_id"] for r in rows}
 
 
+def _registry_health(port: int, settings: StackSettings) -> int:
+    """GET /health of the demo's registry over HTTPS, verified against the stack's CA."""
+    verify = ssl.create_default_context(cafile=settings.home_dir / "tls" / "ca.crt")
+    try:
+        return httpx.get(f"https://127.0.0.1:{port}/health", verify=verify, timeout=10).status_code
+    except httpx.TransportError:
+        return 0  # not serving yet
+
+
 def test_demo_lands_rows_and_ctrl_c_leaves_no_child(
     stack_settings: StackSettings, tmp_path: Path
 ) -> None:
     """Run as from a terminal: rows land for this machine and every simulated host, then
     Ctrl-C (SIGINT to the terminal's foreground process group) stops every child."""
     started = datetime.now(UTC) - timedelta(seconds=1)
-    env = {**os.environ, "FLEETPULSE_REGISTRY_PORT": str(free_port())}
+    port = free_port()
+    env = {**os.environ, "FLEETPULSE_REGISTRY_PORT": str(port)}
     screen = tmp_path / "screen.txt"
     with screen.open("wb") as tty:
         proc = subprocess.Popen(
@@ -69,6 +81,7 @@ def test_demo_lands_rows_and_ctrl_c_leaves_no_child(
     deadline = time.monotonic() + 180
     ids: list[str] = []
     landed: set[str] = set()
+    health = 0
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if paths.server_id.exists() and not ids:
@@ -77,7 +90,9 @@ def test_demo_lands_rows_and_ctrl_c_leaves_no_child(
             if ids:
                 registered, landed = asyncio.run(_landed(stack_settings, ids, started))
                 if registered == len(ids) and landed == set(ids):
-                    break
+                    health = _registry_health(port, stack_settings)
+                    if health == 200:
+                        break
             time.sleep(1)
     finally:
         if proc.poll() is None:
@@ -85,6 +100,7 @@ def test_demo_lands_rows_and_ctrl_c_leaves_no_child(
         proc.wait(timeout=120)
     out = screen.read_text()
     assert ids and landed == set(ids), out[-4000:]  # this machine's agent and every host
+    assert health == 200, out[-4000:]  # the registry child, over HTTPS
     assert proc.returncode == 0, out[-4000:]
 
     # Every child it started has exited, and said so with a clean status.
@@ -99,6 +115,10 @@ def test_demo_lands_rows_and_ctrl_c_leaves_no_child(
     assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
     assert password_file.read_text().strip() in out  # printed to the operator, once
     assert f"/servers/{own_id}/metrics?" in out
+    # The curl lines reach the registry over HTTPS, verified against the stack's CA.
+    ca = stack_settings.home_dir / "tls" / "ca.crt"
+    assert f"TOKEN=$(curl -s --cacert {ca} https://127.0.0.1:" in out
+    assert f'curl -s --cacert {ca} "https://127.0.0.1:' in out
 
 
 @pytest.fixture
