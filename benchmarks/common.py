@@ -16,11 +16,14 @@ import psutil
 from infra import stack
 from infra.settings import StackSettings
 from infra.stack import PostgresCluster
+from runtime.settings import LazySecurity
 from runtime.topics import create_topics
 from schemas.resolutions import BASE
 
 #: The first resolution's window, s; at one event a second, also the samples a whole one holds.
 WINDOW = BASE.seconds
+#: The security options of a benchmark's own clients (the benchmark stack's `admin`).
+SECURITY = LazySecurity()
 
 
 def machine() -> str:
@@ -94,7 +97,7 @@ async def drop_topics(bootstrap: str, names: list[str]) -> None:
     """Delete a run's topics (those that exist), so runs do not pile up on the broker's disk."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **SECURITY)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -41,6 +41,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.common import (
+    SECURITY,
     WINDOW,
     bench_database,
     drop_database,
@@ -218,7 +219,7 @@ def _children(paths: DemoPaths, hosts: int, env: dict[str, str], replicas: int) 
 
 
 async def _dead_letters(bootstrap: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **SECURITY)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(DLQ.partitions)]

@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.common import (
     ROOT,
+    SECURITY,
     WINDOW,
     checkout,
     code_env,
@@ -124,7 +125,7 @@ def _start_worker(
 async def _watch(bootstrap: str, topic: str, proc: subprocess.Popen[bytes], target: int) -> Run:
     """Follow the worker until `target` windows are out; sample its output and resources."""
     ps = psutil.Process(proc.pid)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **SECURITY)
     await consumer.start()
     start = time.monotonic()
     samples: list[tuple[float, int]] = []
@@ -162,7 +163,7 @@ async def _check(bootstrap: str, outs: dict[str, str], timeout: float = 90) -> N
     host closes by the idle clock): each must hold all its samples; the DLQ must be empty.
     Raises `Shortfall` with what is missing."""
     consumer = AIOKafkaConsumer(
-        outs["a5"], bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        outs["a5"], bootstrap_servers=bootstrap, auto_offset_reset="earliest", **SECURITY
     )
     expected = HOSTS * SECONDS // WINDOW
     counts: dict[tuple[bytes, bytes], tuple[int, int]] = {}
@@ -236,7 +237,7 @@ async def _delays(bootstrap: str, outs: dict[str, str], since: float) -> list[fl
     before the last one holds all `LIVE_HOSTS` servers with 5 samples, and the DLQ is empty.
     Raises `Shortfall` otherwise."""
     consumer = AIOKafkaConsumer(
-        outs["a5"], bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        outs["a5"], bootstrap_servers=bootstrap, auto_offset_reset="earliest", **SECURITY
     )
     await consumer.start()
     delays: list[float] = []

@@ -87,14 +87,15 @@ def _db_migrate(args: argparse.Namespace) -> int:
 
 
 def _topics_create(args: argparse.Namespace) -> int:
-    from runtime.topics import create_topics
+    from runtime.topics import create_contract_topics
+    from streams.settings import StreamSettings
 
     settings = StackSettings()
-    results = asyncio.run(create_topics(settings))
+    results = asyncio.run(create_contract_topics(settings, StreamSettings().changelog_topic))
     for r in results:
         verb = "created" if r.created else "exists"
         note = "" if r.partitions == r.spec.partitions else f" (spec says {r.spec.partitions})"
-        print(f"{verb:8} {r.spec.name:20} {r.partitions} partitions{note}  {r.spec.description}")
+        print(f"{verb:8} {r.spec.name:36} {r.partitions} partitions{note}  {r.spec.description}")
     return 0
 
 

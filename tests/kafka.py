@@ -8,7 +8,11 @@ import asyncio
 from aiokafka import TopicPartition
 
 from runtime import kafka
-from runtime.settings import KafkaSettings
+from runtime.settings import KafkaSettings, LazySecurity
+
+#: What a test's own aiokafka client needs to connect (TLS, the `admin` user of the tests'
+#: environment, which may read and write the tests' own topics).
+SECURITY = LazySecurity()
 
 
 def _settings(bootstrap: str) -> KafkaSettings:

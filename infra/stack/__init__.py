@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from infra.settings import StackSettings
 from infra.stack.kafka import KafkaBroker
+from infra.stack.kafka_security import KafkaSecurity
 from infra.stack.pgbackrest import PgBackRest
 from infra.stack.postgres import PostgresCluster
 from infra.stack.process import ComponentStatus, StackError
@@ -50,6 +51,8 @@ def up(settings: StackSettings) -> list[tuple[ComponentStatus, bool]]:
                 pgbackrest = PgBackRest(settings, component)
                 if was_started or not pgbackrest.stanza_exists():
                     pgbackrest.ensure()
+            if isinstance(component, KafkaBroker):
+                KafkaSecurity(settings, component).ensure()
             started.append((component.status(), was_started))
         return started
 

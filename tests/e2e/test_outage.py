@@ -33,7 +33,7 @@ from tests.conftest import ROOT
 from tests.e2e.pipeline import PARTITIONS, Pipeline, register, running_pipeline, wait_for
 from tests.e2e.relay import Relay
 from tests.factories import event_dict
-from tests.kafka import produce, records_in
+from tests.kafka import SECURITY, produce, records_in
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ def event(server_id: str, at: float) -> bytes:
 
 async def read_raw(bootstrap: str, topic: str) -> dict[str, list[float]]:
     """Every event in the raw topic, by server: their timestamps."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **SECURITY)
     await consumer.start()
     out: dict[str, list[float]] = {}
     try:
