@@ -56,4 +56,4 @@ def main() -> None:
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         p for p in (str(_library_dir()), env.get("LD_LIBRARY_PATH", "")) if p
     )
-    os.execve(kcat, [kcat, *sys.argv[1:]], env)
+    os.execve(kcat, [kcat, *sys.argv[1:]], env)  # noqa: S606 - kcat replaces this process

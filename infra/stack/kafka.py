@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import ssl
@@ -30,6 +31,7 @@ from infra.stack.process import (
 )
 from infra.stack.tls import COMMON_NAMES, issue
 
+log = logging.getLogger(__name__)
 _RESOURCES = Path(__file__).resolve().parents[1] / "kafka"
 _MARKER = "kafka.Kafka"
 #: The super user of the clients' listener (topics, ACLs, the stack's checks).
@@ -119,6 +121,12 @@ class KafkaBroker:
             protocols.append("PROXIED:SASL_SSL")
             sasl_listeners.append("proxied")
         if s.kafka_plaintext_port:
+            log.warning(
+                "the broker has a PLAINTEXT listener on %s:%d (FLEETPULSE_KAFKA_PLAINTEXT_PORT): "
+                "no TLS, no authentication, no ACLs apply to its clients' identity",
+                host,
+                s.kafka_plaintext_port,
+            )
             listeners.append(f"PLAINTEXT://{host}:{s.kafka_plaintext_port}")
             advertised.append(f"PLAINTEXT://{host}:{s.kafka_plaintext_port}")
             protocols.append("PLAINTEXT:PLAINTEXT")
@@ -339,7 +347,9 @@ class KafkaBroker:
             formatted = (self.data / "meta.properties").exists()
             detail = f"data in {self.data}" if formatted else "not formatted yet"
             return ComponentStatus("kafka", False, None, address, detail)
-        detail = "healthy" if self.healthy() else "starting or unhealthy"
+        detail = "healthy (TLS, SCRAM, ACLs)" if self.healthy() else "starting or unhealthy"
+        if self.settings.kafka_plaintext_port:
+            detail += f"; WARNING: PLAINTEXT listener on port {self.settings.kafka_plaintext_port}"
         return ComponentStatus("kafka", True, proc.pid, address, f"{detail}, data in {self.data}")
 
 
