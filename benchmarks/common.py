@@ -22,7 +22,10 @@ from schemas.resolutions import BASE
 
 #: The first resolution's window, s; at one event a second, also the samples a whole one holds.
 WINDOW = BASE.seconds
-#: The security options of a benchmark's own clients (the benchmark stack's `admin`).
+# Benchmarks run the services on topics and groups of their own, which only `admin` may use
+# (the ACLs name the real ones); every child process inherits it.
+os.environ.setdefault("FLEETPULSE_KAFKA_SASL_USERNAME", "admin")
+#: The security options of a benchmark's own clients (the stack's `admin`).
 SECURITY = LazySecurity()
 
 

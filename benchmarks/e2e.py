@@ -309,8 +309,14 @@ def _wait_healthy(port: int, child: Child, timeout: float = 60) -> None:
 
 
 def one_run(
-    settings: StackSettings, database: str, hosts: int, grace: float, replicas: int = 1
+    settings: StackSettings,
+    database: str,
+    hosts: int,
+    grace: float,
+    replicas: int = 1,
+    connect: dict[str, str] | None = None,
 ) -> Result:
+    """One run of the pipeline; `connect` overrides how its services reach the broker."""
     tag = uuid.uuid4().hex[:8]
     specs, topic_env = _topics(tag)
     asyncio.run(create_topics(settings, specs))
@@ -327,6 +333,7 @@ def one_run(
         "FLEETPULSE_REGISTRY_KEYS": f"1:{key}",
         "FLEETPULSE_GRACE__5S": str(grace),
         "FLEETPULSE_METRICS_PORT": "0",
+        **(connect or {}),
     }
     paths = DemoPaths(settings.home_dir / "bench")
     children = _children(paths, hosts, env, replicas)

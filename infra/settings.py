@@ -46,6 +46,13 @@ class StackSettings(KafkaSettings, PostgresSettings):
         description="Port of that proxy, on the broker's host: what the second listener "
         "advertises.",
     )
+    tls_hostnames: list[str] = Field(
+        default_factory=list,
+        description="More names (DNS names or IP addresses) the broker's and the registry's "
+        "certificates carry, besides localhost and the loopback addresses: the names other "
+        'machines reach them by, as a JSON list (`["metrics1.example.net", "10.0.0.5"]`). '
+        "A certificate lacking one is issued again at `stack up`.",
+    )
     kafka_heap: str = Field(default="512m", description="Java heap of the local broker (-Xmx).")
     kafka_start_timeout: float = Field(
         default=90.0, gt=0, description="Seconds to wait for the broker to become healthy."

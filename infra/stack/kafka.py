@@ -34,6 +34,8 @@ from infra.stack.tls import COMMON_NAMES, issue
 log = logging.getLogger(__name__)
 _RESOURCES = Path(__file__).resolve().parents[1] / "kafka"
 _MARKER = "kafka.Kafka"
+#: Where the controller and inter-broker listeners are, whatever address clients use.
+LOOPBACK = "127.0.0.1"
 #: The super user of the clients' listener (topics, ACLs, the stack's checks).
 ADMIN = "admin"
 #: The broker's own principal: its certificate's common name.
@@ -108,7 +110,7 @@ class KafkaBroker:
         # SCRAM users before any exists.
         listeners = [
             f"CLIENT://{host}:{s.kafka_port}",
-            f"INTERNAL://{host}:{s.kafka_internal_port}",
+            f"INTERNAL://{LOOPBACK}:{s.kafka_internal_port}",
         ]
         advertised = list(listeners)
         protocols = ["CLIENT:SASL_SSL", "INTERNAL:SSL", "CONTROLLER:SSL"]
@@ -138,8 +140,8 @@ class KafkaBroker:
                     "# Written by `fleetpulse stack up` from FLEETPULSE_* settings; edits are lost",
                     "process.roles=broker,controller",
                     "node.id=1",
-                    f"controller.quorum.voters=1@{host}:{s.kafka_controller_port}",
-                    f"listeners={','.join(listeners)},CONTROLLER://{host}:{s.kafka_controller_port}",
+                    f"controller.quorum.voters=1@{LOOPBACK}:{s.kafka_controller_port}",
+                    f"listeners={','.join(listeners)},CONTROLLER://{LOOPBACK}:{s.kafka_controller_port}",
                     f"advertised.listeners={','.join(advertised)}",
                     "controller.listener.names=CONTROLLER",
                     f"listener.security.protocol.map={','.join(protocols)}",
@@ -186,7 +188,8 @@ class KafkaBroker:
         """The broker's certificate from the stack's CA (issued once, or again if `force`),
         and its PEM keystore (key and certificate chain in one file, mode 0600)."""
         tls_dir = self.settings.home_dir / "tls"
-        cert = issue(tls_dir, "kafka", force=force)
+        names = ("localhost", self.settings.kafka_host, *self.settings.tls_hostnames)
+        cert = issue(tls_dir, "kafka", hostnames=names, force=force)
         folder = self.dir / "tls"
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o700)
@@ -223,7 +226,7 @@ class KafkaBroker:
 
     @property
     def internal_bootstrap(self) -> str:
-        return f"{self.settings.kafka_host}:{self.settings.kafka_internal_port}"
+        return f"{LOOPBACK}:{self.settings.kafka_internal_port}"
 
     def _format_storage(self) -> None:
         if (self.data / "meta.properties").exists():
@@ -254,7 +257,7 @@ class KafkaBroker:
 
     def healthy(self) -> bool:
         """True when the broker answers a metadata request (as itself, over mutual TLS)."""
-        if not port_open(self.settings.kafka_host, self.settings.kafka_internal_port):
+        if not port_open(LOOPBACK, self.settings.kafka_internal_port):
             return False
         return asyncio.run(_metadata_ok(self.internal_bootstrap, self.internal_ssl_context()))
 
@@ -269,13 +272,13 @@ class KafkaBroker:
             )
             return False
         s = self.settings
-        ports = (s.kafka_port, s.kafka_internal_port, s.kafka_controller_port)
-        for port in (*ports, s.kafka_proxied_port, s.kafka_plaintext_port):
-            if not port:
-                continue
-            if port_open(s.kafka_host, port):
+        ours = [(s.kafka_host, s.kafka_port), (s.kafka_host, s.kafka_proxied_port)]
+        ours += [(s.kafka_host, s.kafka_plaintext_port), (LOOPBACK, s.kafka_internal_port)]
+        ours.append((LOOPBACK, s.kafka_controller_port))
+        for host, port in ours:
+            if port and port_open(host, port):
                 raise StackError(
-                    f"port {s.kafka_host}:{port} is taken by a process this stack did not start; "
+                    f"port {host}:{port} is taken by a process this stack did not start; "
                     "stop it or choose other ports (FLEETPULSE_KAFKA_BOOTSTRAP, "
                     "FLEETPULSE_KAFKA_INTERNAL_PORT, FLEETPULSE_KAFKA_CONTROLLER_PORT, ...)"
                 )

@@ -193,3 +193,19 @@ def test_every_role_has_its_acls_and_the_passwords_are_private(
         path = security.password_path(principal)
         assert path.stat().st_mode & 0o777 == 0o600
         assert len(path.read_text()) >= 32 and "\n" not in path.read_text()
+
+
+async def test_a_rotated_password_is_used_from_the_next_connection(
+    stack_settings: StackSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    security = KafkaSecurity(stack_settings)
+    old = security.password_path("producer").read_text()
+    before = _as(stack_settings, "producer")  # reads its file when it connects, not now
+    await asyncio.to_thread(security.rotate, "producer")
+    new = security.password_path("producer").read_text()
+    assert new != old and len(new) >= 32
+    await _write(before, RAW.name)
+    await _cannot_connect(_as(stack_settings, "producer", kafka_sasl_password=old))
+    conf = (security.secrets / "producer.conf").read_text()
+    assert f"sasl.password={new}\n" in conf and old not in conf
+    assert old not in caplog.text and new not in caplog.text
