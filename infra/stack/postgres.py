@@ -144,7 +144,9 @@ class PostgresCluster:
         tls = self.install_tls(self.server_tls)
         # Each segment into the pgBackRest repository, which refuses a second, different copy.
         archive_cmd = (
-            f"pgbackrest --config={self.pgbackrest_config} --stanza={STANZA} archive-push %p"
+            f"pgbackrest --config={self.pgbackrest_config} "
+            f"--config-include-path={self.settings.home_dir / 'secrets' / 'pgbackrest'} "
+            f"--stanza={STANZA} archive-push %p"
         )
         conf = {
             "listen_addresses": f"'{s.pg_host}'",

@@ -209,3 +209,43 @@ async def test_a_rotated_password_is_used_from_the_next_connection(
     conf = (security.secrets / "producer.conf").read_text()
     assert f"sasl.password={new}\n" in conf and old not in conf
     assert old not in caplog.text and new not in caplog.text
+
+
+def test_no_generated_password_outside_the_secrets_folder(stack_settings: StackSettings) -> None:
+    """The generated passwords (Kafka users, database roles) are only under <home>/secrets/:
+    not in the stack's logs, data or configuration, not in any process's command line, not in
+    the repository."""
+    home = stack_settings.home_dir
+    secrets = home / "secrets"
+    passwords = {
+        f.read_text().strip()
+        for f in secrets.rglob("*")
+        if f.is_file() and f.suffix != ".conf" and f.parent.name in ("kafka", "pg", "secrets")
+        and len(f.read_text().strip()) >= 16
+    }  # fmt: skip
+    assert len(passwords) >= len(PRINCIPALS)
+    patterns = home.parent / f".passwords-{uuid.uuid4().hex[:6]}"
+    patterns.write_text("\n".join(passwords) + "\n")
+    patterns.chmod(0o600)
+    try:
+        found = subprocess.run(
+            ["grep", "-r", "-l", "-F", "-f", str(patterns), "--exclude-dir=secrets", str(home)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert found.returncode == 1, f"a password outside secrets/: {found.stdout[:500]}"
+        repo = subprocess.run(
+            ["git", "grep", "-l", "-F", "-f", str(patterns)],
+            cwd=Path(__file__).resolve().parents[3],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert repo.returncode == 1, f"a password in the repository: {repo.stdout[:500]}"
+    finally:
+        patterns.unlink()
+    commands = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    assert not [p for p in passwords if p in commands]
