@@ -16,11 +16,17 @@ import psutil
 from infra import stack
 from infra.settings import StackSettings
 from infra.stack import PostgresCluster
+from runtime.settings import LazySecurity
 from runtime.topics import create_topics
 from schemas.resolutions import BASE
 
 #: The first resolution's window, s; at one event a second, also the samples a whole one holds.
 WINDOW = BASE.seconds
+# Benchmarks run the services on topics and groups of their own, which only `admin` may use
+# (the ACLs name the real ones); every child process inherits it.
+os.environ.setdefault("FLEETPULSE_KAFKA_SASL_USERNAME", "admin")
+#: The security options of a benchmark's own clients (the stack's `admin`).
+SECURITY = LazySecurity()
 
 
 def machine() -> str:
@@ -94,7 +100,7 @@ async def drop_topics(bootstrap: str, names: list[str]) -> None:
     """Delete a run's topics (those that exist), so runs do not pile up on the broker's disk."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **SECURITY)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

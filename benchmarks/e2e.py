@@ -43,6 +43,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.common import (
+    SECURITY,
     WINDOW,
     bench_database,
     drop_database,
@@ -220,7 +221,7 @@ def _children(paths: DemoPaths, hosts: int, env: dict[str, str], replicas: int) 
 
 
 async def _dead_letters(bootstrap: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **SECURITY)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(DLQ.partitions)]
@@ -316,8 +317,14 @@ def _wait_healthy(port: int, child: Child, ca: Path, timeout: float = 60) -> Non
 
 
 def one_run(
-    settings: StackSettings, database: str, hosts: int, grace: float, replicas: int = 1
+    settings: StackSettings,
+    database: str,
+    hosts: int,
+    grace: float,
+    replicas: int = 1,
+    connect: dict[str, str] | None = None,
 ) -> Result:
+    """One run of the pipeline; `connect` overrides how its services reach the broker."""
     tag = uuid.uuid4().hex[:8]
     specs, topic_env = _topics(tag)
     asyncio.run(create_topics(settings, specs))
@@ -334,6 +341,7 @@ def one_run(
         "FLEETPULSE_REGISTRY_KEYS": f"1:{key}",
         "FLEETPULSE_GRACE__5S": str(grace),
         "FLEETPULSE_METRICS_PORT": "0",
+        **(connect or {}),
     }
     paths = DemoPaths(settings.home_dir / "bench")
     children = _children(paths, hosts, env, replicas)

@@ -2,7 +2,7 @@
 
     benchmarks/run                 # every benchmark
     benchmarks/run agent e2e       # only some: agent, simulator, sink_write, stream, stream_delay,
-                                   # e2e, outage, backup
+                                   # e2e, outage, backup, tls
 
 Each benchmark's section is kept in benchmarks/results/<name>.md with the machine and date it
 ran on; BENCHMARKS.md is assembled from all of them, so running one refreshes only its own.
@@ -25,6 +25,7 @@ ALL = (
     "e2e",
     "outage",
     "backup",
+    "tls",
 )
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.common import (
     ROOT,
+    SECURITY,
     WINDOW,
     checkout,
     code_env,
@@ -111,11 +112,19 @@ async def _count(consumer: AIOKafkaConsumer, topic: str) -> int:
 
 
 def _start_worker(
-    bootstrap: str, env: dict[str, str], code: Path = ROOT
+    bootstrap: str, env: dict[str, str], code: Path = ROOT, connect: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
+    """The worker under test; `connect` overrides how it reaches the broker (another
+    listener), while the benchmark's own clients keep `bootstrap`."""
     return subprocess.Popen(
         [sys.executable, "-m", "infra.cli", "stream"],
-        env={**os.environ, **env, **code_env(code), "FLEETPULSE_KAFKA_BOOTSTRAP": bootstrap},
+        env={
+            **os.environ,
+            **env,
+            **code_env(code),
+            "FLEETPULSE_KAFKA_BOOTSTRAP": bootstrap,
+            **(connect or {}),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -124,7 +133,7 @@ def _start_worker(
 async def _watch(bootstrap: str, topic: str, proc: subprocess.Popen[bytes], target: int) -> Run:
     """Follow the worker until `target` windows are out; sample its output and resources."""
     ps = psutil.Process(proc.pid)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **SECURITY)
     await consumer.start()
     start = time.monotonic()
     samples: list[tuple[float, int]] = []
@@ -162,7 +171,7 @@ async def _check(bootstrap: str, outs: dict[str, str], timeout: float = 90) -> N
     host closes by the idle clock): each must hold all its samples; the DLQ must be empty.
     Raises `Shortfall` with what is missing."""
     consumer = AIOKafkaConsumer(
-        outs["a5"], bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        outs["a5"], bootstrap_servers=bootstrap, auto_offset_reset="earliest", **SECURITY
     )
     expected = HOSTS * SECONDS // WINDOW
     counts: dict[tuple[bytes, bytes], tuple[int, int]] = {}
@@ -189,8 +198,9 @@ async def _check(bootstrap: str, outs: dict[str, str], timeout: float = 90) -> N
         )
 
 
-def throughput_run(bootstrap: str) -> Run | Shortfall:
-    """One backlog drained: its figures, or the `Shortfall` that disqualifies it."""
+def throughput_run(bootstrap: str, connect: dict[str, str] | None = None) -> Run | Shortfall:
+    """One backlog drained: its figures, or the `Shortfall` that disqualifies it. `connect`:
+    how the worker reaches the broker, if not as the benchmark's clients do."""
     raw, outs, env = _topics(uuid.uuid4().hex[:8])
     asyncio.run(
         create_topics(KafkaSettings(kafka_bootstrap=bootstrap), [TopicSpec(raw, 6, 3_600_000)])
@@ -205,7 +215,7 @@ def throughput_run(bootstrap: str) -> Run | Shortfall:
     # Timed: all 5 s windows but the ones the idle clock closes at the end, (SECONDS/5 - 1)
     # per host; the check then waits for those too.
     target = HOSTS * (SECONDS // WINDOW - 1)
-    proc = _start_worker(bootstrap, env)
+    proc = _start_worker(bootstrap, env, connect=connect)
     try:
         figures = asyncio.run(_watch(bootstrap, outs["a5"], proc, target))
         try:
@@ -236,7 +246,7 @@ async def _delays(bootstrap: str, outs: dict[str, str], since: float) -> list[fl
     before the last one holds all `LIVE_HOSTS` servers with 5 samples, and the DLQ is empty.
     Raises `Shortfall` otherwise."""
     consumer = AIOKafkaConsumer(
-        outs["a5"], bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        outs["a5"], bootstrap_servers=bootstrap, auto_offset_reset="earliest", **SECURITY
     )
     await consumer.start()
     delays: list[float] = []
@@ -272,12 +282,14 @@ async def _delays(bootstrap: str, outs: dict[str, str], since: float) -> list[fl
     return delays
 
 
-def delay_run(bootstrap: str, code: Path = ROOT) -> list[float]:
+def delay_run(
+    bootstrap: str, code: Path = ROOT, connect: dict[str, str] | None = None
+) -> list[float]:
     """One live run against the worker from `code`: the delays of its checked output."""
     raw, outs, env = _topics(uuid.uuid4().hex[:8])
     specs = [TopicSpec(n, 6, 3_600_000) for n in (raw, *outs.values())]
     asyncio.run(create_topics(KafkaSettings(kafka_bootstrap=bootstrap), specs))
-    proc = _start_worker(bootstrap, env, code)
+    proc = _start_worker(bootstrap, env, code, connect)
     try:
         time.sleep(5)  # joined and consuming
         since = time.time() + 10
@@ -298,14 +310,16 @@ def delay_run(bootstrap: str, code: Path = ROOT) -> list[float]:
         asyncio.run(drop_topics(bootstrap, _names(raw, outs, env)))
 
 
-def _live(bootstrap: str, codes: dict[str, Path], runs: int) -> dict[str, list[list[float]]]:
+def _live(
+    bootstrap: str, codes: dict[str, Path], runs: int, connect: dict[str, str] | None = None
+) -> dict[str, list[list[float]]]:
     """`runs` live runs of each code, alternating; per code the delays of its complete runs
     (a run that lost a window is reported and left out, never averaged in)."""
     results: dict[str, list[list[float]]] = {label: [] for label in codes}
     for i in range(runs):
         for label, code in codes.items():
             try:
-                d = delay_run(bootstrap, code)
+                d = delay_run(bootstrap, code, connect)
             except Shortfall as exc:
                 print(f"run {i + 1}/{runs} {label}: FAILED: {exc}", file=sys.stderr, flush=True)
                 continue
@@ -322,14 +336,23 @@ def _live(bootstrap: str, codes: dict[str, Path], runs: int) -> dict[str, list[l
 def delay_compare(runs: int, against: str | None) -> str:
     """The live delay alone, `runs` times, alternating with the worker of revision `against`
     (the baseline, measured in the same session) when given."""
+    from benchmarks.tls import plaintext_listener
+
     settings = stack_up()
     codes = {f"`{head()}` (this tree)": ROOT}
+    note = ""
     if against:
         codes[f"`{against}`"] = checkout(settings, against)
-    results = _live(settings.kafka_bootstrap, codes, runs)
+        # A revision from before TLS reaches the broker only in plaintext: both workers do,
+        # so the comparison is of the code alone.
+        with plaintext_listener() as (settings, plain):
+            results = _live(settings.kafka_bootstrap, codes, runs, plain)
+        note = " Both workers reach the broker through a plaintext listener opened for it."
+    else:
+        results = _live(settings.kafka_bootstrap, codes, runs)
     lines = [
         f"Delay, live, {LIVE_HOSTS:,} hosts at 1 Hz for {LIVE_SECONDS} s; runs alternate "
-        "between the revisions; medians over the complete runs, range in brackets.",
+        "between the revisions; medians over the complete runs, range in brackets." + note,
         "",
         "| Code | Runs complete | p50, s | p99, s |",
         "| --- | ---: | ---: | ---: |",

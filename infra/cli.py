@@ -62,6 +62,22 @@ def _stack_status(args: argparse.Namespace) -> int:
     return 0 if all(st.running for st in statuses) else 3
 
 
+def _stack_rotate_certs(args: argparse.Namespace) -> int:
+    from infra import stack
+
+    for line in stack.rotate_certs(StackSettings()):
+        print(line)
+    return 0
+
+
+def _stack_rotate_password(args: argparse.Namespace) -> int:
+    from infra import stack
+
+    what = stack.rotate_password(StackSettings(), args.principal)
+    print(f"{what}: new password in effect (never printed; the file under secrets/ holds it)")
+    return 0
+
+
 def _db_migrate(args: argparse.Namespace) -> int:
     from infra.db import migrate
     from runtime.postgres import connect
@@ -87,14 +103,15 @@ def _db_migrate(args: argparse.Namespace) -> int:
 
 
 def _topics_create(args: argparse.Namespace) -> int:
-    from runtime.topics import create_topics
+    from runtime.topics import create_contract_topics
+    from streams.settings import StreamSettings
 
     settings = StackSettings()
-    results = asyncio.run(create_topics(settings))
+    results = asyncio.run(create_contract_topics(settings, StreamSettings().changelog_topic))
     for r in results:
         verb = "created" if r.created else "exists"
         note = "" if r.partitions == r.spec.partitions else f" (spec says {r.spec.partitions})"
-        print(f"{verb:8} {r.spec.name:20} {r.partitions} partitions{note}  {r.spec.description}")
+        print(f"{verb:8} {r.spec.name:36} {r.partitions} partitions{note}  {r.spec.description}")
     return 0
 
 
@@ -293,6 +310,22 @@ def build_parser() -> argparse.ArgumentParser:
     stack_sub.add_parser(
         "status", help="what runs where (exit 3 if something is stopped)"
     ).set_defaults(func=_stack_status)
+    stack_sub.add_parser(
+        "rotate-certs",
+        help="issue the broker, database and registry new certificates from the stack's CA; "
+        "the broker restarts, PostgreSQL reloads, a running registry picks its own up",
+    ).set_defaults(func=_stack_rotate_certs)
+    rotate = stack_sub.add_parser(
+        "rotate-password",
+        help="give one Kafka user or PostgreSQL role a new password (server first, then its "
+        "file under <home>/secrets/; services use it from their next connection)",
+    )
+    rotate.add_argument(
+        "principal",
+        metavar="PRINCIPAL",
+        help="a Kafka user (admin, producer, stream, sink, registry) or a PostgreSQL role",
+    )
+    rotate.set_defaults(func=_stack_rotate_password)
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")

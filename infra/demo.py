@@ -53,7 +53,7 @@ from registry.service import create_admin
 from registry.settings import RegistrySettings
 from runtime import kafka, postgres
 from runtime.errors import FleetPulseError
-from runtime.topics import create_topics
+from runtime.topics import create_contract_topics
 from schemas import DLQ, RAW, RESOLUTIONS
 from sinks.settings import SinkSettings
 from streams.settings import StreamSettings
@@ -516,7 +516,7 @@ def run_demo(settings: StackSettings, options: DemoOptions) -> int:
         for st, started in stack.up(settings):
             verb = "started" if started else "already running"
             console.print(f"[green]✓[/] {st.name} {verb} at {st.address} (pid {st.pid})")
-    results = asyncio.run(create_topics(settings))
+    results = asyncio.run(create_contract_topics(settings, StreamSettings().changelog_topic))
     console.print(f"[green]✓[/] topics: {', '.join(r.spec.name for r in results)}")
     mode = asyncio.run(_prepare_database(settings))
     console.print(f"[green]✓[/] migrations applied ({mode} storage)")

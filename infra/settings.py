@@ -16,6 +16,21 @@ class StackSettings(KafkaSettings, PostgresSettings):
     kafka_controller_port: int = Field(
         default=19093, ge=1, le=65535, description="Port of the KRaft controller listener."
     )
+    kafka_internal_port: int = Field(
+        default=19094,
+        ge=1,
+        le=65535,
+        description="Port of the broker's inter-broker listener (mutual TLS, the broker's own "
+        "certificate; the stack's tools reach the broker there too).",
+    )
+    kafka_plaintext_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of an extra listener WITHOUT TLS or authentication, for a client "
+        "that can do neither (every client on it may do anything); 0 = none, the default. "
+        "The broker logs a warning while it is open.",
+    )
     kafka_proxied_port: int = Field(
         default=0,
         ge=0,
@@ -30,6 +45,13 @@ class StackSettings(KafkaSettings, PostgresSettings):
         le=65535,
         description="Port of that proxy, on the broker's host: what the second listener "
         "advertises.",
+    )
+    tls_hostnames: list[str] = Field(
+        default_factory=list,
+        description="More names (DNS names or IP addresses) the broker's and the registry's "
+        "certificates carry, besides localhost and the loopback addresses: the names other "
+        'machines reach them by, as a JSON list (`["metrics1.example.net", "10.0.0.5"]`). '
+        "A certificate lacking one is issued again at `stack up`.",
     )
     kafka_heap: str = Field(default="512m", description="Java heap of the local broker (-Xmx).")
     kafka_start_timeout: float = Field(

@@ -14,6 +14,9 @@ from schemas.topics import RAW
 class ProducerSettings(KafkaSettings, ServiceSettings):
     """Delivery settings shared by the agent, the simulator and the producer library."""
 
+    kafka_sasl_username: str = Field(
+        default="producer", description="Kafka user (principal) of this service."
+    )
     raw_topic: str = Field(default=RAW.name, description="Topic the raw events are sent to.")
     buffer_size: int = Field(
         default=600,

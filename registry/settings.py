@@ -79,6 +79,9 @@ class RegistrySettings(KafkaSettings, PostgresSettings, ServiceSettings):
         default=True,
         description="Consume `metrics.status.v1` in this process to keep `servers.is_online`.",
     )
+    kafka_sasl_username: str = Field(
+        default="registry", description="Kafka user (principal) of this service."
+    )
     registry_group: str = Field(
         default="fleetpulse-registry",
         description="Kafka consumer group of the registry's status consumer.",

@@ -1,7 +1,8 @@
 """Kafka clients as every FleetPulse service builds them: partitioner, consumer and producer
-factories whose tuning comes from the settings; and the one place that decides whether a Kafka
-error is worth retrying: by aiokafka's own `retriable` flag (a broker away, a leader moving, a
-timeout are transient; an authorization failure or a record too large are not)."""
+factories whose tuning and security (TLS, the service's SCRAM user) come from the settings;
+and the one place that decides whether a Kafka error is worth retrying: by aiokafka's own
+`retriable` flag (a broker away, a leader moving, a timeout are transient; an authorization
+failure or a record too large are not)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,7 @@ def consumer(
         session_timeout_ms=s.kafka_session_timeout_ms,
         heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
         request_timeout_ms=max(s.kafka_request_timeout_ms, s.kafka_session_timeout_ms + 5000),
+        **s.kafka_security(),
     )
     if topics:
         client.subscribe(list(topics), listener=listener)
@@ -111,6 +113,7 @@ def producer(
         max_batch_size=s.kafka_max_batch_bytes,
         request_timeout_ms=s.kafka_request_timeout_ms,
         partitioner=partitioner or KeyPartitioner(),
+        **s.kafka_security(),
     )
 
 
@@ -121,6 +124,7 @@ def admin(settings: KafkaSettings, role: str = "admin") -> AIOKafkaAdminClient:
         bootstrap_servers=s.kafka_bootstrap,
         client_id=f"{s.kafka_client_id}-{role}",
         request_timeout_ms=s.kafka_request_timeout_ms,
+        **s.kafka_security(),
     )
 
 

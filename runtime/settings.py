@@ -8,6 +8,7 @@ Validation does no I/O; files (password, CA) are read when a connection is made.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -75,6 +76,125 @@ class KafkaSettings(HomeSettings):
     kafka_request_timeout_ms: int = Field(
         default=30_000, ge=1000, description="How long a client waits for a broker reply, ms."
     )
+    kafka_security_protocol: Literal["SASL_SSL", "SSL", "SASL_PLAINTEXT", "PLAINTEXT"] = Field(
+        default="SASL_SSL",
+        description="How clients talk to Kafka: `SASL_SSL` (TLS, and a SCRAM user) on the local "
+        "stack; `PLAINTEXT` only towards a listener that an operator opened for it.",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism of the Kafka user."
+    )
+    kafka_sasl_username: str = Field(
+        default="admin",
+        description="Kafka user (principal) of this service. Each service defaults to its own: "
+        "`producer` (agent, simulator, producer library), `stream`, `sink`, `registry`; the "
+        "stack's tools use `admin`.",
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the Kafka user. If unset, read from "
+        "`kafka_sasl_password_file` each time a client connects.",
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        default=None,
+        description="File holding the Kafka user's password; default "
+        "`<home>/secrets/kafka/<kafka_sasl_username>` (the local stack generates it).",
+    )
+    kafka_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate the broker's certificate is checked against (host name "
+        "included); default `<home>/tls/ca.crt`.",
+    )
+
+    @property
+    def kafka_password_path(self) -> Path:
+        return (
+            self.kafka_sasl_password_file
+            or self.home_dir / "secrets" / "kafka" / self.kafka_sasl_username
+        )
+
+    @property
+    def kafka_ca_path(self) -> Path:
+        return self.kafka_ca_file or self.home_dir / "tls" / "ca.crt"
+
+    def kafka_security(self) -> dict[str, Any]:
+        """Keyword arguments of every aiokafka client for the configured security protocol:
+        the TLS context (the CA file is read on call) and the SASL user, whose password file is
+        read again at each new connection, so a rotated password is picked up without a
+        restart."""
+        protocol = self.kafka_security_protocol
+        options: dict[str, Any] = {"security_protocol": protocol}
+        if protocol in ("SSL", "SASL_SSL"):
+            ca = self.kafka_ca_path
+            if not ca.exists():
+                raise FileNotFoundError(
+                    f"Kafka over TLS needs the CA certificate at {ca} (set "
+                    "FLEETPULSE_KAFKA_CA_FILE, or start the local stack to create it)"
+                )
+            options["ssl_context"] = ssl.create_default_context(cafile=str(ca))
+        if protocol.startswith("SASL_"):
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            password: str
+            if self.kafka_sasl_password is not None:
+                password = self.kafka_sasl_password.get_secret_value()
+            else:
+                password = PasswordFile(self.kafka_password_path)
+                if self.kafka_sasl_mechanism == "PLAIN":  # PLAIN joins it as a string
+                    password = password.read()
+            options["sasl_plain_password"] = password
+        return options
+
+
+class LazySecurity(Mapping[str, Any]):
+    """`KafkaSettings().kafka_security()` made at first use, for `**` into a client that a
+    module builds itself: importing the module needs no CA file yet."""
+
+    def __init__(self) -> None:
+        self._options: dict[str, Any] | None = None
+
+    def _get(self) -> dict[str, Any]:
+        if self._options is None:
+            self._options = KafkaSettings().kafka_security()
+        return self._options
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+class PasswordFile(str):
+    """A password that is its file's content at the moment it is used.
+
+    aiokafka keeps the `sasl_plain_password` it was given and encodes it at each connection's
+    SASL handshake; this one reads the file there, so a password rotated on disk (`fleetpulse
+    stack rotate-password`) is used from the next connection on. As a string it shows only
+    where the password lives.
+    """
+
+    path: Path
+
+    def __new__(cls, path: Path) -> PasswordFile:
+        self = super().__new__(cls, f"<password in {path}>")
+        self.path = path
+        return self
+
+    def read(self) -> str:
+        try:
+            return self.path.read_text().strip()
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"the Kafka password file {self.path} does not exist (set "
+                "FLEETPULSE_KAFKA_SASL_PASSWORD_FILE, or start the local stack to create it)"
+            ) from None
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.read().encode(encoding, errors)
 
 
 class RetrySettings(HomeSettings):

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from runtime.kafka import admin as admin_client
 from runtime.settings import KafkaSettings
-from schemas.topics import ALL_TOPICS, TopicSpec
+from schemas.topics import ALL_TOPICS, RAW, TopicSpec, changelog_topic
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,14 @@ class TopicResult:
     spec: TopicSpec
     created: bool
     partitions: int
+
+
+async def create_contract_topics(settings: KafkaSettings, changelog: str) -> list[TopicResult]:
+    """The contract's topics, then the stream group's changelog `changelog`, partitioned like
+    the raw topic (`fleetpulse topics create`: a stream worker's own user may not create it)."""
+    results = await create_topics(settings)
+    raw = next(r for r in results if r.spec.name == RAW.name)
+    return results + await create_topics(settings, [changelog_topic(changelog, raw.partitions)])
 
 
 async def create_topics(
@@ -36,9 +46,10 @@ async def create_topics(
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
-            await admin.create_topics(
+            response = await admin.create_topics(
                 [NewTopic(s.name, s.partitions, 1, topic_configs=s.config()) for s in missing]
             )
+            _raise_errors(response.topic_errors)
         counts = await _partition_counts(
             admin, specs, at_least={s.name: s.partitions for s in missing}
         )
@@ -58,6 +69,15 @@ async def create_topics(
         return results
     finally:
         await admin.close()
+
+
+def _raise_errors(topic_errors: list[tuple[Any, ...]]) -> None:
+    """Raise the first refusal in a CreateTopics answer (a topic created meanwhile by another
+    caller is no refusal): an authorization failure is `TopicAuthorizationFailedError`."""
+    for topic, code, *rest in topic_errors:
+        if code and code != TopicAlreadyExistsError.errno:
+            message = rest[0] if rest and rest[0] else ""
+            raise for_code(code)(f"creating topic {topic!r}: {message}".rstrip(": "))
 
 
 async def _partition_counts(

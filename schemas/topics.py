@@ -87,3 +87,16 @@ AGG_5S: Final = AGGREGATE_TOPICS[Resolution.FIVE_SECONDS]
 AGG_1H: Final = AGGREGATE_TOPICS[Resolution.ONE_HOUR]
 AGG_1D: Final = AGGREGATE_TOPICS[Resolution.ONE_DAY]
 ALL_TOPICS: Final = all_topics()
+
+
+def changelog_topic(name: str, partitions: int) -> TopicSpec:
+    """A stream group's compacted changelog: one partition per raw partition, kept forever."""
+    return TopicSpec(
+        name,
+        partitions=partitions,
+        retention_ms=-1,
+        cleanup_policy="compact",
+        description="hourly/daily state of the stream group, per raw partition",
+        # Small segments keep the uncompacted tail, and so a takeover's read, short.
+        extra_config={"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"},
+    )

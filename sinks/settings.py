@@ -30,6 +30,9 @@ class SinkSettings(KafkaSettings, PostgresSettings, ServiceSettings):
     # FLEETPULSE_RETENTION_DAYS__1H=60 sets one entry of a per-resolution mapping.
     model_config = SettingsConfigDict(env_nested_delimiter="__")
 
+    kafka_sasl_username: str = Field(
+        default="sink", description="Kafka user (principal) of this service."
+    )
     sink_group: str = Field(
         default="fleetpulse-sink", description="Kafka consumer group of the sink workers."
     )

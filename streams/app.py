@@ -38,7 +38,12 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaTimeoutError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaTimeoutError,
+    TopicAuthorizationFailedError,
+)
 from prometheus_client import Counter, Gauge
 
 from runtime import kafka
@@ -49,7 +54,7 @@ from runtime.logs import configure_logging
 from runtime.telemetry import health_body, metrics_body, telemetry
 from runtime.topics import create_topics
 from schemas import DeadLetterReason, Resolution
-from schemas.topics import TopicSpec
+from schemas.topics import changelog_topic
 from streams.processor import Outputs, StreamProcessor
 from streams.settings import StreamSettings
 from streams.windows import Grace
@@ -94,6 +99,7 @@ class StreamWorker:
         self.app = faust.App(
             s.stream_group,
             broker=[f"kafka://{b}" for b in s.kafka_bootstrap.split(",")],
+            broker_credentials=_faust_credentials(s),
             store="memory://",
             datadir=str(datadir),
             topic_allow_declare=False,
@@ -227,16 +233,15 @@ class StreamWorker:
             raise RuntimeError(
                 f"raw topic {s.raw_topic!r} not found: create it with `fleetpulse topics create`"
             ) from None
-        spec = TopicSpec(
-            s.changelog_topic,
-            partitions=len(partitions),
-            retention_ms=-1,
-            cleanup_policy="compact",
-            description="hourly/daily state of the stream group, per raw partition",
-            # Small segments keep the uncompacted tail, and so a takeover's read, short.
-            extra_config={"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"},
-        )
-        await create_topics(s, [spec])
+        spec = changelog_topic(s.changelog_topic, len(partitions))
+        try:
+            await create_topics(s, [spec])
+        except TopicAuthorizationFailedError:
+            raise RuntimeError(
+                f"changelog topic {s.changelog_topic!r} is missing and Kafka user "
+                f"{s.kafka_sasl_username!r} may not create it: create it with "
+                "`fleetpulse topics create`"
+            ) from None
 
     async def restore_missing(self, partitions: list[int]) -> None:
         """Restore the given partitions this worker owns but has not loaded yet (once each)."""
@@ -463,6 +468,22 @@ class StreamWorker:
         """Run the worker until SIGTERM/SIGINT (Faust handles the signals; exits the process)."""
         worker = faust.Worker(self.app, loglevel="INFO", quiet=True)
         worker.execute_from_commandline()
+
+
+def _faust_credentials(settings: StreamSettings) -> faust.auth.Credentials | None:
+    """The settings' Kafka security (TLS, the SCRAM user) in Faust's terms."""
+    security = settings.kafka_security()
+    protocol = security["security_protocol"]
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return faust.SSLCredentials(security["ssl_context"])
+    return faust.SASLCredentials(
+        username=security["sasl_plain_username"],
+        password=security["sasl_plain_password"],
+        ssl_context=security.get("ssl_context"),
+        mechanism=security["sasl_mechanism"],
+    )
 
 
 async def _metrics_page(web: Any, request: Any) -> Any:

@@ -38,6 +38,9 @@ class StreamSettings(KafkaSettings, TelemetrySettings, RetrySettings):
     # FLEETPULSE_AGG_TOPICS__1H=… sets one entry of the per-resolution mapping.
     model_config = SettingsConfigDict(env_nested_delimiter="__")
 
+    kafka_sasl_username: str = Field(
+        default="stream", description="Kafka user (principal) of this service."
+    )
     stream_group: str = Field(
         default="fleetpulse-stream",
         description="Faust application id: the consumer group shared by all stream workers.",

@@ -26,6 +26,11 @@ TEST_ENV = {
     "FLEETPULSE_HOME": str(ROOT / ".fleetpulse" / _HOME),
     "FLEETPULSE_KAFKA_BOOTSTRAP": f"127.0.0.1:{29092 + _STACK_N * 100}",
     "FLEETPULSE_KAFKA_CONTROLLER_PORT": str(29093 + _STACK_N * 100),
+    "FLEETPULSE_KAFKA_INTERNAL_PORT": str(29096 + _STACK_N * 100),
+    # Tests read and write topics of their own, and start services on them: as `admin`. What
+    # each service's own user may do is tested on the real topics
+    # (tests/infra/stack/test_kafka_security.py), and the demo test runs every child as its own.
+    "FLEETPULSE_KAFKA_SASL_USERNAME": "admin",
     # A listener for clients behind a proxy a test starts and stops (tests/e2e/test_outage.py).
     "FLEETPULSE_KAFKA_PROXIED_PORT": str(29094 + _STACK_N * 100),
     "FLEETPULSE_KAFKA_PROXY_PORT": str(29095 + _STACK_N * 100),

@@ -4,11 +4,25 @@ factories."""
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 
 from aiokafka import TopicPartition
 
 from runtime import kafka
-from runtime.settings import KafkaSettings
+from runtime.settings import KafkaSettings, LazySecurity
+
+#: What a test's own aiokafka client needs to connect (TLS, the `admin` user of the tests'
+#: environment, which may read and write the tests' own topics).
+SECURITY = LazySecurity()
+
+
+def kcat(bootstrap: str, *args: str) -> list[str]:
+    """A kcat command line as the tests' `admin` (TLS, SCRAM: the stack's client configuration
+    for kcat), towards `bootstrap`: Debian's kcat with a librdkafka that can log in to Kafka 4
+    (infra/kcat.py)."""
+    config = KafkaSettings().home_dir / "secrets" / "kafka" / "admin.conf"
+    return [str(Path(sys.prefix) / "bin" / "kcat"), "-F", str(config), "-b", bootstrap, *args]
 
 
 def _settings(bootstrap: str) -> KafkaSettings:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from infra.settings import StackSettings
 from infra.stack.kafka import KafkaBroker
+from infra.stack.kafka_security import PRINCIPALS, KafkaSecurity
 from infra.stack.pgbackrest import PgBackRest
 from infra.stack.postgres import PostgresCluster
 from infra.stack.process import ComponentStatus, StackError
@@ -20,6 +21,8 @@ __all__ = [
     "PostgresCluster",
     "StackError",
     "down",
+    "rotate_certs",
+    "rotate_password",
     "status",
     "up",
 ]
@@ -45,7 +48,7 @@ def up(settings: StackSettings) -> list[tuple[ComponentStatus, bool]]:
     Returns each component's status and whether this call started it.
     """
     with _stack_lock(settings):
-        issue(settings.home_dir / "tls", "registry")
+        issue(settings.home_dir / "tls", "registry", hostnames=registry_hostnames(settings))
         started = []
         for component in (PostgresCluster(settings), KafkaBroker(settings)):
             was_started = component.start()
@@ -53,6 +56,8 @@ def up(settings: StackSettings) -> list[tuple[ComponentStatus, bool]]:
                 pgbackrest = PgBackRest(settings, component)
                 if was_started or not pgbackrest.stanza_exists():
                     pgbackrest.ensure()
+            if isinstance(component, KafkaBroker):
+                KafkaSecurity(settings, component).ensure()
             started.append((component.status(), was_started))
         return started
 
@@ -64,6 +69,39 @@ def down(settings: StackSettings) -> list[tuple[str, bool]]:
             ("kafka", KafkaBroker(settings).stop()),
             ("postgres", PostgresCluster(settings).stop()),
         ]
+
+
+def rotate_certs(settings: StackSettings) -> list[str]:
+    """Issue the broker, the database and the registry new certificates from the stack's CA
+    (clients trust the CA, so none of them needs a change). The broker restarts (it reads its
+    keystore at start; clients reconnect and retry, nothing is lost), PostgreSQL reloads, a
+    running registry picks its new certificate up by itself. Returns what was done."""
+    with _stack_lock(settings):
+        done = []
+        restarted = KafkaBroker(settings).rotate_certificate()
+        done.append(f"kafka     new certificate{', broker restarted' if restarted else ''}")
+        reloaded = PostgresCluster(settings).rotate_certificate()
+        done.append(f"postgres  new certificate{', server reloaded' if reloaded else ''}")
+        names = registry_hostnames(settings)
+        issue(settings.home_dir / "tls", "registry", hostnames=names, force=True)
+        done.append("registry  new certificate (a running registry serves it to new connections)")
+        return done
+
+
+def rotate_password(settings: StackSettings, principal: str) -> str:
+    """Give one Kafka user or PostgreSQL role a new password, on the server first and then in
+    its file under `<home>/secrets/`: services reading that file use it from their next
+    connection on. Returns what was rotated."""
+    with _stack_lock(settings):
+        if principal in PRINCIPALS:
+            KafkaSecurity(settings).rotate(principal)
+            return f"Kafka user {principal}"
+        raise StackError(f"no principal {principal!r}: Kafka users are {', '.join(PRINCIPALS)}")
+
+
+def registry_hostnames(settings: StackSettings) -> tuple[str, ...]:
+    """The names the registry's certificate carries."""
+    return ("localhost", *settings.tls_hostnames)
 
 
 def status(settings: StackSettings) -> list[ComponentStatus]:

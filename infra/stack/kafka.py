@@ -6,9 +6,12 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
+import ssl
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -26,9 +29,25 @@ from infra.stack.process import (
     stop_process,
     wait_until,
 )
+from infra.stack.tls import COMMON_NAMES, issue
 
+log = logging.getLogger(__name__)
 _RESOURCES = Path(__file__).resolve().parents[1] / "kafka"
 _MARKER = "kafka.Kafka"
+#: Where the controller and inter-broker listeners are, whatever address clients use.
+LOOPBACK = "127.0.0.1"
+#: The super user of the clients' listener (topics, ACLs, the stack's checks).
+ADMIN = "admin"
+#: The broker's own principal: its certificate's common name.
+BROKER_PRINCIPAL = COMMON_NAMES["kafka"]
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    ca: Path
+    cert: Path
+    key: Path
+    keystore: Path
 
 
 class KafkaBroker:
@@ -74,7 +93,7 @@ class KafkaBroker:
         staging.rename(self.libs)
 
     # -- configure -------------------------------------------------------------------------
-    def _java(self) -> str:
+    def java(self) -> str:
         java_home = os.environ.get("JAVA_HOME")
         java = Path(java_home) / "bin" / "java" if java_home else shutil.which("java")
         if not java:
@@ -84,15 +103,36 @@ class KafkaBroker:
     def _write_config(self) -> None:
         s = self.settings
         host = s.kafka_host
-        listeners = [f"PLAINTEXT://{host}:{s.kafka_port}"]
+        tls = self._install_tls()
+        # Clients: TLS and a SCRAM user. The broker itself, and the stack's tools acting as
+        # it: mutual TLS with its own certificate (principal `kafka-broker`), on the
+        # inter-broker and controller listeners, so it needs no password and can create the
+        # SCRAM users before any exists.
+        listeners = [
+            f"CLIENT://{host}:{s.kafka_port}",
+            f"INTERNAL://{LOOPBACK}:{s.kafka_internal_port}",
+        ]
         advertised = list(listeners)
-        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        protocols = ["CLIENT:SASL_SSL", "INTERNAL:SSL", "CONTROLLER:SSL"]
+        sasl_listeners = ["client"]
         if s.kafka_proxied_port:
             # Clients that connected through the proxy are told the proxy's address, so every
             # later connection of theirs goes through it too.
             listeners.append(f"PROXIED://{host}:{s.kafka_proxied_port}")
             advertised.append(f"PROXIED://{host}:{s.kafka_proxy_port}")
-            protocols.append("PROXIED:PLAINTEXT")
+            protocols.append("PROXIED:SASL_SSL")
+            sasl_listeners.append("proxied")
+        if s.kafka_plaintext_port:
+            log.warning(
+                "the broker has a PLAINTEXT listener on %s:%d (FLEETPULSE_KAFKA_PLAINTEXT_PORT): "
+                "no TLS, no authentication, no ACLs apply to its clients' identity",
+                host,
+                s.kafka_plaintext_port,
+            )
+            listeners.append(f"PLAINTEXT://{host}:{s.kafka_plaintext_port}")
+            advertised.append(f"PLAINTEXT://{host}:{s.kafka_plaintext_port}")
+            protocols.append("PLAINTEXT:PLAINTEXT")
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.properties.write_text(
             "\n".join(
@@ -100,12 +140,32 @@ class KafkaBroker:
                     "# Written by `fleetpulse stack up` from FLEETPULSE_* settings; edits are lost",
                     "process.roles=broker,controller",
                     "node.id=1",
-                    f"controller.quorum.voters=1@{host}:{s.kafka_controller_port}",
-                    f"listeners={','.join(listeners)},CONTROLLER://{host}:{s.kafka_controller_port}",
+                    f"controller.quorum.voters=1@{LOOPBACK}:{s.kafka_controller_port}",
+                    f"listeners={','.join(listeners)},CONTROLLER://{LOOPBACK}:{s.kafka_controller_port}",
                     f"advertised.listeners={','.join(advertised)}",
                     "controller.listener.names=CONTROLLER",
                     f"listener.security.protocol.map={','.join(protocols)}",
-                    "inter.broker.listener.name=PLAINTEXT",
+                    "inter.broker.listener.name=INTERNAL",
+                    # TLS: the broker's key and certificate, the stack's CA.
+                    "ssl.keystore.type=PEM",
+                    f"ssl.keystore.location={tls.keystore}",
+                    "ssl.truststore.type=PEM",
+                    f"ssl.truststore.location={tls.ca}",
+                    "ssl.enabled.protocols=TLSv1.3,TLSv1.2",
+                    "listener.name.internal.ssl.client.auth=required",
+                    "listener.name.controller.ssl.client.auth=required",
+                    # A certificate's principal is its common name.
+                    "ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT",
+                    # SCRAM users live in the cluster's metadata (`fleetpulse stack up` makes them).
+                    "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                    *(
+                        f"listener.name.{n}.scram-sha-512.sasl.jaas.config={scram}"
+                        for n in sasl_listeners
+                    ),
+                    # Deny by default: a principal may do what an ACL allows it, nothing else.
+                    "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                    "allow.everyone.if.no.acl.found=false",
+                    f"super.users=User:{ADMIN};User:{BROKER_PRINCIPAL}",
                     f"log.dirs={self.data}",
                     # Topics are made by `fleetpulse topics create`, from schemas/topics.py.
                     "auto.create.topics.enable=false",
@@ -124,6 +184,50 @@ class KafkaBroker:
             )
         )
 
+    def _install_tls(self, *, force: bool = False) -> BrokerTls:
+        """The broker's certificate from the stack's CA (issued once, or again if `force`),
+        and its PEM keystore (key and certificate chain in one file, mode 0600)."""
+        tls_dir = self.settings.home_dir / "tls"
+        names = ("localhost", self.settings.kafka_host, *self.settings.tls_hostnames)
+        cert = issue(tls_dir, "kafka", hostnames=names, force=force)
+        folder = self.dir / "tls"
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        keystore = folder / "keystore.pem"
+        content = cert.key.read_bytes() + cert.cert.read_bytes()
+        if not keystore.exists() or keystore.read_bytes() != content:
+            tmp = folder / ".keystore.pem.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+            tmp.replace(keystore)
+        return BrokerTls(ca=tls_dir / "ca.crt", cert=cert.cert, key=cert.key, keystore=keystore)
+
+    def tls(self) -> BrokerTls:
+        """The broker's TLS files (issued if missing)."""
+        return self._install_tls()
+
+    def rotate_certificate(self) -> bool:
+        """Issue the broker a new certificate from the CA and restart it if it runs (a broker
+        reads its keystore at start). Clients reconnect by themselves. True if restarted."""
+        self._install_tls(force=True)
+        if self.process() is None:
+            return False
+        self.stop()
+        self.start()
+        return True
+
+    def internal_ssl_context(self) -> ssl.SSLContext:
+        """TLS as the broker's own identity, for the inter-broker listener (the stack's tools)."""
+        tls = self.tls()
+        ctx = ssl.create_default_context(cafile=str(tls.ca))
+        ctx.load_cert_chain(str(tls.cert), str(tls.key))
+        return ctx
+
+    @property
+    def internal_bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.settings.kafka_internal_port}"
+
     def _format_storage(self) -> None:
         if (self.data / "meta.properties").exists():
             return
@@ -132,7 +236,7 @@ class KafkaBroker:
             cluster_id_file.write_text(new_cluster_id())
         run_checked(
             [
-                self._java(),
+                self.java(),
                 "-cp",
                 f"{self.libs}/*",
                 "kafka.tools.StorageTool",
@@ -152,10 +256,10 @@ class KafkaBroker:
         return find_process(read_pid(self.pid_file), _MARKER)
 
     def healthy(self) -> bool:
-        """True when the broker answers a metadata request."""
-        if not port_open(self.settings.kafka_host, self.settings.kafka_port):
+        """True when the broker answers a metadata request (as itself, over mutual TLS)."""
+        if not port_open(LOOPBACK, self.settings.kafka_internal_port):
             return False
-        return asyncio.run(_metadata_ok(self.settings.kafka_bootstrap))
+        return asyncio.run(_metadata_ok(self.internal_bootstrap, self.internal_ssl_context()))
 
     def start(self) -> bool:
         """Start the broker unless it runs; wait until healthy. True if it was started."""
@@ -168,19 +272,22 @@ class KafkaBroker:
             )
             return False
         s = self.settings
-        for port in (s.kafka_port, s.kafka_controller_port):
-            if port_open(s.kafka_host, port):
+        ours = [(s.kafka_host, s.kafka_port), (s.kafka_host, s.kafka_proxied_port)]
+        ours += [(s.kafka_host, s.kafka_plaintext_port), (LOOPBACK, s.kafka_internal_port)]
+        ours.append((LOOPBACK, s.kafka_controller_port))
+        for host, port in ours:
+            if port and port_open(host, port):
                 raise StackError(
-                    f"port {s.kafka_host}:{port} is taken by a process this stack did not start; "
+                    f"port {host}:{port} is taken by a process this stack did not start; "
                     "stop it or choose other ports (FLEETPULSE_KAFKA_BOOTSTRAP, "
-                    "FLEETPULSE_KAFKA_CONTROLLER_PORT)"
+                    "FLEETPULSE_KAFKA_INTERNAL_PORT, FLEETPULSE_KAFKA_CONTROLLER_PORT, ...)"
                 )
         self.install()
         self._write_config()
         self._format_storage()
         self.logs.mkdir(parents=True, exist_ok=True)
         argv = [
-            self._java(),
+            self.java(),
             f"-Xmx{s.kafka_heap}",
             f"-Xms{s.kafka_heap}",
             "-XX:+UseG1GC",
@@ -243,7 +350,9 @@ class KafkaBroker:
             formatted = (self.data / "meta.properties").exists()
             detail = f"data in {self.data}" if formatted else "not formatted yet"
             return ComponentStatus("kafka", False, None, address, detail)
-        detail = "healthy" if self.healthy() else "starting or unhealthy"
+        detail = "healthy (TLS, SCRAM, ACLs)" if self.healthy() else "starting or unhealthy"
+        if self.settings.kafka_plaintext_port:
+            detail += f"; WARNING: PLAINTEXT listener on port {self.settings.kafka_plaintext_port}"
         return ComponentStatus("kafka", True, proc.pid, address, f"{detail}, data in {self.data}")
 
 
@@ -272,8 +381,13 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-async def _metadata_ok(bootstrap: str) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+async def _metadata_ok(bootstrap: str, ssl_context: ssl.SSLContext) -> bool:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=3000,
+        security_protocol="SSL",
+        ssl_context=ssl_context,
+    )
     try:
         await asyncio.wait_for(admin.start(), timeout=5)
         await asyncio.wait_for(admin.list_topics(), timeout=5)

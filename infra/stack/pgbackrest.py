@@ -56,6 +56,9 @@ class PgBackRest:
         self.config = self.cluster.pgbackrest_config
         self.repo = settings.backup_repo
         self.key_path = settings.home_dir / "secrets" / "pgbackrest_key"
+        #: The key as pgBackRest reads it: a configuration file of its own under secrets/,
+        #: owned by the cluster's user (so the main configuration holds no secret).
+        self.secret_dir = settings.home_dir / "secrets" / "pgbackrest"
 
     # -- configuration ---------------------------------------------------------------------
     def write_config(self) -> None:
@@ -66,10 +69,17 @@ class PgBackRest:
             c.chown(d, 0o700)
         c.ensure_traversable(self.repo)
         key = secret_file(self.key_path, 48)
+        # The cluster's user reaches secrets/pgbackrest/ only: secrets/ lets it pass, not list.
+        secrets = self.key_path.parent
+        secrets.chmod(0o711)
+        self.secret_dir.mkdir(exist_ok=True)
+        c.chown(self.secret_dir, 0o700)
+        cipher = self.secret_dir / "cipher.conf"
+        cipher.write_text(f"[global]\nrepo1-cipher-pass={key}\n")
+        c.chown(cipher, 0o600)
         options = {
             "repo1-path": str(self.repo),
             "repo1-cipher-type": "aes-256-cbc",
-            "repo1-cipher-pass": key,
             "repo1-retention-full": str(s.backup_retention_full),
             "repo1-retention-full-type": "count",
             "compress-type": s.backup_compress,
@@ -94,11 +104,15 @@ class PgBackRest:
         self.config.write_text(text)
         c.chown(self.config, 0o600)
 
+    def config_options(self) -> list[str]:
+        """Where every pgBackRest command finds its configuration and the key."""
+        return [f"--config={self.config}", f"--config-include-path={self.secret_dir}"]
+
     # -- commands --------------------------------------------------------------------------
     def run(self, command: str, *options: str, timeout: float | None = None) -> Result:
         """One pgBackRest command, as the cluster's user; its status and output."""
         argv = self.cluster.as_owner(
-            EXECUTABLE, f"--config={self.config}", f"--stanza={STANZA}", *options, command
+            EXECUTABLE, *self.config_options(), f"--stanza={STANZA}", *options, command
         )
         try:
             done = subprocess.run(

@@ -31,7 +31,7 @@ from infra.stack.process import (
     stop_process,
     wait_until,
 )
-from infra.stack.tls import ensure_certificates
+from infra.stack.tls import ensure_certificates, issue
 
 _DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")
 _MARKER = "postgres"
@@ -144,7 +144,9 @@ class PostgresCluster:
         tls = self.install_tls(self.server_tls)
         # Each segment into the pgBackRest repository, which refuses a second, different copy.
         archive_cmd = (
-            f"pgbackrest --config={self.pgbackrest_config} --stanza={STANZA} archive-push %p"
+            f"pgbackrest --config={self.pgbackrest_config} "
+            f"--config-include-path={self.settings.home_dir / 'secrets' / 'pgbackrest'} "
+            f"--stanza={STANZA} archive-push %p"
         )
         conf = {
             "listen_addresses": f"'{s.pg_host}'",
@@ -285,6 +287,16 @@ class PostgresCluster:
                 await conn.execute(f"CREATE DATABASE {db} OWNER {role}")
         finally:
             await conn.close()
+
+    def rotate_certificate(self) -> bool:
+        """Issue the server a new certificate from the CA; a running server reloads it (new
+        connections get it, open ones keep theirs). True if it was running."""
+        issue(self.settings.home_dir / "tls", "server", force=True)
+        self._write_config()
+        if self.process() is None:
+            return False
+        run_checked(self._cmd("pg_ctl", "-D", str(self.data), "reload"), what="reload")
+        return True
 
     def stop(self) -> bool:
         """Stop the postmaster by PID with a fast shutdown (SIGINT). True if it was running."""

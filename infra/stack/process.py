@@ -35,10 +35,12 @@ class StackError(FleetPulseError):
 
 def secret_file(path: Path, nbytes: int = 24) -> str:
     """The secret in `path`, generated once (URL-safe, from `nbytes` random bytes) into a
-    file of mode 0600 in a folder of mode 0700."""
+    file of mode 0600 (in a folder made mode 0700 if it did not exist)."""
     if not path.exists():
+        fresh = not path.parent.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.chmod(0o700)
+        if fresh:  # an existing folder keeps its mode
+            path.parent.chmod(0o700)
         with contextlib.suppress(FileExistsError):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:

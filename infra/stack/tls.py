@@ -133,15 +133,15 @@ def issue(
     force: bool = False,
 ) -> Certificate:
     """`<name>.crt` and `<name>.key` signed by the CA in `directory` (made first if missing).
-    Kept when they exist, unless `force` (a rotation)."""
+    Kept when they exist and name every one of `hostnames`, unless `force` (a rotation)."""
     files = Certificate(directory / f"{name}.crt", directory / f"{name}.key")
-    if files.cert.exists() and files.key.exists() and not force:
+    kept = files.cert.exists() and files.key.exists() and not force
+    if kept and names_covered(files.cert, hostnames):
         return files
     ca_cert, ca_key = _ca(directory)
     now = dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
-    alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
-    alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "::1")]
+    alt_names = _alt_names(hostnames)
     usages = [ExtendedKeyUsageOID.SERVER_AUTH]
     if name in _CLIENT_AUTH:
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
@@ -166,6 +166,27 @@ def issue(
     _write_private(files.key, _key_pem(key))
     _write_public(files.cert, cert.public_bytes(serialization.Encoding.PEM))
     return files
+
+
+def _alt_names(hostnames: tuple[str, ...]) -> list[x509.GeneralName]:
+    """DNS names and IP addresses of `hostnames`, and always the loopback addresses."""
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys((*hostnames, "127.0.0.1", "::1")):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def names_covered(cert_path: Path, hostnames: tuple[str, ...]) -> bool:
+    """Whether the certificate at `cert_path` names every one of `hostnames`."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        present = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return False
+    return all(name in present for name in _alt_names(hostnames))
 
 
 def ensure_certificates(directory: Path, hostnames: tuple[str, ...] = ("localhost",)) -> TlsFiles:

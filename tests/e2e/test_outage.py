@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import sys
 import time
@@ -33,7 +32,7 @@ from tests.conftest import ROOT
 from tests.e2e.pipeline import PARTITIONS, Pipeline, register, running_pipeline, wait_for
 from tests.e2e.relay import Relay
 from tests.factories import event_dict
-from tests.kafka import produce, records_in
+from tests.kafka import SECURITY, kcat, produce, records_in
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +52,7 @@ def event(server_id: str, at: float) -> bytes:
 
 async def read_raw(bootstrap: str, topic: str) -> dict[str, list[float]]:
     """Every event in the raw topic, by server: their timestamps."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **SECURITY)
     await consumer.start()
     out: dict[str, list[float]] = {}
     try:
@@ -85,10 +84,8 @@ async def live_load(
 ) -> None:
     """Once a second: the fleet's events now (Python producer), and the lagging host's event
     of 30 s ago through one long-running kcat (`key|json` lines on its standard input)."""
-    kcat = shutil.which("kcat")
-    assert kcat, "kcat is missing: infra/scripts/system-deps.sh --test installs it"
     proc = await asyncio.create_subprocess_exec(
-        kcat, "-b", bootstrap, "-t", p.topics.raw, "-P", "-K", "|",
+        *kcat(bootstrap, "-t", p.topics.raw, "-P", "-K", "|"),
         stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdin is not None

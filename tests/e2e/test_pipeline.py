@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ import pytest
 from infra.settings import StackSettings
 from tests.e2e.pipeline import Pipeline, register, running_pipeline, wait_for
 from tests.factories import event_dict
-from tests.kafka import produce
+from tests.kafka import kcat, produce
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +45,9 @@ def raw(server: str, at: datetime, cpu: float, rx: int = 10) -> bytes:
 
 def kcat_produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> None:
     """Send with kcat, one `key|json` line per message: the documented contract, no Python."""
-    kcat = shutil.which("kcat")
-    assert kcat, "kcat is missing: infra/scripts/system-deps.sh --test installs it"
     lines = b"".join(key.encode() + b"|" + value + b"\n" for key, value in records)
     subprocess.run(
-        [kcat, "-b", bootstrap, "-t", topic, "-P", "-K", "|"],
+        kcat(bootstrap, "-t", topic, "-P", "-K", "|"),
         input=lines,
         check=True,
         timeout=30,

@@ -22,7 +22,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from infra.settings import StackSettings
 from tests.e2e.pipeline import PARTITIONS, Pipeline, register, running_pipeline, wait_for
-from tests.kafka import produce
+from tests.kafka import SECURITY, produce
 from tests.streams.worker import by_window, collect, expected_windows, fleet_events
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ TABLES = {
 async def members(bootstrap: str, group: str) -> list[set[TopicPartition]]:
     """The partitions of each member of `group` as its coordinator has them; [] while the
     group is not stable (joining, rebalancing)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **SECURITY)
     await admin.start()
     try:
         [response] = await admin.describe_consumer_groups([group])
@@ -166,7 +166,7 @@ async def scale_out_and_kill(
     # The survivors took every partition over; nothing was dead-lettered.
     assert await members(bootstrap, p.stream_group) == [raw]
     assert await members(bootstrap, p.sink_group) == [aggregates]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **SECURITY)
     await consumer.start()
     try:
         ends = await consumer.end_offsets(list(partitions(p.topics.dlq)))

@@ -70,6 +70,8 @@ def test_demo_lands_rows_and_ctrl_c_leaves_no_child(
     started = datetime.now(UTC) - timedelta(seconds=1)
     port = free_port()
     env = {**os.environ, "FLEETPULSE_REGISTRY_PORT": str(port)}
+    # Every child as its own Kafka user, allowed only its role (not the tests' `admin`).
+    env.pop("FLEETPULSE_KAFKA_SASL_USERNAME", None)
     screen = tmp_path / "screen.txt"
     with screen.open("wb") as tty:
         proc = subprocess.Popen(

@@ -15,7 +15,7 @@ from runtime.settings import KafkaSettings
 from runtime.topics import create_topics
 from schemas.topics import TopicSpec
 from tests.conftest import ROOT
-from tests.kafka import produce
+from tests.kafka import SECURITY, produce
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,10 @@ async def test_lag_counts_what_each_group_has_not_committed(kafka_bootstrap: str
     # The stream group has consumed and committed partition 0, and nothing of partition 1.
     ends = await _ends(kafka_bootstrap, raw)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka_bootstrap, group_id=stream_group, enable_auto_commit=False
+        **SECURITY,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=stream_group,
+        enable_auto_commit=False,
     )
     await consumer.start()
     consumer.assign([TopicPartition(raw, 0), TopicPartition(raw, 1)])
@@ -84,7 +87,7 @@ def _lag(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 async def _ends(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **SECURITY)
     await consumer.start()
     try:
         ends: dict[TopicPartition, int] = await consumer.end_offsets(

@@ -6,7 +6,11 @@ what runs; `down` leaves no process behind. `up` issues the registry's certifica
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
+import ssl
+import struct
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +22,10 @@ from cryptography import x509
 
 from infra import stack
 from infra.settings import StackSettings
+from runtime import kafka
+from schemas.topics import TopicSpec
 from tests.conftest import ROOT
+from tests.kafka import read_all
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +59,7 @@ def test_up_twice_down_leaves_nothing(tmp_path_factory: pytest.TempPathFactory) 
         "FLEETPULSE_HOME": str(home),
         "FLEETPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:28092",
         "FLEETPULSE_KAFKA_CONTROLLER_PORT": "28093",
+        "FLEETPULSE_KAFKA_INTERNAL_PORT": "28096",
         "FLEETPULSE_KAFKA_PROXIED_PORT": "28094",
         "FLEETPULSE_KAFKA_PROXY_PORT": "28095",
         "FLEETPULSE_PG_PORT": "25452",
@@ -128,3 +136,47 @@ def test_up_issues_the_registry_certificate_when_it_is_missing(
     stack.up(stack_settings)  # missing: issued again, from the same CA
     again = x509.load_pem_x509_certificate(cert.read_bytes())
     assert again.serial_number != issued.serial_number and again.issuer == issued.issuer
+
+
+def _serial(host: str, port: int, ca: Path, *, starttls_postgres: bool = False) -> int:
+    """The serial number of the certificate the server at host:port presents."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection((host, port), timeout=10) as raw:
+        if starttls_postgres:  # PostgreSQL's SSLRequest, then TLS on the same connection
+            raw.sendall(struct.pack("!ii", 8, 80877103))
+            assert raw.recv(1) == b"S"
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+async def test_rotate_certs_reissues_every_certificate_and_loses_no_record(
+    stack_settings: StackSettings, new_topic: TopicSpec
+) -> None:
+    s = stack_settings
+    ca = s.home_dir / "tls" / "ca.crt"
+    kafka_before = _serial(s.kafka_host, s.kafka_port, ca)
+    pg_before = _serial(s.pg_host, s.pg_port, ca, starttls_postgres=True)
+    registry_cert = s.home_dir / "tls" / "registry.crt"
+    registry_before = registry_cert.read_bytes() if registry_cert.exists() else b""
+
+    producer = kafka.producer(s, "rotation-test")
+    await producer.start()
+    sent = 0
+    rotation = asyncio.create_task(asyncio.to_thread(stack.rotate_certs, s))
+    try:
+        while not rotation.done() or sent < 50:
+            await producer.send_and_wait(new_topic.name, str(sent).encode(), key=b"k")
+            sent += 1
+            await asyncio.sleep(0.02)
+        done = await rotation
+    finally:
+        await producer.stop()
+
+    assert len(done) == 3 and "broker restarted" in done[0] and "server reloaded" in done[1]
+    assert _serial(s.kafka_host, s.kafka_port, ca) != kafka_before
+    assert _serial(s.pg_host, s.pg_port, ca, starttls_postgres=True) != pg_before
+    assert registry_cert.read_bytes() != registry_before
+    got = await read_all(s.kafka_bootstrap, new_topic.name, sent)
+    assert sorted(int(v) for _, v in got) == list(range(sent))

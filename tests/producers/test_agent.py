@@ -23,7 +23,7 @@ from schemas import RAW, RawMetricEvent, decode_raw_event
 from schemas.topics import TopicSpec
 from tests.conftest import ROOT
 from tests.factories import event_dict
-from tests.kafka import read_all
+from tests.kafka import kcat, read_all
 
 pytestmark = pytest.mark.integration
 
@@ -133,11 +133,11 @@ async def test_agent_command_flushes_on_sigterm(kafka_bootstrap: str) -> None:
             proc.kill()
     assert proc.returncode == 0, err
     assert b"agent stopped" in err
-    kcat = await asyncio.create_subprocess_exec(
-        "kcat", "-b", kafka_bootstrap, "-C", "-t", RAW.name, "-o", "beginning", "-e", "-J",
+    reader = await asyncio.create_subprocess_exec(
+        *kcat(kafka_bootstrap, "-C", "-t", RAW.name, "-o", "beginning", "-e", "-J"),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, _ = await asyncio.wait_for(kcat.communicate(), timeout=60)
+    out, _ = await asyncio.wait_for(reader.communicate(), timeout=60)
     records = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
     got = [decode_raw_event(r["payload"].encode()) for r in records if r["key"] == server_id]
     assert len(got) >= 3

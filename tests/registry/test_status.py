@@ -21,6 +21,7 @@ from schemas.messages import ServerState, ServerStatusChange
 from schemas.topics import TopicSpec
 from tests.e2e.relay import Relay
 from tests.factories import registry_settings
+from tests.kafka import SECURITY
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +98,7 @@ async def test_consumer_keeps_is_online_current_from_the_real_broker(
     )
     online, offline = await add_server(conn), await add_server(conn)
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", **SECURITY)
     await producer.start()
     try:
         sends = [
@@ -140,7 +141,7 @@ async def test_consumer_keeps_is_online_current_from_the_real_broker(
 
     # Offsets were committed after the database writes: a restart reads nothing again.
     check = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.registry_group
+        **SECURITY, bootstrap_servers=settings.kafka_bootstrap, group_id=settings.registry_group
     )
     await check.start()
     try:
@@ -188,7 +189,7 @@ async def test_a_batch_that_met_a_database_outage_is_applied_when_it_is_back(
     relayed = await asyncpg.create_pool(**settings.connect_kwargs(), min_size=1, max_size=2)
     server_id = await add_server(conn)
     await relay.cut()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", **SECURITY)
     await producer.start()
     try:
         value = change(server_id, ServerState.ONLINE, T0).to_json_bytes()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra.stack.tls import ensure_certificates
-from runtime.settings import KafkaSettings, PostgresSettings, ServiceSettings
+from runtime.settings import KafkaSettings, PasswordFile, PostgresSettings, ServiceSettings
 
 
 def test_invalid_values_are_refused(clean_env: pytest.MonkeyPatch) -> None:
@@ -57,3 +57,73 @@ def test_kafka_tuning_comes_from_the_environment(clean_env: pytest.MonkeyPatch) 
     clean_env.setenv("FLEETPULSE_COMPRESSION", "brotli")
     with pytest.raises(ValueError, match="compression"):
         KafkaSettings()
+
+
+def test_kafka_security_defaults_to_tls_and_the_users_password_file(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.setenv("FLEETPULSE_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"ca\.crt"):
+        KafkaSettings().kafka_security()
+    ensure_certificates(tmp_path / "tls")
+    options = KafkaSettings(kafka_sasl_username="producer").kafka_security()
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_username"] == "producer"
+    ctx = options["ssl_context"]
+    assert isinstance(ctx, ssl.SSLContext) and ctx.check_hostname
+    password = options["sasl_plain_password"]
+    assert isinstance(password, PasswordFile)
+    assert password.path == tmp_path / "secrets" / "kafka" / "producer"
+
+
+def test_a_password_file_is_read_at_each_use_and_never_shown(tmp_path: Path) -> None:
+    path = tmp_path / "producer"
+    password = PasswordFile(path)
+    with pytest.raises(FileNotFoundError, match="FLEETPULSE_KAFKA_SASL_PASSWORD_FILE"):
+        password.encode()
+    path.write_text("first\n")
+    assert password.encode("utf-8") == b"first"
+    path.write_text("second")  # a rotation: the next connection uses the new one
+    assert password.encode() == b"second"
+    assert "second" not in str(password) and "second" not in repr(password)
+
+
+def test_plaintext_and_a_given_password(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("FLEETPULSE_HOME", str(tmp_path))
+    assert KafkaSettings(kafka_security_protocol="PLAINTEXT").kafka_security() == {
+        "security_protocol": "PLAINTEXT"
+    }
+    clean_env.setenv("FLEETPULSE_KAFKA_SASL_PASSWORD", "given-secret")
+    s = KafkaSettings(kafka_security_protocol="SASL_PLAINTEXT")
+    assert s.kafka_security()["sasl_plain_password"] == "given-secret"
+    assert "given-secret" not in repr(s)
+    (tmp_path / "pw").write_text("plain-one")
+    clean_env.delenv("FLEETPULSE_KAFKA_SASL_PASSWORD")
+    plain = KafkaSettings(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_password_file=tmp_path / "pw",
+    )
+    # PLAIN joins the password as a string: it is read when the client is built.
+    assert plain.kafka_security()["sasl_plain_password"] == "plain-one"
+
+
+def test_each_service_is_its_own_kafka_user(clean_env: pytest.MonkeyPatch) -> None:
+    from producers.settings import AgentSettings, SimulatorSettings
+    from registry.settings import RegistrySettings
+    from sinks.settings import SinkSettings
+    from streams.settings import StreamSettings
+
+    users = {
+        cls.__name__: cls().kafka_sasl_username
+        for cls in (AgentSettings, SimulatorSettings, StreamSettings, SinkSettings)
+    }
+    assert users == {
+        "AgentSettings": "producer",
+        "SimulatorSettings": "producer",
+        "StreamSettings": "stream",
+        "SinkSettings": "sink",
+    }
+    assert RegistrySettings().kafka_sasl_username == "registry"
+    assert KafkaSettings().kafka_sasl_username == "admin"

@@ -11,6 +11,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from runtime.settings import KafkaSettings
 from runtime.topics import create_topics
 from schemas.topics import TopicSpec
+from tests.kafka import SECURITY
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,7 @@ async def test_topics_create_is_idempotent_and_applies_config(kafka_bootstrap: s
     )
     assert grown[0].partitions == 6
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, **SECURITY)
     await admin.start()
     try:
         [resp] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, spec.name)])

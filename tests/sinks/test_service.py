@@ -28,6 +28,7 @@ from sinks import Sink, SinkSettings
 from tests.conftest import ROOT
 from tests.factories import ROW_T0 as T0
 from tests.factories import add_server, aggregate
+from tests.kafka import SECURITY
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,10 @@ class Rig:
 
     async def produce(self, aggs: list[WindowAggregate], raw: list[bytes] | None = None) -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            **SECURITY,
         )
         await producer.start()
         try:
@@ -62,7 +66,10 @@ class Rig:
 
     async def dead_letters(self, expect: int) -> list[DeadLetter]:
         consumer = AIOKafkaConsumer(
-            self.dlq, bootstrap_servers=self.settings.kafka_bootstrap, auto_offset_reset="earliest"
+            self.dlq,
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            **SECURITY,
         )
         await consumer.start()
         got: list[DeadLetter] = []
@@ -349,7 +356,9 @@ async def test_sink_command_writes_and_stops_cleanly(stack_settings: StackSettin
             cwd=ROOT,
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        producer = AIOKafkaProducer(bootstrap_servers=stack_settings.kafka_bootstrap, acks="all")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=stack_settings.kafka_bootstrap, acks="all", **SECURITY
+        )
         await producer.start()
         try:
             for i in range(6):

@@ -22,7 +22,7 @@ from schemas.topics import TopicSpec
 from streams.app import StreamWorker
 from streams.settings import StreamSettings
 from tests.factories import event_dict
-from tests.kafka import produce, records_in
+from tests.kafka import SECURITY, produce, records_in
 from tests.streams.worker import (
     Topics,
     by_window,
@@ -301,7 +301,7 @@ async def test_a_failed_send_starts_over_from_the_checkpoint_in_place(
     group = f"test-recover-{uuid.uuid4().hex[:8]}"
     await produce(kafka_bootstrap, topics.raw, fleet_events(servers, t0, range(30)))
     proc = await start_worker(kafka_bootstrap, topics, group, kafka_request_timeout_ms="3000")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, **SECURITY)
     await admin.start()
     try:
         await collect(kafka_bootstrap, topics.a5, 12, timeout=60)  # it runs

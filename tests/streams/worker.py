@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from schemas import WindowAggregate
 from tests.conftest import ROOT
 from tests.factories import event_dict
+from tests.kafka import SECURITY
 
 
 @dataclass
@@ -72,7 +73,9 @@ async def collect(
     bootstrap: str, topic: str, expect: int, timeout: float = 90, *, distinct: bool = False
 ) -> list[bytes]:
     """Read `topic` from the start until `expect` records (windows, if `distinct`) are in."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", **SECURITY
+    )
     await consumer.start()
     got: list[bytes] = []
     try:

@@ -6,18 +6,24 @@ import asyncio
 import base64
 import json
 import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from infra.settings import StackSettings
 from infra.stack.kafka import new_cluster_id
 from schemas import RawMetricEvent, decode_raw_event
 from schemas.topics import TopicSpec
 from tests.factories import event_dict
+from tests.kafka import SECURITY
 
 pytestmark = pytest.mark.integration
+#: Debian's kcat with a librdkafka that can log in to Kafka 4 (infra/kcat.py).
+KCAT = str(Path(sys.prefix) / "bin" / "kcat")
 
 
 def _events(server_ids: list[str], n: int) -> list[RawMetricEvent]:
@@ -44,6 +50,7 @@ async def _consume(bootstrap: str, topic: str, expected: int) -> list[tuple[byte
         group_id=f"test-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **SECURITY,
     )
     await consumer.start()
     got: list[tuple[bytes, bytes]] = []
@@ -65,7 +72,7 @@ async def test_produce_and_consume_keeps_per_server_order(
     servers = [str(uuid.uuid4()) for _ in range(5)]
     sent = _events(servers, 40)
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True
+        bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True, **SECURITY
     )
     await producer.start()
     try:
@@ -89,7 +96,9 @@ async def test_produce_and_consume_keeps_per_server_order(
 
 
 async def test_broker_refuses_automatic_topic_creation(kafka_bootstrap: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, request_timeout_ms=3000)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, request_timeout_ms=3000, **SECURITY
+    )
     await producer.start()
     try:
         with pytest.raises(Exception):  # noqa: B017 - aiokafka raises a timeout/unknown-topic error
@@ -98,13 +107,17 @@ async def test_broker_refuses_automatic_topic_creation(kafka_bootstrap: str) -> 
         await producer.stop()
 
 
-async def test_kcat_produces_and_consumes(kafka_bootstrap: str, new_topic: TopicSpec) -> None:
-    """A stock Kafka client (kcat, librdkafka) talks to the broker and the JSON contract."""
+async def test_kcat_produces_and_consumes(
+    stack_settings: StackSettings, kafka_bootstrap: str, new_topic: TopicSpec
+) -> None:
+    """A stock Kafka client (kcat, librdkafka) talks to the broker, over TLS as a SCRAM user
+    (the stack's client configuration for it), and the JSON contract."""
+    kcat = [KCAT, "-F", str(stack_settings.home_dir / "secrets" / "kafka" / "admin.conf")]
     event = event_dict(server_id=str(uuid.uuid4()))
     line = f"{event['server_id']}\t{json.dumps(event)}\n"
     await asyncio.to_thread(
         subprocess.run,
-        ["kcat", "-b", kafka_bootstrap, "-P", "-t", new_topic.name, "-K", "\t"],
+        [*kcat, "-P", "-t", new_topic.name, "-K", "\t"],
         input=line.encode(),
         check=True,
         timeout=30,
@@ -115,7 +128,7 @@ async def test_kcat_produces_and_consumes(kafka_bootstrap: str, new_topic: Topic
 
     result = await asyncio.to_thread(
         subprocess.run,
-        ["kcat", "-b", kafka_bootstrap, "-C", "-t", new_topic.name, "-o", "beginning", "-e", "-J"],
+        [*kcat, "-C", "-t", new_topic.name, "-o", "beginning", "-e", "-J"],
         capture_output=True,
         check=True,
         timeout=30,
