@@ -16,6 +16,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "FLEETPULSE_"
 
+#: The database's login roles (README, *Database roles*; the grants are in
+#: `infra/db/sql/0005_roles.*.sql`). The owner runs the migrations, the stack and the backups;
+#: each service logs in as its own role.
+OWNER_ROLE = "fleetpulse"
+SINK_ROLE = "fleetpulse_sink"
+REGISTRY_ROLE = "fleetpulse_registry"
+#: Read-only, for dashboards.
+READER_ROLE = "fleetpulse_reader"
+SERVICE_ROLES = (SINK_ROLE, REGISTRY_ROLE, READER_ROLE)
+
+
+def role_password_path(home_dir: Path, role: str) -> Path:
+    """Where the local stack keeps the password of `role`: `<home>/secrets/pg/<role>`."""
+    return home_dir / "secrets" / "pg" / role
+
 
 class HomeSettings(BaseSettings):
     """Where the local stack keeps everything it writes."""

@@ -6,6 +6,7 @@ retention policies; one client at a time, a test tool only)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,8 @@ import pytest
 from infra.db import MigrationError, load_migrations, migrate
 from infra.db.migrate import SQL_DIR, detect_mode
 from infra.settings import StackSettings
+from runtime.settings import READER_ROLE, REGISTRY_ROLE, SERVICE_ROLES, SINK_ROLE
+from sinks import SinkSettings, maintain
 
 
 def test_both_modes_have_every_version_in_order() -> None:
@@ -252,6 +255,75 @@ async def test_storage_mode_cannot_switch(app_conn: asyncpg.Connection) -> None:
     await migrate(app_conn, storage="postgres")
     with pytest.raises(MigrationError, match="cannot be switched"):
         await migrate(app_conn, storage="timescaledb")
+
+
+def test_every_service_role_gets_grants_in_both_modes() -> None:
+    for mode in ("postgres", "timescaledb"):
+        sql = "\n".join(m.sql for m in load_migrations(mode))
+        for role in SERVICE_ROLES:
+            assert f"to_regrole('{role}')" in sql and f"TO {role}" in sql, (mode, role)
+        assert "REVOKE ALL ON FUNCTION fleetpulse_grant_roles() FROM PUBLIC" in sql
+        # Every function that runs as its owner is taken away from PUBLIC.
+        definers = re.findall(r"FUNCTION (\w+)\([^;]*?SECURITY DEFINER", sql, re.DOTALL)
+        for name in definers:
+            assert re.search(rf"REVOKE ALL ON FUNCTION {name}\(.*?\)\s+FROM PUBLIC", sql), name
+        if mode == "postgres":
+            assert set(definers) == {"fleetpulse_ensure_partitions", "fleetpulse_drop_partitions"}
+
+
+@pytest.mark.integration
+async def test_timescaledb_grants(ts_conn: asyncpg.Connection) -> None:
+    """On the stand-in (no login roles of its own): the roles made after the migrations get
+    their grants from the function `stack up` runs, and a new chunk has its hypertable's."""
+    await migrate(ts_conn)
+    for role in SERVICE_ROLES:
+        await ts_conn.execute(
+            f"DO $$ BEGIN IF to_regrole('{role}') IS NULL THEN CREATE ROLE {role}; END IF; END $$"
+        )
+    await ts_conn.execute("SELECT fleetpulse_grant_roles()")
+    sid = "0b9c7a51-3c2e-4f7e-9d6a-5a8f2e1c4b77"
+    await ts_conn.execute(
+        "INSERT INTO servers (id, name, hostname, port, username, encrypted_password) "
+        "VALUES ($1, 'g', 'grants.example', 22, 'ops', 'v1:x') ON CONFLICT DO NOTHING",
+        sid,
+    )
+    # A day far from the others: a chunk of its own, made after the grants.
+    await ts_conn.execute(_INSERT_SNAPSHOT, sid, datetime(2031, 3, 3, tzinfo=UTC))
+    chunk = await ts_conn.fetchval(
+        "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks "
+        "WHERE hypertable_name = 'metrics_snapshots' AND range_start <= '2031-03-03' "
+        "AND range_end > '2031-03-03'"
+    )
+    privileges = {
+        (r["role"], r["rel"]): set(r["granted"])
+        for r in await ts_conn.fetch(
+            "SELECT role, rel, array_remove(ARRAY["
+            "CASE WHEN has_table_privilege(role, rel, 'SELECT') THEN 'SELECT' END, "
+            "CASE WHEN has_table_privilege(role, rel, 'INSERT') THEN 'INSERT' END, "
+            "CASE WHEN has_table_privilege(role, rel, 'UPDATE') THEN 'UPDATE' END, "
+            "CASE WHEN has_table_privilege(role, rel, 'DELETE') THEN 'DELETE' END], NULL) "
+            "AS granted FROM unnest($1::text[]) AS role, unnest($2::text[]) AS rel",
+            list(SERVICE_ROLES),
+            ["metrics_snapshots", "metrics_daily", "users", "servers", "sessions", chunk],
+        )
+    }
+    read, write = {"SELECT"}, {"SELECT", "INSERT", "UPDATE"}
+    crud = write | {"DELETE"}
+    for rel in ("metrics_snapshots", "metrics_daily", chunk):
+        assert privileges[SINK_ROLE, rel] == write, rel
+        assert privileges[REGISTRY_ROLE, rel] == read, rel
+        assert privileges[READER_ROLE, rel] == read, rel
+    for rel in ("users", "servers", "sessions"):
+        assert privileges[SINK_ROLE, rel] == set(), rel
+        assert privileges[REGISTRY_ROLE, rel] == crud, rel
+        assert privileges[READER_ROLE, rel] == set(), rel
+    # The sink's maintenance on TimescaleDB reads the policies as that role.
+    await ts_conn.execute(f"SET ROLE {SINK_ROLE}")
+    try:
+        report = await maintain(ts_conn, SinkSettings())
+    finally:
+        await ts_conn.execute("RESET ROLE")
+    assert report.mode == "timescaledb" and report.missing == []
 
 
 SEED_TABLES = {"users", "servers", "metrics_snapshots", "metrics_hourly", "metrics_daily"}
