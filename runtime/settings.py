@@ -144,12 +144,13 @@ class PostgresSettings(HomeSettings):
         default=None,
         description=(
             "Password of `pg_user`. If unset, read from `pg_password_file` "
-            "(the local stack generates `<home>/secrets/pg_password`)."
+            "(the local stack generates `<home>/secrets/pg/<pg_user>`)."
         ),
     )
     pg_password_file: Path | None = Field(
         default=None,
-        description="File holding the database password; default `<home>/secrets/pg_password`.",
+        description="File holding the password of `pg_user`; default "
+        "`<home>/secrets/pg/<pg_user>`.",
     )
     pg_sslmode: Literal["disable", "require", "verify-ca", "verify-full"] = Field(
         default="verify-full",
@@ -175,7 +176,7 @@ class PostgresSettings(HomeSettings):
 
     @property
     def password_path(self) -> Path:
-        return self.pg_password_file or self.home_dir / "secrets" / "pg_password"
+        return self.pg_password_file or role_password_path(self.home_dir, self.pg_user)
 
     @property
     def ca_path(self) -> Path:

@@ -24,7 +24,7 @@ def test_environment_overrides(clean_env: pytest.MonkeyPatch, tmp_path: Path) ->
     s = StackSettings()
     assert (s.kafka_host, s.kafka_port) == ("kafka1", 9092)
     assert s.pg_port == 6543
-    assert s.password_path == tmp_path / "secrets" / "pg_password"
+    assert s.password_path == tmp_path / "secrets" / "pg" / "fleetpulse"
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
