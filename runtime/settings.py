@@ -8,6 +8,7 @@ Validation does no I/O; files (password, CA) are read when a connection is made.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -143,8 +144,8 @@ class PostgresSettings(HomeSettings):
     pg_password: SecretStr | None = Field(
         default=None,
         description=(
-            "Password of `pg_user`. If unset, read from `pg_password_file` "
-            "(the local stack generates `<home>/secrets/pg/<pg_user>`)."
+            "Password of `pg_user`. If unset, read from `pg_password_file` at each new "
+            "connection (the local stack generates `<home>/secrets/pg/<pg_user>`)."
         ),
     )
     pg_password_file: Path | None = Field(
@@ -189,6 +190,18 @@ class PostgresSettings(HomeSettings):
         path = self.password_path
         return path.read_text().strip() if path.exists() else None
 
+    def _login_password(self) -> str:
+        """The password for a new connection: what asyncpg calls each time it opens one, so a
+        rotated password file is picked up by a pool's next connection."""
+        password = self.password()
+        if password is None:
+            raise FileNotFoundError(
+                f"no password for database role {self.pg_user!r}: {self.password_path} does "
+                "not exist (set FLEETPULSE_PG_PASSWORD or FLEETPULSE_PG_PASSWORD_FILE, or run "
+                "`fleetpulse stack up`, which generates it)"
+            )
+        return password
+
     def ssl_context(self) -> ssl.SSLContext | bool:
         """What asyncpg's `ssl=` takes for `pg_sslmode` (reads the CA file on call)."""
         if self.pg_sslmode == "disable":
@@ -209,12 +222,16 @@ class PostgresSettings(HomeSettings):
         return ctx
 
     def connect_kwargs(self, database: str | None = None) -> dict[str, Any]:
-        """Keyword arguments for `asyncpg.connect` / `asyncpg.create_pool`."""
+        """Keyword arguments for `asyncpg.connect` / `asyncpg.create_pool`. The password is a
+        callable unless given as a value: the file is read at each new connection."""
+        password: str | Callable[[], str] = self._login_password
+        if self.pg_password is not None:
+            password = self.pg_password.get_secret_value()
         return {
             "host": self.pg_host,
             "port": self.pg_port,
             "user": self.pg_user,
-            "password": self.password(),
+            "password": password,
             "database": database or self.pg_database,
             "ssl": self.ssl_context(),
             "timeout": self.pg_connect_timeout,

@@ -32,6 +32,27 @@ def test_password_file_is_read(clean_env: pytest.MonkeyPatch, tmp_path: Path) ->
     assert PostgresSettings().password() == "from-file"
 
 
+def test_the_password_file_is_read_at_each_connection(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """asyncpg calls a callable password at every new connection: a rotated file is used by
+    a pool's next connection without a restart."""
+    clean_env.setenv("FLEETPULSE_HOME", str(tmp_path))
+    clean_env.setenv("FLEETPULSE_PG_SSLMODE", "disable")
+    clean_env.setenv("FLEETPULSE_PG_USER", "dashboard")
+    s = PostgresSettings()
+    password = s.connect_kwargs()["password"]
+    assert callable(password)
+    with pytest.raises(FileNotFoundError, match=r"'dashboard'.*secrets/pg/dashboard") as missing:
+        password()
+    s.password_path.parent.mkdir(parents=True)
+    s.password_path.write_text("first\n")
+    assert password() == "first"
+    s.password_path.write_text("second\n")
+    assert password() == "second"
+    assert "second" not in str(missing.value)
+
+
 def test_verify_full_needs_the_ca(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     clean_env.setenv("FLEETPULSE_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"ca\.crt"):
