@@ -140,7 +140,12 @@ class PostgresSettings(HomeSettings):
     pg_host: str = Field(default="127.0.0.1", description="PostgreSQL host.")
     pg_port: int = Field(default=55432, ge=1, le=65535, description="PostgreSQL port.")
     pg_database: str = Field(default="fleetpulse", description="Database name.")
-    pg_user: str = Field(default="fleetpulse", description="Database role the services use.")
+    # The least privileged role, so a model that forgets to choose one can only read.
+    pg_user: str = Field(
+        default=READER_ROLE,
+        description="Database role to log in as; each service has its own (README, *Database "
+        "roles*).",
+    )
     pg_password: SecretStr | None = Field(
         default=None,
         description=(

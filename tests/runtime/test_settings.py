@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra.stack.tls import ensure_certificates
-from runtime.settings import KafkaSettings, PostgresSettings, ServiceSettings
+from runtime.settings import READER_ROLE, KafkaSettings, PostgresSettings, ServiceSettings
 
 
 def test_invalid_values_are_refused(clean_env: pytest.MonkeyPatch) -> None:
@@ -30,6 +30,15 @@ def test_password_file_is_read(clean_env: pytest.MonkeyPatch, tmp_path: Path) ->
     (tmp_path / "pw").write_text("from-file\n")
     clean_env.setenv("FLEETPULSE_PG_PASSWORD_FILE", str(tmp_path / "pw"))
     assert PostgresSettings().password() == "from-file"
+
+
+def test_the_password_file_is_the_roles_own(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("FLEETPULSE_HOME", str(tmp_path))
+    # A model that does not choose a role gets the read-only one.
+    assert PostgresSettings().pg_user == READER_ROLE
+    assert PostgresSettings().password_path == tmp_path / "secrets" / "pg" / READER_ROLE
+    clean_env.setenv("FLEETPULSE_PG_USER", "someone")
+    assert PostgresSettings().password_path == tmp_path / "secrets" / "pg" / "someone"
 
 
 def test_the_password_file_is_read_at_each_connection(
