@@ -8,8 +8,8 @@ command runs through `runuser`.
 The database has one login role per service (README, *Database roles*): the owner, who runs
 the migrations, and the sink's, the registry's and the read-only role. `stack up` creates them
 with generated passwords in `<home>/secrets/pg/<role>` (0600), as the superuser over the
-private socket. A password reaches PostgreSQL only as its SCRAM verifier, so not even the
-server's log of a failed statement can hold it.
+private socket; `rotate_password` gives one a new password. A password reaches PostgreSQL only
+as its SCRAM verifier, so not even the server's log of a failed statement can hold it.
 """
 
 from __future__ import annotations
@@ -323,6 +323,43 @@ class PostgresCluster:
         finally:
             await conn.close()
 
+    async def rotate_password(self, role: str) -> Path:
+        """Give `role` a new generated password; returns its file.
+
+        The new password is written beside the role's file first (0600), set with ALTER ROLE
+        as the superuser, then moved over the file in one rename: connections opened after
+        that read it (the services read the file at each new connection); open ones go on.
+        Neither the password nor its verifier is logged or put in an error.
+        """
+        if role not in self.roles:
+            raise StackError(
+                f"{role!r} is not one of the stack's database roles ({', '.join(self.roles)})"
+            )
+        path = self.password_file(role)
+        if not path.exists():
+            raise StackError(f"{role} has no password file yet ({path}): run `fleetpulse stack up`")
+        pending = path.with_name(f".{path.name}.new")
+        pending.unlink(missing_ok=True)
+        password = secrets.token_urlsafe(24)
+        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            conn = await self.superuser_connect()
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                    raise StackError(f"role {role} does not exist: run `fleetpulse stack up`")
+                await _set_password(conn, role, password)
+            finally:
+                await conn.close()
+        except BaseException:
+            pending.unlink(missing_ok=True)
+            raise
+        os.replace(pending, path)
+        return path
+
     def stop(self) -> bool:
         """Stop the postmaster by PID with a fast shutdown (SIGINT). True if it was running."""
         proc = self.process()
@@ -342,6 +379,12 @@ class PostgresCluster:
         return ComponentStatus(
             "postgres", True, proc.pid, address, f"{detail}, data in {self.data}"
         )
+
+
+async def rotate_password(settings: StackSettings, role: str) -> Path:
+    """Give the stack's database role `role` a new generated password (see
+    `PostgresCluster.rotate_password`); returns the file that holds it."""
+    return await PostgresCluster(settings).rotate_password(role)
 
 
 #: Iterations of PostgreSQL's own SCRAM-SHA-256 verifiers (`scram_iterations`' default).

@@ -1,9 +1,10 @@
 """Integration: the local PostgreSQL 15 cluster: verify-full TLS only, WAL archived by
-pgBackRest, one login role per service with its own password file."""
+pgBackRest, one login role per service with its own password file, rotated on demand."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 import subprocess
@@ -13,10 +14,10 @@ import asyncpg
 import pytest
 
 from infra.settings import StackSettings
-from infra.stack import PostgresCluster
-from infra.stack.postgres import STANZA
+from infra.stack import PostgresCluster, StackError
+from infra.stack.postgres import STANZA, rotate_password
 from runtime import postgres
-from runtime.settings import OWNER_ROLE, READER_ROLE, SERVICE_ROLES
+from runtime.settings import OWNER_ROLE, READER_ROLE, SERVICE_ROLES, SINK_ROLE
 from tests.factories import role_settings
 
 pytestmark = pytest.mark.integration
@@ -161,6 +162,44 @@ async def test_a_running_cluster_of_an_earlier_release_gets_the_roles_at_stack_u
             await conn.fetch("SELECT * FROM users")
     finally:
         await conn.close()
+
+
+async def test_a_rotated_password_is_used_by_the_next_connection(
+    stack_settings: StackSettings,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = role_settings(stack_settings, SINK_ROLE, stack_settings.pg_database)
+    old = settings.password()
+    assert old
+    pool = await postgres.create_pool(settings, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as opened_before:
+            path = await rotate_password(stack_settings, SINK_ROLE)
+            assert path == settings.password_path
+            new = path.read_text()
+            assert new and new != old
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+            async with pool.acquire() as opened_after:  # a new connection: reads the file
+                assert await opened_after.fetchval("SELECT current_user") == SINK_ROLE
+            assert await opened_before.fetchval("SELECT 1") == 1  # open ones go on
+    finally:
+        await pool.close()
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(**{**settings.connect_kwargs(), "password": old})
+    out, err = capsys.readouterr()
+    server_log = PostgresCluster(stack_settings).log.read_text(errors="replace")
+    for text in (caplog.text, out, err, server_log):
+        assert new not in text and old not in text
+
+
+async def test_rotation_refuses_a_role_the_stack_does_not_keep(
+    stack_settings: StackSettings,
+) -> None:
+    with pytest.raises(StackError, match="'postgres' is not one of the stack's database roles"):
+        await rotate_password(stack_settings, "postgres")
 
 
 def test_the_owners_password_moves_from_where_earlier_releases_kept_it(tmp_path: Path) -> None:
