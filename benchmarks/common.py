@@ -148,3 +148,12 @@ def code_env(code: Path) -> dict[str, str]:
     """Environment for a child that runs the services' code from `code` (a checkout): first
     on the path, and not the working directory (which `python -m` would put before it)."""
     return {"PYTHONPATH": str(code), "PYTHONSAFEPATH": "1"}
+
+
+def database_env(settings: StackSettings, code: Path) -> dict[str, str]:
+    """What a child from `code` needs to log in to the stack's database: nothing when the
+    checkout has a role per service; a checkout from before that logs in as the owner, and
+    finds the owner's password where `stack up` now keeps it."""
+    if (code / "infra" / "db" / "sql" / "0005_roles.postgres.sql").exists():
+        return {}
+    return {"FLEETPULSE_PG_PASSWORD_FILE": str(settings.password_path)}

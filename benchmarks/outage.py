@@ -35,6 +35,7 @@ from benchmarks.common import (
     bench_database,
     checkout,
     code_env,
+    database_env,
     drop_database,
     head,
     median,
@@ -123,6 +124,7 @@ def one_run(settings: StackSettings, code: Path, label: str) -> Outcome:
     env = {
         **topic_env,
         **code_env(code),
+        **database_env(settings, code),
         "FLEETPULSE_PG_DATABASE": database,
         "FLEETPULSE_STREAM_GROUP": f"bench-outage-stream-{tag}",
         "FLEETPULSE_SINK_GROUP": f"bench-outage-sink-{tag}",

@@ -1,12 +1,14 @@
 """`fleetpulse demo`: the whole pipeline on the local stack, with live numbers.
 
-It brings the stack up, creates the topics, applies the migrations, registers this machine
-and the simulated hosts in the registry's `servers` table, creates a demo admin (first run
-only; the password is kept in a 0600 file so a re-run prints it again), then runs the agent,
-the simulator, the stream worker, the sink and the registry as child processes. The numbers
-on screen come from Kafka (end offsets, consumer groups' committed offsets) and PostgreSQL
-(row counts), never from the children's logs. Ctrl-C (or `--seconds`) stops every child:
-SIGTERM, then SIGKILL after a timeout. A re-run reuses the stack, the ids and the data.
+It brings the stack up, creates the topics, applies the migrations (as the database's owner),
+registers this machine and the simulated hosts in the registry's `servers` table and creates a
+demo admin (first run only; the password is kept in a 0600 file so a re-run prints it again),
+both as the registry's database role, then runs the agent, the simulator, the stream worker,
+the sink and the registry as child processes (the sink and the registry log in as their own
+roles). The numbers on screen come from Kafka (end offsets, consumer groups' committed offsets)
+and PostgreSQL (row counts), never from the children's logs. Ctrl-C (or `--seconds`) stops
+every child: SIGTERM, then SIGKILL after a timeout. A re-run reuses the stack, the ids and the
+data.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from registry.service import create_admin
 from registry.settings import RegistrySettings
 from runtime import kafka, postgres
 from runtime.errors import FleetPulseError
+from runtime.settings import PostgresSettings
 from runtime.topics import create_contract_topics
 from schemas import DLQ, RAW, RESOLUTIONS
 from sinks.settings import SinkSettings
@@ -298,12 +301,14 @@ TABLES: Final = tuple(r.table for r in RESOLUTIONS)
 
 @dataclass
 class Probe:
-    """Reads the pipeline's numbers from Kafka and PostgreSQL."""
+    """Reads the pipeline's numbers from Kafka (with the stack's settings, `db`) and
+    PostgreSQL (as `reads`' role: the registry's, which may read servers and metrics)."""
 
     bootstrap: str
     stream_group: str
     sink_group: str
     db: StackSettings
+    reads: PostgresSettings
     _consumer: AIOKafkaConsumer | None = None
     _admin: AIOKafkaAdminClient | None = None
     _conn: asyncpg.Connection | None = None
@@ -314,7 +319,7 @@ class Probe:
         await self._consumer.start()
         self._admin = kafka.admin(self.db, "demo-admin")
         await self._admin.start()
-        self._conn = await postgres.connect(self.db)
+        self._conn = await postgres.connect(self.reads)
         for topic, parts in (await partitions(self._admin, list(TOPICS))).items():
             self._partitions[topic] = [TopicPartition(topic, p) for p in parts]
 
@@ -540,6 +545,7 @@ def run_demo(settings: StackSettings, options: DemoOptions) -> int:
         StreamSettings().stream_group,
         SinkSettings().sink_group,
         settings,
+        registry,
     )
     _print_access(console, registry, paths, own_id, password)
     console.print(f"Logs of the children: {paths.logs}/<name>.log. Ctrl-C stops everything.")

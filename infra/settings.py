@@ -7,12 +7,17 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from runtime.settings import KafkaSettings, PostgresSettings
+from runtime.settings import OWNER_ROLE, KafkaSettings, PostgresSettings
 
 
 class StackSettings(KafkaSettings, PostgresSettings):
     """The local Kafka broker and PostgreSQL cluster that `fleetpulse stack` runs."""
 
+    pg_user: str = Field(
+        default=OWNER_ROLE,
+        description="Database role of the stack, the migrations and the backups: the "
+        "database's owner (the services log in as roles of their own).",
+    )
     kafka_controller_port: int = Field(
         default=19093, ge=1, le=65535, description="Port of the KRaft controller listener."
     )

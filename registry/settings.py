@@ -6,13 +6,18 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
-from runtime.settings import KafkaSettings, PostgresSettings, ServiceSettings
+from runtime.settings import REGISTRY_ROLE, KafkaSettings, PostgresSettings, ServiceSettings
 from schemas.topics import STATUS
 
 
 class RegistrySettings(KafkaSettings, PostgresSettings, ServiceSettings):
     """The HTTP API for users, the server inventory and metric reads, and the status consumer."""
 
+    pg_user: str = Field(
+        default=REGISTRY_ROLE,
+        description="Database role of the registry: its own tables (users, servers, sessions, "
+        "failed logins) and reads of the metric tables.",
+    )
     registry_host: str = Field(default="127.0.0.1", description="Address the HTTP API binds to.")
     registry_port: int = Field(
         default=8080, ge=0, le=65535, description="Port of the HTTP API (0: any free port)."

@@ -8,7 +8,7 @@ Validation does no I/O; files (password, CA) are read when a connection is made.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -16,6 +16,21 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "FLEETPULSE_"
+
+#: The database's login roles (README, *Database roles*; the grants are in
+#: `infra/db/sql/0005_roles.*.sql`). The owner runs the migrations, the stack and the backups;
+#: each service logs in as its own role.
+OWNER_ROLE = "fleetpulse"
+SINK_ROLE = "fleetpulse_sink"
+REGISTRY_ROLE = "fleetpulse_registry"
+#: Read-only, for dashboards.
+READER_ROLE = "fleetpulse_reader"
+SERVICE_ROLES = (SINK_ROLE, REGISTRY_ROLE, READER_ROLE)
+
+
+def role_password_path(home_dir: Path, role: str) -> Path:
+    """Where the local stack keeps the password of `role`: `<home>/secrets/pg/<role>`."""
+    return home_dir / "secrets" / "pg" / role
 
 
 class HomeSettings(BaseSettings):
@@ -244,17 +259,23 @@ class PostgresSettings(HomeSettings):
     pg_host: str = Field(default="127.0.0.1", description="PostgreSQL host.")
     pg_port: int = Field(default=55432, ge=1, le=65535, description="PostgreSQL port.")
     pg_database: str = Field(default="fleetpulse", description="Database name.")
-    pg_user: str = Field(default="fleetpulse", description="Database role the services use.")
+    # The least privileged role, so a model that forgets to choose one can only read.
+    pg_user: str = Field(
+        default=READER_ROLE,
+        description="Database role to log in as; each service has its own (README, *Database "
+        "roles*).",
+    )
     pg_password: SecretStr | None = Field(
         default=None,
         description=(
-            "Password of `pg_user`. If unset, read from `pg_password_file` "
-            "(the local stack generates `<home>/secrets/pg_password`)."
+            "Password of `pg_user`. If unset, read from `pg_password_file` at each new "
+            "connection (the local stack generates `<home>/secrets/pg/<pg_user>`)."
         ),
     )
     pg_password_file: Path | None = Field(
         default=None,
-        description="File holding the database password; default `<home>/secrets/pg_password`.",
+        description="File holding the password of `pg_user`; default "
+        "`<home>/secrets/pg/<pg_user>`.",
     )
     pg_sslmode: Literal["disable", "require", "verify-ca", "verify-full"] = Field(
         default="verify-full",
@@ -280,7 +301,7 @@ class PostgresSettings(HomeSettings):
 
     @property
     def password_path(self) -> Path:
-        return self.pg_password_file or self.home_dir / "secrets" / "pg_password"
+        return self.pg_password_file or role_password_path(self.home_dir, self.pg_user)
 
     @property
     def ca_path(self) -> Path:
@@ -292,6 +313,18 @@ class PostgresSettings(HomeSettings):
             return self.pg_password.get_secret_value()
         path = self.password_path
         return path.read_text().strip() if path.exists() else None
+
+    def _login_password(self) -> str:
+        """The password for a new connection: what asyncpg calls each time it opens one, so a
+        rotated password file is picked up by a pool's next connection."""
+        password = self.password()
+        if password is None:
+            raise FileNotFoundError(
+                f"no password for database role {self.pg_user!r}: {self.password_path} does "
+                "not exist (set FLEETPULSE_PG_PASSWORD or FLEETPULSE_PG_PASSWORD_FILE, or run "
+                "`fleetpulse stack up`, which generates it)"
+            )
+        return password
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         """What asyncpg's `ssl=` takes for `pg_sslmode` (reads the CA file on call)."""
@@ -313,12 +346,16 @@ class PostgresSettings(HomeSettings):
         return ctx
 
     def connect_kwargs(self, database: str | None = None) -> dict[str, Any]:
-        """Keyword arguments for `asyncpg.connect` / `asyncpg.create_pool`."""
+        """Keyword arguments for `asyncpg.connect` / `asyncpg.create_pool`. The password is a
+        callable unless given as a value: the file is read at each new connection."""
+        password: str | Callable[[], str] = self._login_password
+        if self.pg_password is not None:
+            password = self.pg_password.get_secret_value()
         return {
             "host": self.pg_host,
             "port": self.pg_port,
             "user": self.pg_user,
-            "password": self.password(),
+            "password": password,
             "database": database or self.pg_database,
             "ssl": self.ssl_context(),
             "timeout": self.pg_connect_timeout,

@@ -1,13 +1,15 @@
 """Retention and partitions: `fleetpulse db maintain`, and periodically inside the sink.
 
 On plain PostgreSQL it creates the partitions ahead of today and drops those wholly past
-retention. On TimescaleDB the migrations installed retention and compression policies that
-TimescaleDB runs itself; maintenance only checks that they exist (it never adds a second one).
+retention, through the owner's SECURITY DEFINER functions (`fleetpulse_ensure_partitions`,
+`fleetpulse_drop_partitions`, migration 0005): the sink's role can run them but can neither
+create nor drop a table itself. On TimescaleDB the migrations installed retention and
+compression policies that TimescaleDB runs itself; maintenance only checks that they exist (it
+never adds a second one).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -16,8 +18,6 @@ import asyncpg
 from schemas import RESOLUTIONS
 from schemas.resolutions import BASE
 from sinks.settings import SinkSettings
-
-_UPPER = re.compile(r"TO \('([^']+)'\)")
 
 
 @dataclass
@@ -77,20 +77,9 @@ async def maintain(
 async def _drop_before(conn: asyncpg.Connection, table: str, cutoff: datetime) -> list[str]:
     """Drop the partitions of `table` whose upper bound is at or before `cutoff`."""
     rows = await conn.fetch(
-        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound FROM pg_inherits i "
-        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::regclass",
-        table,
+        "SELECT name FROM fleetpulse_drop_partitions($1::regclass, $2) AS name", table, cutoff
     )
-    dropped = []
-    for row in rows:
-        m = _UPPER.search(row["bound"] or "")
-        if not m:
-            continue
-        upper = datetime.fromisoformat(m.group(1).replace("+00", "+00:00"))
-        if upper <= cutoff:
-            await conn.execute(f'DROP TABLE "{row["relname"]}"')
-            dropped.append(row["relname"])
-    return sorted(dropped)
+    return sorted(r["name"] for r in rows)
 
 
 async def _check_policies(

@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import KafkaSettings, PostgresSettings, ServiceSettings
+from runtime.settings import SINK_ROLE, KafkaSettings, PostgresSettings, ServiceSettings
 from schemas.resolutions import Resolution, per_resolution
 from schemas.topics import DLQ
 
@@ -32,6 +32,11 @@ class SinkSettings(KafkaSettings, PostgresSettings, ServiceSettings):
 
     kafka_sasl_username: str = Field(
         default="sink", description="Kafka user (principal) of this service."
+    )
+    pg_user: str = Field(
+        default=SINK_ROLE,
+        description="Database role of the sink: writes the metric tables, maintains their "
+        "partitions through the owner's functions, reads nothing else.",
     )
     sink_group: str = Field(
         default="fleetpulse-sink", description="Kafka consumer group of the sink workers."

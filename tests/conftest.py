@@ -8,6 +8,7 @@ if the session started it (set FLEETPULSE_TEST_KEEP_STACK=1 to keep it for faste
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import uuid
@@ -114,18 +115,18 @@ async def superuser_connect(
     return await PostgresCluster(settings).superuser_connect(database)
 
 
-@pytest.fixture
-async def fresh_database(service_settings: StackSettings) -> AsyncIterator[str]:
-    """An empty database owned by the application role, dropped after the test."""
+@contextlib.asynccontextmanager
+async def _scratch_database(settings: StackSettings) -> AsyncIterator[str]:
+    """An empty database owned by the database's owner role, dropped after the block."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = await superuser_connect(service_settings)
+    admin = await superuser_connect(settings)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" OWNER "{service_settings.pg_user}"')
+        await admin.execute(f'CREATE DATABASE "{name}" OWNER "{settings.pg_user}"')
     finally:
         await admin.close()
     yield name
     # A new connection: a test may have restarted the server meanwhile.
-    admin = await superuser_connect(service_settings)
+    admin = await superuser_connect(settings)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
@@ -133,10 +134,31 @@ async def fresh_database(service_settings: StackSettings) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def fresh_database(service_settings: StackSettings) -> AsyncIterator[str]:
+    """An empty database owned by the owner role, dropped after the test."""
+    async with _scratch_database(service_settings) as name:
+        yield name
+
+
+@pytest.fixture
+async def stack_database(stack_settings: StackSettings) -> AsyncIterator[str]:
+    """A database of the local stack, migrated by the owner (plain PostgreSQL partitions),
+    dropped after the test: for tests of the services' login roles, which the local stack
+    makes (a container has none)."""
+    async with _scratch_database(stack_settings) as name:
+        conn = await asyncpg.connect(**stack_settings.connect_kwargs(database=name))
+        try:
+            await migrate(conn, storage="postgres")
+        finally:
+            await conn.close()
+        yield name
+
+
+@pytest.fixture
 async def app_conn(
     stack_settings: StackSettings, fresh_database: str
 ) -> AsyncIterator[asyncpg.Connection]:
-    """A TLS connection (verify-full) as the application role to a fresh database."""
+    """A TLS connection (verify-full) as the owner role to a fresh database."""
     conn = await asyncpg.connect(**stack_settings.connect_kwargs(database=fresh_database))
     try:
         yield conn

@@ -47,6 +47,9 @@ def container_services() -> Iterator[dict[str, str]]:
             "FLEETPULSE_KAFKA_BOOTSTRAP": kafka.get_bootstrap_server(),
             "FLEETPULSE_PG_HOST": pg.get_container_host_ip(),
             "FLEETPULSE_PG_PORT": str(pg.get_exposed_port(5432)),
+            # The container has only its owner role, no role per service (the local stack's
+            # `stack up` makes those): every service logs in as the owner here.
+            "FLEETPULSE_PG_USER": "fleetpulse",
             "FLEETPULSE_PG_PASSWORD": password,
             "FLEETPULSE_PG_SSLMODE": "disable",
         }

@@ -72,6 +72,19 @@ def registry_settings(stack: StackSettings, database: str, **overrides: Any) -> 
     return RegistrySettings(**values)
 
 
+def role_settings(stack: StackSettings, role: str, database: str) -> StackSettings:
+    """The local stack's settings, logging in to `database` as `role` with the password file
+    the stack keeps for it (`<home>/secrets/pg/<role>`)."""
+    return stack.model_copy(
+        update={
+            "pg_user": role,
+            "pg_database": database,
+            "pg_password": None,
+            "pg_password_file": None,
+        }
+    )
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

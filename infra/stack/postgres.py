@@ -4,13 +4,23 @@ by pgBackRest (`infra/stack/pgbackrest.py`).
 PostgreSQL refuses to run as root, so when the stack is started by root the cluster belongs
 to an unprivileged system user (`FLEETPULSE_PG_OS_USER`, default `postgres`) and every server
 command runs through `runuser`.
+
+The database has one login role per service (README, *Database roles*): the owner, who runs
+the migrations, and the sink's, the registry's and the read-only role. `stack up` creates them
+with generated passwords in `<home>/secrets/pg/<role>` (0600), as the superuser over the
+private socket; `rotate_password` gives one a new password. A password reaches PostgreSQL only
+as its SCRAM verifier, so not even the server's log of a failed statement can hold it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import stat
@@ -32,6 +42,7 @@ from infra.stack.process import (
     wait_until,
 )
 from infra.stack.tls import ensure_certificates, issue
+from runtime.settings import SERVICE_ROLES, role_password_path
 
 _DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")
 _MARKER = "postgres"
@@ -106,9 +117,28 @@ class PostgresCluster:
                 parent.chmod(mode | stat.S_IXOTH)
 
     # -- secrets and config ----------------------------------------------------------------
-    def app_password(self) -> str:
-        """The application role's password, generated once into the secrets folder."""
-        return secret_file(self.settings.password_path)
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The login roles the stack keeps: the owner (`pg_user`), then the services'."""
+        return (self.settings.pg_user, *SERVICE_ROLES)
+
+    def password_file(self, role: str) -> Path:
+        """Where the password of `role` is kept (the owner's: `pg_password_file` if set)."""
+        if role == self.settings.pg_user:
+            return self.settings.password_path
+        return role_password_path(self.settings.home_dir, role)
+
+    def adopt_legacy_password(self) -> None:
+        """Move the owner's password from where earlier releases kept it,
+        `<home>/secrets/pg_password`, to `<home>/secrets/pg/<owner>` (once; a password
+        already there wins)."""
+        legacy = self.settings.home_dir / "secrets" / "pg_password"
+        target = self.settings.password_path
+        if self.settings.pg_password_file is not None or target.exists() or not legacy.exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.chmod(0o700)
+        os.rename(legacy, target)
 
     def _init(self) -> None:
         if (self.data / "PG_VERSION").exists():
@@ -220,12 +250,15 @@ class PostgresCluster:
         return asyncio.run(_query_ok(self.settings))
 
     def start(self) -> bool:
-        """Initialise on first use, start unless running, wait until healthy."""
+        """Initialise on first use, start unless running, make the login roles (every time:
+        a running cluster of an earlier release gets them too), wait until healthy."""
+        self.adopt_legacy_password()
         if self.process() is not None:
             if self._write_config():
                 # A cluster started by an earlier release (its archive_command, …): the
                 # settings that need no restart apply at once.
                 run_checked(self._cmd("pg_ctl", "-D", str(self.data), "reload"), what="reload")
+            asyncio.run(self._bootstrap_roles())
             wait_until(
                 self.healthy,
                 timeout=self.settings.pg_start_timeout,
@@ -269,24 +302,65 @@ class PostgresCluster:
         )
 
     async def _bootstrap_roles(self) -> None:
-        """Create the application role and database (idempotent), as the local superuser."""
+        """Create or update the login roles and create the database (idempotent), as the
+        local superuser; then grant each role its privileges in a migrated database."""
         s = self.settings
         conn = await self.superuser_connect()
         try:
-            password = self.app_password()
-            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", s.pg_user)
-            verb = "ALTER" if exists else "CREATE"
-            # Role names and passwords cannot be bind parameters in DDL; quote them instead.
-            role = await conn.fetchval("SELECT quote_ident($1)", s.pg_user)
-            literal = await conn.fetchval("SELECT quote_literal($1)", password)
-            await conn.execute(f"{verb} ROLE {role} LOGIN PASSWORD {literal}")
+            for role in self.roles:
+                await _set_password(conn, role, secret_file(self.password_file(role)))
             if not await conn.fetchval(
                 "SELECT 1 FROM pg_database WHERE datname = $1", s.pg_database
             ):
                 db = await conn.fetchval("SELECT quote_ident($1)", s.pg_database)
-                await conn.execute(f"CREATE DATABASE {db} OWNER {role}")
+                owner = await conn.fetchval("SELECT quote_ident($1)", s.pg_user)
+                await conn.execute(f"CREATE DATABASE {db} OWNER {owner}")
         finally:
             await conn.close()
+        # Roles made after the migrations ran get their grants (migration 0005's function).
+        conn = await self.superuser_connect(s.pg_database)
+        try:
+            if await conn.fetchval("SELECT to_regprocedure('fleetpulse_grant_roles()')"):
+                await conn.execute("SELECT fleetpulse_grant_roles()")
+        finally:
+            await conn.close()
+
+    async def rotate_password(self, role: str) -> Path:
+        """Give `role` a new generated password; returns its file.
+
+        The new password is written beside the role's file first (0600), set with ALTER ROLE
+        as the superuser, then moved over the file in one rename: connections opened after
+        that read it (the services read the file at each new connection); open ones go on.
+        Neither the password nor its verifier is logged or put in an error.
+        """
+        if role not in self.roles:
+            raise StackError(
+                f"{role!r} is not one of the stack's database roles ({', '.join(self.roles)})"
+            )
+        path = self.password_file(role)
+        if not path.exists():
+            raise StackError(f"{role} has no password file yet ({path}): run `fleetpulse stack up`")
+        pending = path.with_name(f".{path.name}.new")
+        pending.unlink(missing_ok=True)
+        password = secrets.token_urlsafe(24)
+        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            conn = await self.superuser_connect()
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                    raise StackError(f"role {role} does not exist: run `fleetpulse stack up`")
+                await _set_password(conn, role, password)
+            finally:
+                await conn.close()
+        except BaseException:
+            pending.unlink(missing_ok=True)
+            raise
+        os.replace(pending, path)
+        return path
 
     def rotate_certificate(self) -> bool:
         """Issue the server a new certificate from the CA; a running server reloads it (new
@@ -316,6 +390,49 @@ class PostgresCluster:
         detail = "healthy (TLS)" if self.healthy() else "starting or unhealthy"
         return ComponentStatus(
             "postgres", True, proc.pid, address, f"{detail}, data in {self.data}"
+        )
+
+
+async def rotate_password(settings: StackSettings, role: str) -> Path:
+    """Give the stack's database role `role` a new generated password (see
+    `PostgresCluster.rotate_password`); returns the file that holds it."""
+    return await PostgresCluster(settings).rotate_password(role)
+
+
+#: Iterations of PostgreSQL's own SCRAM-SHA-256 verifiers (`scram_iterations`' default).
+_SCRAM_ITERATIONS = 4096
+
+
+def scram_verifier(password: str, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677), as
+    `ALTER ROLE … PASSWORD` accepts it: the server never sees the password itself.
+
+    The generated passwords are ASCII, which SASLprep leaves as it is."""
+    salt = salt or secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, _SCRAM_ITERATIONS)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${_SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+async def _set_password(conn: asyncpg.Connection, role: str, password: str) -> None:
+    """Create `role` (a login role without any other attribute) or set its password, as the
+    superuser on `conn`."""
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+    # Role names and passwords cannot be bind parameters in DDL; quote them instead.
+    name = await conn.fetchval("SELECT quote_ident($1)", role)
+    verifier = await conn.fetchval("SELECT quote_literal($1)", scram_verifier(password))
+    if exists:
+        await conn.execute(f"ALTER ROLE {name} LOGIN PASSWORD {verifier}")
+    else:
+        await conn.execute(
+            f"CREATE ROLE {name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+            f"NOBYPASSRLS PASSWORD {verifier}"
         )
 
 

@@ -32,7 +32,7 @@ from registry.app import create_app
 from registry.crypto import Keyring
 from registry.service import build_server, serving_certificate
 from registry.settings import RegistrySettings
-from runtime.settings import HomeSettings
+from runtime.settings import OWNER_ROLE, HomeSettings
 from tests.conftest import superuser_connect
 from tests.e2e.relay import Relay
 from tests.factories import server_body, unique
@@ -219,11 +219,15 @@ class Api:
         token: str = r.json()["access_token"]
         return token
 
-    def sql(self, query: str, *args: object) -> list[asyncpg.Record]:
-        """Run one statement on the registry's database (a connection of its own)."""
+    def sql(self, query: str, *args: object, as_owner: bool = False) -> list[asyncpg.Record]:
+        """Run one statement on the registry's database (a connection of its own), as the
+        registry's role or, for rows that role may only read (metrics), as the owner."""
+        settings = self.settings
+        if as_owner:
+            settings = settings.model_copy(update={"pg_user": OWNER_ROLE})
 
         async def go() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(**self.settings.connect_kwargs())
+            conn = await asyncpg.connect(**settings.connect_kwargs())
             try:
                 rows: list[asyncpg.Record] = await conn.fetch(query, *args)
                 return rows
@@ -265,6 +269,7 @@ def add_snapshot(api: Api, server_id: str, at: datetime, cpu: float) -> None:
         server_id,
         at,
         cpu,
+        as_owner=True,
     )
 
 

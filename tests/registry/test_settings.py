@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from registry.settings import RegistrySettings
+from runtime.settings import REGISTRY_ROLE
 from schemas.topics import STATUS
 
 
@@ -24,6 +25,8 @@ def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert (s.registry_consume_status, s.registry_group) == (True, "fleetpulse-registry")
     assert (s.status_topic, s.metrics_port) == (STATUS.name, 0)
     assert (s.pg_database, s.kafka_bootstrap) == ("fleetpulse", "127.0.0.1:19092")
+    assert s.pg_user == REGISTRY_ROLE
+    assert s.password_path == s.home_dir / "secrets" / "pg" / REGISTRY_ROLE
 
 
 def test_settings_come_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from infra.stack.tls import ensure_certificates
-from runtime.settings import KafkaSettings, PasswordFile, PostgresSettings, ServiceSettings
+from runtime.settings import (
+    READER_ROLE,
+    KafkaSettings,
+    PasswordFile,
+    PostgresSettings,
+    ServiceSettings,
+)
 
 
 def test_invalid_values_are_refused(clean_env: pytest.MonkeyPatch) -> None:
@@ -30,6 +36,36 @@ def test_password_file_is_read(clean_env: pytest.MonkeyPatch, tmp_path: Path) ->
     (tmp_path / "pw").write_text("from-file\n")
     clean_env.setenv("FLEETPULSE_PG_PASSWORD_FILE", str(tmp_path / "pw"))
     assert PostgresSettings().password() == "from-file"
+
+
+def test_the_password_file_is_the_roles_own(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("FLEETPULSE_HOME", str(tmp_path))
+    # A model that does not choose a role gets the read-only one.
+    assert PostgresSettings().pg_user == READER_ROLE
+    assert PostgresSettings().password_path == tmp_path / "secrets" / "pg" / READER_ROLE
+    clean_env.setenv("FLEETPULSE_PG_USER", "someone")
+    assert PostgresSettings().password_path == tmp_path / "secrets" / "pg" / "someone"
+
+
+def test_the_password_file_is_read_at_each_connection(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """asyncpg calls a callable password at every new connection: a rotated file is used by
+    a pool's next connection without a restart."""
+    clean_env.setenv("FLEETPULSE_HOME", str(tmp_path))
+    clean_env.setenv("FLEETPULSE_PG_SSLMODE", "disable")
+    clean_env.setenv("FLEETPULSE_PG_USER", "dashboard")
+    s = PostgresSettings()
+    password = s.connect_kwargs()["password"]
+    assert callable(password)
+    with pytest.raises(FileNotFoundError, match=r"'dashboard'.*secrets/pg/dashboard") as missing:
+        password()
+    s.password_path.parent.mkdir(parents=True)
+    s.password_path.write_text("first\n")
+    assert password() == "first"
+    s.password_path.write_text("second\n")
+    assert password() == "second"
+    assert "second" not in str(missing.value)
 
 
 def test_verify_full_needs_the_ca(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:

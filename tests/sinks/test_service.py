@@ -115,7 +115,6 @@ async def rig(
         pg_port=service_settings.pg_port,
         pg_database=fresh_database,
         pg_sslmode=service_settings.pg_sslmode,
-        pg_password=service_settings.password(),
         sink_group=f"test-sink-{suffix}",
         agg_topics=dict(topics),
         batch_age_ms=200,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from runtime.settings import SINK_ROLE
 from schemas import RESOLUTIONS
 from sinks.settings import SinkSettings
 
@@ -13,6 +14,12 @@ def test_defaults_come_from_the_resolutions_table() -> None:
     s = SinkSettings()
     assert s.agg_topics == {r.name: r.topic for r in RESOLUTIONS}
     assert s.retention_days == {"5s": 30, "1h": 400, "1d": None}
+
+
+def test_the_sink_logs_in_as_its_own_role(clean_env: pytest.MonkeyPatch) -> None:
+    s = SinkSettings()
+    assert s.pg_user == SINK_ROLE
+    assert s.password_path == s.home_dir / "secrets" / "pg" / SINK_ROLE
 
 
 def test_one_entry_per_variable_or_a_json_object(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ retention policies; one client at a time, a test tool only)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,10 @@ import pytest
 from infra.db import MigrationError, load_migrations, migrate
 from infra.db.migrate import SQL_DIR, detect_mode
 from infra.settings import StackSettings
+from runtime import postgres
+from runtime.settings import READER_ROLE, REGISTRY_ROLE, SERVICE_ROLES, SINK_ROLE
+from sinks import SinkSettings, maintain
+from tests.factories import role_settings
 
 
 def test_both_modes_have_every_version_in_order() -> None:
@@ -254,6 +259,195 @@ async def test_storage_mode_cannot_switch(app_conn: asyncpg.Connection) -> None:
         await migrate(app_conn, storage="timescaledb")
 
 
+def test_every_service_role_gets_grants_in_both_modes() -> None:
+    for mode in ("postgres", "timescaledb"):
+        sql = "\n".join(m.sql for m in load_migrations(mode))
+        for role in SERVICE_ROLES:
+            assert f"to_regrole('{role}')" in sql and f"TO {role}" in sql, (mode, role)
+        assert "REVOKE ALL ON FUNCTION fleetpulse_grant_roles() FROM PUBLIC" in sql
+        # Every function that runs as its owner is taken away from PUBLIC.
+        definers = re.findall(r"FUNCTION (\w+)\([^;]*?SECURITY DEFINER", sql, re.DOTALL)
+        for name in definers:
+            assert re.search(rf"REVOKE ALL ON FUNCTION {name}\(.*?\)\s+FROM PUBLIC", sql), name
+        if mode == "postgres":
+            assert set(definers) == {"fleetpulse_ensure_partitions", "fleetpulse_drop_partitions"}
+
+
+# -- the services' roles (tables as the owner made them; each role as it logs in) ------------------
+async def _login(stack: StackSettings, role: str, database: str) -> asyncpg.Connection:
+    conn = await postgres.connect(role_settings(stack, role, database))
+    assert await conn.fetchval("SELECT current_user") == role
+    return conn
+
+
+def _denied(what: str) -> pytest.RaisesExc[asyncpg.InsufficientPrivilegeError]:
+    return pytest.raises(asyncpg.InsufficientPrivilegeError, match=what)
+
+
+async def _as_owner(stack: StackSettings, database: str, sql: str, *args: object) -> None:
+    conn = await asyncpg.connect(**stack.connect_kwargs(database=database))
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+def _today_partition() -> str:
+    return f"metrics_snapshots_p{datetime.now(UTC):%Y%m%d}"
+
+
+@pytest.mark.integration
+async def test_the_sink_role_writes_metrics_and_reads_no_registry_table(
+    stack_settings: StackSettings, stack_database: str
+) -> None:
+    await _as_owner(
+        stack_settings,
+        stack_database,
+        "INSERT INTO servers (id, name, hostname, port, username, encrypted_password) "
+        "VALUES ($1, 'web-1', 'web-1.example', 22, 'ops', 'v1:x')",
+        SERVER,
+    )
+    conn = await _login(stack_settings, SINK_ROLE, stack_database)
+    try:
+        now = datetime.now(UTC)
+        await conn.execute(_UPSERT_SNAPSHOT, SERVER, now)
+        await conn.execute(_UPSERT_SNAPSHOT, SERVER, now)  # the upsert's UPDATE, and its SELECT
+        assert await conn.fetchval("SELECT count(*) FROM metrics_snapshots") == 1
+        for table in ("users", "servers", "sessions", "login_failures"):
+            with _denied(f"permission denied for table {table}"):
+                await conn.fetch(f"SELECT * FROM {table}")
+        with _denied("permission denied for table metrics_snapshots"):
+            await conn.execute("DELETE FROM metrics_snapshots")
+        with _denied("permission denied for table metrics_hourly"):
+            await conn.execute("TRUNCATE metrics_hourly")
+        with _denied("permission denied for schema public"):
+            await conn.execute("CREATE TABLE mine (i int)")
+        with _denied("must be owner of table"):
+            await conn.execute(f'DROP TABLE "{_today_partition()}"')
+    finally:
+        await conn.close()
+
+
+@pytest.mark.integration
+async def test_the_registry_role_keeps_its_tables_and_only_reads_metrics(
+    stack_settings: StackSettings, stack_database: str
+) -> None:
+    conn = await _login(stack_settings, REGISTRY_ROLE, stack_database)
+    try:
+        await conn.execute(
+            "INSERT INTO users (id, email, password_hash, name) VALUES ('u1', 'a@b.c', 'h', 'A')"
+        )
+        await conn.execute("UPDATE users SET name = 'B' WHERE id = 'u1'")
+        await _add_server(conn)
+        await conn.execute(
+            "INSERT INTO login_failures (email, failures, first_failed_at) VALUES ('x', 1, now())"
+        )
+        await conn.execute("DELETE FROM login_failures")
+        await conn.fetch("SELECT * FROM sessions")
+        await conn.execute("DELETE FROM users WHERE id = 'u1'")
+        for table in ("metrics_snapshots", "metrics_hourly", "metrics_daily"):
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
+        with _denied("permission denied for table metrics_snapshots"):
+            await conn.execute(_INSERT_SNAPSHOT, SERVER, datetime.now(UTC))
+        for table in (_today_partition(), "metrics_snapshots", "users"):
+            with _denied(f"must be owner of table {table}"):
+                await conn.execute(f'DROP TABLE "{table}"')
+        with _denied("permission denied for table users"):
+            await conn.execute("TRUNCATE users")
+        with _denied("must be owner of table users"):
+            await conn.execute("ALTER TABLE users ADD COLUMN mine int")
+        with _denied("permission denied for function fleetpulse_drop_partitions"):
+            await conn.fetch("SELECT fleetpulse_drop_partitions('metrics_snapshots', now())")
+        # Deleting a server takes its metrics along (the foreign key's cascade runs as the
+        # tables' owner).
+        await _as_owner(stack_settings, stack_database, _INSERT_SNAPSHOT, SERVER, datetime.now(UTC))
+        assert await conn.fetchval("SELECT count(*) FROM metrics_snapshots") == 1
+        await conn.execute("DELETE FROM servers WHERE id = $1", SERVER)
+        assert await conn.fetchval("SELECT count(*) FROM metrics_snapshots") == 0
+    finally:
+        await conn.close()
+
+
+@pytest.mark.integration
+async def test_the_reader_role_only_reads_metrics(
+    stack_settings: StackSettings, stack_database: str
+) -> None:
+    conn = await _login(stack_settings, READER_ROLE, stack_database)
+    try:
+        for table in ("metrics_snapshots", "metrics_hourly", "metrics_daily"):
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
+        with _denied("permission denied for table metrics_snapshots"):
+            await conn.execute(_INSERT_SNAPSHOT, SERVER, datetime.now(UTC))
+        with _denied("permission denied for table metrics_hourly"):
+            await conn.execute("UPDATE metrics_hourly SET sample_count = 1")
+        with _denied("permission denied for table metrics_daily"):
+            await conn.execute("DELETE FROM metrics_daily")
+        for table in ("users", "servers", "sessions", "login_failures", "schema_migrations"):
+            with _denied(f"permission denied for table {table}"):
+                await conn.fetch(f"SELECT * FROM {table}")
+        with _denied("permission denied for function fleetpulse_ensure_partitions"):
+            await conn.fetchval(
+                "SELECT fleetpulse_ensure_partitions('metrics_snapshots', 'day', now(), now())"
+            )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.integration
+async def test_timescaledb_grants(ts_conn: asyncpg.Connection) -> None:
+    """On the stand-in (no login roles of its own): the roles made after the migrations get
+    their grants from the function `stack up` runs, and a new chunk has its hypertable's."""
+    await migrate(ts_conn)
+    for role in SERVICE_ROLES:
+        await ts_conn.execute(
+            f"DO $$ BEGIN IF to_regrole('{role}') IS NULL THEN CREATE ROLE {role}; END IF; END $$"
+        )
+    await ts_conn.execute("SELECT fleetpulse_grant_roles()")
+    sid = "0b9c7a51-3c2e-4f7e-9d6a-5a8f2e1c4b77"
+    await ts_conn.execute(
+        "INSERT INTO servers (id, name, hostname, port, username, encrypted_password) "
+        "VALUES ($1, 'g', 'grants.example', 22, 'ops', 'v1:x') ON CONFLICT DO NOTHING",
+        sid,
+    )
+    # A day far from the others: a chunk of its own, made after the grants.
+    await ts_conn.execute(_INSERT_SNAPSHOT, sid, datetime(2031, 3, 3, tzinfo=UTC))
+    chunk = await ts_conn.fetchval(
+        "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks "
+        "WHERE hypertable_name = 'metrics_snapshots' AND range_start <= '2031-03-03' "
+        "AND range_end > '2031-03-03'"
+    )
+    privileges = {
+        (r["role"], r["rel"]): set(r["granted"])
+        for r in await ts_conn.fetch(
+            "SELECT role, rel, array_remove(ARRAY["
+            "CASE WHEN has_table_privilege(role, rel, 'SELECT') THEN 'SELECT' END, "
+            "CASE WHEN has_table_privilege(role, rel, 'INSERT') THEN 'INSERT' END, "
+            "CASE WHEN has_table_privilege(role, rel, 'UPDATE') THEN 'UPDATE' END, "
+            "CASE WHEN has_table_privilege(role, rel, 'DELETE') THEN 'DELETE' END], NULL) "
+            "AS granted FROM unnest($1::text[]) AS role, unnest($2::text[]) AS rel",
+            list(SERVICE_ROLES),
+            ["metrics_snapshots", "metrics_daily", "users", "servers", "sessions", chunk],
+        )
+    }
+    read, write = {"SELECT"}, {"SELECT", "INSERT", "UPDATE"}
+    crud = write | {"DELETE"}
+    for rel in ("metrics_snapshots", "metrics_daily", chunk):
+        assert privileges[SINK_ROLE, rel] == write, rel
+        assert privileges[REGISTRY_ROLE, rel] == read, rel
+        assert privileges[READER_ROLE, rel] == read, rel
+    for rel in ("users", "servers", "sessions"):
+        assert privileges[SINK_ROLE, rel] == set(), rel
+        assert privileges[REGISTRY_ROLE, rel] == crud, rel
+        assert privileges[READER_ROLE, rel] == set(), rel
+    # The sink's maintenance on TimescaleDB reads the policies as that role.
+    await ts_conn.execute(f"SET ROLE {SINK_ROLE}")
+    try:
+        report = await maintain(ts_conn, SinkSettings())
+    finally:
+        await ts_conn.execute("RESET ROLE")
+    assert report.mode == "timescaledb" and report.missing == []
+
+
 SEED_TABLES = {"users", "servers", "metrics_snapshots", "metrics_hourly", "metrics_daily"}
 
 
@@ -287,3 +481,9 @@ INSERT INTO metrics_snapshots (server_id, "timestamp", cpu_usage, memory_usage, 
     disk_usage_max, sample_count, network_rx, network_tx, processes)
 VALUES ($1, $2, 10, 20, 30, 5, 15, 19, 21, 30, 30, 5, 100, 200, '[]')
 """
+
+_UPSERT_SNAPSHOT = (
+    _INSERT_SNAPSHOT
+    + """ON CONFLICT (server_id, "timestamp") DO UPDATE SET cpu_usage = EXCLUDED.cpu_usage
+WHERE metrics_snapshots.sample_count <= EXCLUDED.sample_count"""
+)
