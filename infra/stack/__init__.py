@@ -3,6 +3,7 @@ pgBackRest) under `<home>/`, and the registry's HTTPS certificate from the stack
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,8 +13,10 @@ from infra.stack.kafka import KafkaBroker
 from infra.stack.kafka_security import PRINCIPALS, KafkaSecurity
 from infra.stack.pgbackrest import PgBackRest
 from infra.stack.postgres import PostgresCluster
+from infra.stack.postgres import rotate_password as rotate_pg_password
 from infra.stack.process import ComponentStatus, StackError
 from infra.stack.tls import issue
+from runtime.settings import OWNER_ROLE, SERVICE_ROLES
 
 __all__ = [
     "ComponentStatus",
@@ -96,7 +99,14 @@ def rotate_password(settings: StackSettings, principal: str) -> str:
         if principal in PRINCIPALS:
             KafkaSecurity(settings).rotate(principal)
             return f"Kafka user {principal}"
-        raise StackError(f"no principal {principal!r}: Kafka users are {', '.join(PRINCIPALS)}")
+        roles = (OWNER_ROLE, *SERVICE_ROLES)
+        if principal in roles:
+            asyncio.run(rotate_pg_password(settings, principal))
+            return f"PostgreSQL role {principal}"
+        raise StackError(
+            f"no principal {principal!r}: Kafka users are {', '.join(PRINCIPALS)}; "
+            f"PostgreSQL roles are {', '.join(roles)}"
+        )
 
 
 def registry_hostnames(settings: StackSettings) -> tuple[str, ...]:
