@@ -57,6 +57,9 @@ def up(settings: StackSettings) -> list[tuple[ComponentStatus, bool]]:
             was_started = component.start()
             if isinstance(component, PostgresCluster):
                 pgbackrest = PgBackRest(settings, component)
+                # Always: the archive_command names its files (a running cluster of an
+                # earlier release was just reloaded with it).
+                pgbackrest.write_config()
                 if was_started or not pgbackrest.stanza_exists():
                     pgbackrest.ensure()
             if isinstance(component, KafkaBroker):
