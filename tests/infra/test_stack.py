@@ -161,7 +161,8 @@ async def test_rotate_certs_reissues_every_certificate_and_loses_no_record(
     registry_cert = s.home_dir / "tls" / "registry.crt"
     registry_before = registry_cert.read_bytes() if registry_cert.exists() else b""
 
-    producer = kafka.producer(s, "rotation-test")
+    # Long enough to wait out the broker's restart on a loaded machine.
+    producer = kafka.producer(s.model_copy(update={"kafka_request_timeout_ms": 120_000}), "r")
     await producer.start()
     sent = 0
     rotation = asyncio.create_task(asyncio.to_thread(stack.rotate_certs, s))

@@ -37,7 +37,13 @@ def test_the_stack_archives_into_an_encrypted_checked_repository(
     assert (conf.st_uid, stat.S_IMODE(conf.st_mode)) == (owner.pw_uid, 0o600)
     key = pg.key_path.stat()
     assert stat.S_IMODE(key.st_mode) == 0o600
-    assert pg.key_path.read_text() in pg.config.read_text()
+    # The key is in a file of its own under secrets/, for the cluster's user only; the main
+    # configuration holds no secret.
+    assert pg.key_path.read_text() not in pg.config.read_text()
+    cipher = pg.secret_dir / "cipher.conf"
+    assert pg.key_path.read_text() in cipher.read_text()
+    held = cipher.stat()
+    assert (held.st_uid, stat.S_IMODE(held.st_mode)) == (owner.pw_uid, 0o600)
     archive_command = asyncio.run(_setting(stack_settings, "archive_command"))
     assert archive_command.startswith("pgbackrest ") and "archive-push %p" in archive_command
 
