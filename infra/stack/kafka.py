@@ -125,13 +125,18 @@ class KafkaBroker:
         if s.kafka_plaintext_port:
             log.warning(
                 "the broker has a PLAINTEXT listener on %s:%d (FLEETPULSE_KAFKA_PLAINTEXT_PORT): "
-                "no TLS, no authentication, no ACLs apply to its clients' identity",
+                "no TLS, no authentication: any client there may do anything",
                 host,
                 s.kafka_plaintext_port,
             )
             listeners.append(f"PLAINTEXT://{host}:{s.kafka_plaintext_port}")
             advertised.append(f"PLAINTEXT://{host}:{s.kafka_plaintext_port}")
             protocols.append("PLAINTEXT:PLAINTEXT")
+        super_users = [f"User:{ADMIN}", f"User:{BROKER_PRINCIPAL}"]
+        if s.kafka_plaintext_port:
+            # Its clients have no identity (`ANONYMOUS`, which nothing else can be): what the
+            # setting asks for is a listener where any client may do anything.
+            super_users.append("User:ANONYMOUS")
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.properties.write_text(
@@ -165,7 +170,7 @@ class KafkaBroker:
                     # Deny by default: a principal may do what an ACL allows it, nothing else.
                     "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
                     "allow.everyone.if.no.acl.found=false",
-                    f"super.users=User:{ADMIN};User:{BROKER_PRINCIPAL}",
+                    f"super.users={';'.join(super_users)}",
                     f"log.dirs={self.data}",
                     # Topics are made by `fleetpulse topics create`, from schemas/topics.py.
                     "auto.create.topics.enable=false",
