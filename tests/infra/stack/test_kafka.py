@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from infra.settings import StackSettings
-from infra.stack.kafka import new_cluster_id
+from infra.stack.kafka import KafkaBroker, new_cluster_id
 from schemas import RawMetricEvent, decode_raw_event
 from schemas.topics import TopicSpec
 from tests.factories import event_dict
@@ -144,3 +144,28 @@ def test_cluster_ids_are_16_bytes_and_never_start_with_a_dash() -> None:
     assert not [i for i in ids if i.startswith("-")]
     assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def _properties(tmp_path: Path, **settings: object) -> str:
+    broker = KafkaBroker(StackSettings(home=tmp_path, **settings))  # type: ignore[arg-type]
+    broker._write_config()
+    return broker.properties.read_text()
+
+
+def test_no_plaintext_listener_unless_asked_and_then_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secure = _properties(tmp_path / "a")
+    listeners = next(line for line in secure.splitlines() if line.startswith("listeners="))
+    assert "PLAINTEXT://" not in listeners
+    assert "listener.security.protocol.map=CLIENT:SASL_SSL,INTERNAL:SSL,CONTROLLER:SSL" in secure
+    assert "allow.everyone.if.no.acl.found=false" in secure
+    assert "User:ANONYMOUS" not in secure
+    assert "listener.name.controller.ssl.client.auth=required" in secure
+    assert not caplog.records
+
+    opened = _properties(tmp_path / "b", kafka_plaintext_port=19195)
+    assert "PLAINTEXT://127.0.0.1:19195" in opened and "PLAINTEXT:PLAINTEXT" in opened
+    assert "User:ANONYMOUS" in opened  # what the setting asks for: anyone may do anything
+    assert "PLAINTEXT listener on 127.0.0.1:19195" in caplog.text
+    assert caplog.records[-1].levelname == "WARNING"
