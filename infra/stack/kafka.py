@@ -13,6 +13,7 @@ import ssl
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 from aiokafka.admin import AIOKafkaAdminClient
@@ -264,7 +265,13 @@ class KafkaBroker:
         """True when the broker answers a metadata request (as itself, over mutual TLS)."""
         if not port_open(LOOPBACK, self.settings.kafka_internal_port):
             return False
-        return asyncio.run(_metadata_ok(self.internal_bootstrap, self.internal_ssl_context()))
+        return asyncio.run(
+            metadata_ok(
+                self.internal_bootstrap,
+                security_protocol="SSL",
+                ssl_context=self.internal_ssl_context(),
+            )
+        )
 
     def start(self) -> bool:
         """Start the broker unless it runs; wait until healthy. True if it was started."""
@@ -386,13 +393,10 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-async def _metadata_ok(bootstrap: str, ssl_context: ssl.SSLContext) -> bool:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        request_timeout_ms=3000,
-        security_protocol="SSL",
-        ssl_context=ssl_context,
-    )
+async def metadata_ok(bootstrap: str, **security: Any) -> bool:
+    """Whether the brokers at `bootstrap` answer a metadata request from a client with the
+    `security` options (aiokafka's): a login and an authorized request, within seconds."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **security)
     try:
         await asyncio.wait_for(admin.start(), timeout=5)
         await asyncio.wait_for(admin.list_topics(), timeout=5)

@@ -20,7 +20,6 @@ the tool on its standard input, never on a command line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import secrets
@@ -28,10 +27,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 from infra.settings import StackSettings
-from infra.stack.kafka import ADMIN, KafkaBroker
+from infra.stack.kafka import ADMIN, KafkaBroker, metadata_ok
 from infra.stack.process import StackError, secret_file, wait_until
 from registry.settings import RegistrySettings
 from sinks.settings import SinkSettings
@@ -184,7 +181,7 @@ class KafkaSecurity:
         )
 
         def can_login() -> bool:
-            return asyncio.run(_login_ok(settings.kafka_bootstrap, settings.kafka_security()))
+            return asyncio.run(metadata_ok(settings.kafka_bootstrap, **settings.kafka_security()))
 
         wait_until(can_login, timeout=60, what=f"Kafka login as {principal}")
 
@@ -197,16 +194,3 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     tmp.replace(path)
-
-
-async def _login_ok(bootstrap: str, security: dict[str, object]) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **security)
-    try:
-        await asyncio.wait_for(admin.start(), timeout=5)
-        await asyncio.wait_for(admin.describe_cluster(), timeout=5)
-        return True
-    except Exception:
-        return False
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
