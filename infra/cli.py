@@ -30,9 +30,15 @@ class CommandError(FleetPulseError):
 def _stack_up(args: argparse.Namespace) -> int:
     from infra import stack
 
-    for st, started in stack.up(StackSettings()):
+    settings = StackSettings(**_given(monitoring=args.monitoring or None))
+    results = stack.up(settings)
+    width = max(9, *(len(st.name) for st, _ in results))
+    for st, started in results:
         verb = "started" if started else "already running"
-        print(f"{st.name:9} {verb:16} pid {st.pid}  {st.address}  ({st.detail})")
+        print(f"{st.name:{width}} {verb:16} pid {st.pid}  {st.address}  ({st.detail})")
+    if settings.monitoring:
+        url = f"http://127.0.0.1:{settings.prometheus_port}"
+        print(f"Prometheus: {url}  (targets {url}/targets, alerts {url}/alerts)")
     return 0
 
 
@@ -47,8 +53,10 @@ def _stack_install(args: argparse.Namespace) -> int:
 def _stack_down(args: argparse.Namespace) -> int:
     from infra import stack
 
-    for name, was_running in stack.down(StackSettings()):
-        print(f"{name:9} {'stopped' if was_running else 'was not running'}")
+    results = stack.down(StackSettings())
+    width = max(9, *(len(name) for name, _ in results))
+    for name, was_running in results:
+        print(f"{name:{width}} {'stopped' if was_running else 'was not running'}")
     return 0
 
 
@@ -56,9 +64,10 @@ def _stack_status(args: argparse.Namespace) -> int:
     from infra import stack
 
     statuses = stack.status(StackSettings())
+    width = max(9, *(len(st.name) for st in statuses))
     for st in statuses:
         state = f"running  pid {st.pid}" if st.running else "stopped"
-        print(f"{st.name:9} {state:18} {st.address}  ({st.detail})")
+        print(f"{st.name:{width}} {state:18} {st.address}  ({st.detail})")
     return 0 if all(st.running for st in statuses) else 3
 
 
@@ -300,10 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     stack = sub.add_parser("stack", help="run the local Kafka broker and PostgreSQL cluster")
     stack_sub = stack.add_subparsers(dest="action", required=True, metavar="ACTION")
-    stack_sub.add_parser(
+    up = stack_sub.add_parser(
         "up", help="start Kafka and PostgreSQL (first time: install, initdb, TLS); idempotent"
-    ).set_defaults(func=_stack_up)
-    stack_sub.add_parser("down", help="stop both by PID").set_defaults(func=_stack_down)
+    )
+    up.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also Prometheus (scraping every service) and the PostgreSQL exporter, and the "
+        "broker's JMX exporter (default: FLEETPULSE_MONITORING)",
+    )
+    up.set_defaults(func=_stack_up)
+    stack_sub.add_parser("down", help="stop everything by PID").set_defaults(func=_stack_down)
     stack_sub.add_parser(
         "install", help="resolve the Kafka broker's jars with Maven (done by `up` when missing)"
     ).set_defaults(func=_stack_install)

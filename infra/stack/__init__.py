@@ -1,5 +1,6 @@
 """The local stack: a real Kafka broker and a PostgreSQL 15 cluster (WAL archived by
-pgBackRest) under `<home>/`, and the registry's HTTPS certificate from the stack's CA."""
+pgBackRest) under `<home>/`, the registry's HTTPS certificate from the stack's CA, and with
+`monitoring` on, Prometheus and the PostgreSQL exporter (`infra/stack/monitoring.py`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from infra.settings import StackSettings
+from infra.stack import monitoring
 from infra.stack.kafka import KafkaBroker
 from infra.stack.kafka_security import PRINCIPALS, KafkaSecurity
 from infra.stack.pgbackrest import PgBackRest
@@ -46,7 +48,9 @@ def _stack_lock(settings: StackSettings) -> Iterator[None]:
 
 def up(settings: StackSettings) -> list[tuple[ComponentStatus, bool]]:
     """Start what is not running and wait until both are healthy; issue the registry's
-    certificate (`<home>/tls/registry.crt`) when it is missing.
+    certificate (`<home>/tls/registry.crt`) when it is missing. With `settings.monitoring`:
+    Prometheus and the PostgreSQL exporter too, and a running broker without the JMX exporter
+    agent is restarted with it (clients reconnect by themselves, as after `rotate-certs`).
 
     Returns each component's status and whether this call started it.
     """
@@ -63,15 +67,23 @@ def up(settings: StackSettings) -> list[tuple[ComponentStatus, bool]]:
                 if was_started or not pgbackrest.stanza_exists():
                     pgbackrest.ensure()
             if isinstance(component, KafkaBroker):
+                proc = component.process()
+                if settings.monitoring and proc and not monitoring.broker_exports_metrics(proc):
+                    component.stop()
+                    was_started = component.start()
                 KafkaSecurity(settings, component).ensure()
             started.append((component.status(), was_started))
+        if settings.monitoring:
+            started += monitoring.up(settings)
         return started
 
 
 def down(settings: StackSettings) -> list[tuple[str, bool]]:
-    """Stop both by PID. Returns each component's name and whether it was running."""
+    """Stop everything by PID (the monitoring first). Returns each component's name and
+    whether it was running."""
     with _stack_lock(settings):
         return [
+            *monitoring.down(settings),
             ("kafka", KafkaBroker(settings).stop()),
             ("postgres", PostgresCluster(settings).stop()),
         ]
@@ -118,4 +130,8 @@ def registry_hostnames(settings: StackSettings) -> tuple[str, ...]:
 
 
 def status(settings: StackSettings) -> list[ComponentStatus]:
-    return [PostgresCluster(settings).status(), KafkaBroker(settings).status()]
+    return [
+        PostgresCluster(settings).status(),
+        KafkaBroker(settings).status(),
+        *monitoring.status(settings),
+    ]

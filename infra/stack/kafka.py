@@ -19,6 +19,7 @@ import psutil
 from aiokafka.admin import AIOKafkaAdminClient
 
 from infra.settings import StackSettings
+from infra.stack.monitoring import kafka_jvm_args
 from infra.stack.process import (
     ComponentStatus,
     StackError,
@@ -306,6 +307,7 @@ class KafkaBroker:
             "-Djava.awt.headless=true",
             f"-Dkafka.logs.dir={self.logs}",
             f"-Dlog4j2.configurationFile={_RESOURCES / 'log4j2.xml'}",
+            *kafka_jvm_args(s, node=1),  # the JMX exporter agent, when monitoring is on
             "-cp",
             f"{self.libs}/*",
             _MARKER,
