@@ -407,7 +407,9 @@ class Prometheus(_Daemon):
             return "starting or unhealthy"
         active = self.api("/api/v1/targets?state=active")["activeTargets"]
         up = sum(1 for t in active if t["health"] == "up")
-        return f"healthy, {up} of {len(active)} targets up, data in {self.data}"
+        # The scrape manager takes up its targets a few seconds after a (re)start.
+        targets = f"{up} of {len(active)} targets up" if active else "reading its targets"
+        return f"healthy, {targets}, data in {self.data}"
 
 
 class PostgresExporter(_Daemon):

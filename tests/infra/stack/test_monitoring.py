@@ -25,6 +25,7 @@ from infra.settings import StackSettings
 from infra.stack import monitoring
 from infra.stack.monitoring import PROMTOOL, RULES, Prometheus
 from infra.stack.process import free_port
+from runtime.settings import READER_ROLE, role_password_path
 from runtime.topics import create_topics
 from schemas.topics import TopicSpec
 from tests.conftest import ROOT
@@ -412,6 +413,14 @@ async def test_prometheus_scrapes_every_service_and_sees_the_traffic_caused(
             ) from None
 
         assert await asyncio.to_thread(_value, prometheus, "pg_up") == 1
+        # The exporter's password is in none of its command line, its environment, its log.
+        exporter = monitoring.PostgresExporter(settings)
+        proc = exporter.process()
+        assert proc is not None
+        password = role_password_path(settings.home_dir, READER_ROLE).read_text().strip()
+        assert password not in " ".join(proc.cmdline())
+        assert all(password not in value for value in proc.environ().values())
+        assert password not in exporter.log.read_text()
 
         # The producers: the agent samples once a second, the simulator sends HOSTS a second.
         agent = await asyncio.to_thread(
