@@ -63,6 +63,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration  # promtool: a package of system-deps.sh --test
 def test_the_rules_are_valid_and_name_every_documented_alert() -> None:
     result = _promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -72,6 +73,7 @@ def test_the_rules_are_valid_and_name_every_documented_alert() -> None:
         assert f"`{alert}`" in readme, f"{alert} is not in the README"
 
 
+@pytest.mark.integration  # promtool: a package of system-deps.sh --test
 def test_each_alert_fires_when_it_should_and_only_then(tmp_path: Path) -> None:
     """promtool's rule unit tests: series over time in, alerts expected out."""
 
@@ -209,6 +211,7 @@ def test_each_alert_fires_when_it_should_and_only_then(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration  # promtool: a package of system-deps.sh --test
 def test_the_generated_configuration_is_valid(
     tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
