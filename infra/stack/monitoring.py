@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -47,8 +46,6 @@ from infra.stack.process import (
     wait_until,
 )
 from runtime.settings import READER_ROLE, role_password_path
-
-log = logging.getLogger(__name__)
 
 RESOURCES = Path(__file__).resolve().parents[1] / "monitoring"
 #: The recording and alerting rules the generated configuration loads.
