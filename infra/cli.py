@@ -288,6 +288,27 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+def _systemd(args: argparse.Namespace) -> int:
+    from infra import systemd
+
+    options = systemd.UnitOptions(
+        executable=args.executable or systemd.find_executable(),
+        user=args.user,
+        env_file=args.env_file,
+        home=args.home,
+        read_write=tuple(args.read_write),
+    )
+    if not options.executable.is_file():
+        raise CommandError(f"--executable {options.executable}: no such file")
+    written = systemd.write_units(systemd.select(args.services), options, args.output)
+    for path in written:
+        print(f"wrote {path}")
+    print("\nTo install them on this host, as root:")
+    for line in systemd.install_commands(written, options):
+        print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetpulse",
@@ -432,6 +453,67 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=_registry_rotate_key)
 
     add_backup_commands(sub)
+
+    from infra import systemd
+
+    units = sub.add_parser(
+        "systemd",
+        help="write a systemd unit per service, restarted when it dies (rate-limited)",
+        description="Writes fleetpulse-<service>.service for the agent, stream worker, sink, "
+        "registry and backup schedule (and the simulator, on request): Restart=on-failure "
+        f"after {systemd.RESTART_SEC}, at most {systemd.START_LIMIT_BURST} starts in "
+        f"{systemd.START_LIMIT_INTERVAL} (then the unit stays failed), memory, task and "
+        "file limits, the settings from an environment file, a user of its own, and "
+        "hardening (read-only system, private /tmp, no new privileges; FLEETPULSE_HOME "
+        "writable). Prints the files and the commands that install them.",
+    )
+    units.add_argument(
+        "--output",
+        type=Path,
+        default=systemd.DEFAULT_OUTPUT,
+        help=f"folder the unit files go to (default ./{systemd.DEFAULT_OUTPUT})",
+    )
+    units.add_argument(
+        "--user",
+        default=systemd.DEFAULT_USER,
+        help=f"system user the services run as (default {systemd.DEFAULT_USER}); the backup "
+        "schedule needs the user owning the PostgreSQL cluster",
+    )
+    units.add_argument(
+        "--env-file",
+        type=Path,
+        default=systemd.DEFAULT_ENV_FILE,
+        help=f"FLEETPULSE_* settings of every service (default {systemd.DEFAULT_ENV_FILE}); "
+        "<its folder>/<service>.env, if present, is read after it",
+    )
+    units.add_argument(
+        "--home",
+        type=Path,
+        default=systemd.DEFAULT_HOME,
+        help=f"FLEETPULSE_HOME of the services, the one folder they may write "
+        f"(default {systemd.DEFAULT_HOME}, made by systemd)",
+    )
+    units.add_argument(
+        "--read-write",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another folder the services may write (e.g. FLEETPULSE_BACKUP_REPO_PATH); repeatable",
+    )
+    units.add_argument(
+        "--services",
+        metavar="NAME[,NAME...]",
+        help=f"which units: {', '.join(s.name for s in systemd.SERVICES)} or all (default: "
+        f"{', '.join(s.name for s in systemd.SERVICES if s.default)})",
+    )
+    units.add_argument(
+        "--executable",
+        type=Path,
+        help="the `fleetpulse` script ExecStart runs (default: the one installed beside this "
+        "Python, else the one on PATH)",
+    )
+    units.set_defaults(func=_systemd)
 
     demo = sub.add_parser(
         "demo",
