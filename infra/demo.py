@@ -723,7 +723,7 @@ def run_demo(settings: StackSettings, options: DemoOptions) -> int:
     )
 
     def report(line: str) -> None:
-        console.print(f"{datetime.now().strftime('%H:%M:%S')} [yellow]restart[/] {line}")
+        console.print(f"{datetime.now().strftime('%H:%M:%S')} [yellow]{line}[/]", highlight=False)
 
     supervisor = Supervisor(children, paths, report)
     last: Sample | None = None
