@@ -521,7 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Brings the stack up, registers this machine and the simulated hosts, "
         "creates a demo admin, runs the agent, simulator, stream worker, sink and registry as "
         "child processes (logs under <home>/logs) and shows live numbers read from Kafka and "
-        "PostgreSQL. Ctrl-C stops every child; a re-run reuses the stack and its data.",
+        "PostgreSQL. A child that exits is started again, after a delay that doubles with "
+        "each exit in a row (1 s up to 30 s). Ctrl-C (or SIGTERM) stops every child and "
+        "restarts none; a re-run reuses the stack and its data.",
     )
     demo.add_argument("--hosts", type=int, help="simulated hosts (default FLEETPULSE_HOSTS, 200)")
     demo.add_argument("--seed", type=int, help="seed of the simulated fleet (default 42)")
