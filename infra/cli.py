@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import sys
 import uuid
@@ -30,6 +31,9 @@ class CommandError(FleetPulseError):
 def _stack_up(args: argparse.Namespace) -> int:
     from infra import stack
 
+    if args.brokers is not None:
+        # For everything this command builds, the services it starts included.
+        os.environ["FLEETPULSE_KAFKA_BROKERS"] = str(args.brokers)
     for st, started in stack.up(StackSettings()):
         verb = "started" if started else "already running"
         print(f"{st.name:9} {verb:16} pid {st.pid}  {st.address}  ({st.detail})")
@@ -37,9 +41,9 @@ def _stack_up(args: argparse.Namespace) -> int:
 
 
 def _stack_install(args: argparse.Namespace) -> int:
-    from infra.stack import KafkaBroker
+    from infra.stack import KafkaCluster
 
-    KafkaBroker(StackSettings()).install()
+    KafkaCluster(StackSettings()).install()
     print("Kafka jars resolved")
     return 0
 
@@ -57,7 +61,10 @@ def _stack_status(args: argparse.Namespace) -> int:
 
     statuses = stack.status(StackSettings())
     for st in statuses:
-        state = f"running  pid {st.pid}" if st.running else "stopped"
+        if st.name in ("quorum", "replicas"):  # the cluster's health, not a process
+            state = "ok" if st.running else "DEGRADED"
+        else:
+            state = f"running  pid {st.pid}" if st.running else "stopped"
         print(f"{st.name:9} {state:18} {st.address}  ({st.detail})")
     return 0 if all(st.running for st in statuses) else 3
 
@@ -300,9 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     stack = sub.add_parser("stack", help="run the local Kafka broker and PostgreSQL cluster")
     stack_sub = stack.add_subparsers(dest="action", required=True, metavar="ACTION")
-    stack_sub.add_parser(
+    up = stack_sub.add_parser(
         "up", help="start Kafka and PostgreSQL (first time: install, initdb, TLS); idempotent"
-    ).set_defaults(func=_stack_up)
+    )
+    up.add_argument(
+        "--brokers",
+        type=int,
+        choices=range(1, 6),
+        metavar="N",
+        help="Kafka brokers (default FLEETPULSE_KAFKA_BROKERS, or what this stack was first "
+        "started with, else 1); 3 gives replicated topics (RF 3, min.insync.replicas 2). A "
+        "cluster keeps the size it was first started with",
+    )
+    up.set_defaults(func=_stack_up)
     stack_sub.add_parser("down", help="stop both by PID").set_defaults(func=_stack_down)
     stack_sub.add_parser(
         "install", help="resolve the Kafka broker's jars with Maven (done by `up` when missing)"
