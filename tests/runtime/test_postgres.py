@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import asyncpg
 import pytest
 from pydantic import SecretStr
 
@@ -74,3 +75,14 @@ async def test_connect_retrying_returns_a_connection_and_reports_back(
     assert conn is not None
     await conn.close()
     assert outage.up
+
+
+def test_a_connection_left_mid_protocol_by_a_dead_server_is_retried() -> None:
+    """What asyncpg raises on a connection whose server was killed mid-query is caught by
+    the retry loops and counts as the database being away, not as a verdict on the rows."""
+    exc = asyncpg.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress"
+    )
+    assert isinstance(exc, postgres.POSTGRES_ERRORS)
+    assert postgres.disposition(exc) is postgres.Disposition.TRANSIENT
+    assert postgres.is_away(exc)
