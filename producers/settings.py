@@ -40,9 +40,9 @@ class ProducerSettings(KafkaSettings, ServiceSettings):
         default=64 * 1024 * 1024,
         ge=64 * 1024,
         description=(
-            "Most bytes the spool's files may hold (64 MiB: about 18 hours of one agent's "
-            "events). When full, new events are dropped, counted and logged; what is spooled "
-            "stays. With a spool, this bound replaces `buffer_size`."
+            "Most bytes the spool's files may hold (64 MiB: about 20 hours of one agent's "
+            "events, about 1 KB each). When full, new events are dropped, counted and logged; "
+            "what is spooled stays. With a spool, this bound replaces `buffer_size`."
         ),
     )
     max_chunk: int = Field(
