@@ -174,8 +174,12 @@ async def test_an_agent_killed_during_an_outage_sends_its_spooled_samples_after_
     first = await agent()
     second: asyncio.subprocess.Process | None = None
     try:
-        await asyncio.sleep(4)
+        for _ in range(300):  # (a busy machine starts it slowly)
+            if relay.connections:
+                break
+            await asyncio.sleep(0.1)
         assert relay.connections > 0, "the agent never connected through the relay"
+        await asyncio.sleep(2)
         await relay.cut()
         await asyncio.sleep(6 - (time.time() % 1) + 0.5)  # half-way between two samples
         killed_at = time.time()
@@ -183,7 +187,7 @@ async def test_an_agent_killed_during_an_outage_sends_its_spooled_samples_after_
         await first.wait()
         await relay.restore()
         second = await agent()
-        await asyncio.sleep(4)
+        await asyncio.sleep(8)
         second.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(second.communicate(), timeout=30)
         assert second.returncode == 0, err.decode()[-3000:]
@@ -192,7 +196,7 @@ async def test_an_agent_killed_during_an_outage_sends_its_spooled_samples_after_
             if proc is not None and proc.returncode is None:
                 proc.kill()
         await relay.close()
-    records = await read_all(stack_settings.kafka_bootstrap, new_topic.name, 12)
+    records = await read_all(stack_settings.kafka_bootstrap, new_topic.name, 10)
     stamps = [decode_raw_event(v).timestamp.timestamp() for _, v in records]
     assert stamps == sorted(stamps), "out of order"
     before = sorted({t for t in stamps if t < killed_at})
@@ -200,6 +204,6 @@ async def test_an_agent_killed_during_an_outage_sends_its_spooled_samples_after_
     # Every second from the first sample to the last one before the kill, none missing.
     assert before == [before[0] + i for i in range(len(before))], before
     assert killed_at - before[-1] < 1.5, (killed_at, before[-1])
-    assert len(before) >= 9
+    assert len(before) >= 7  # 2 s connected, 6 s cut off
     assert any(t > killed_at for t in stamps)  # and the second run's own samples after them
     assert len(stamps) - len(set(stamps)) <= 2  # at least once: a re-send is rare and small
