@@ -96,8 +96,9 @@ class Spool:
         self.path = path
         self.max_bytes = max_bytes
         #: A segment that reached this size gets no more batches (it is deleted once its
-        #: records are acknowledged): an eighth of the bound, so at most that much of the
-        #: bound is held by acknowledged records waiting for their segment to go.
+        #: records are acknowledged): an eighth of the bound (at most 8 MiB), so about that
+        #: much, plus the batch that passed it, is held by acknowledged records waiting for
+        #: their segment to go. A batch is never split.
         self.segment_bytes = segment_bytes or max(4096, min(_MAX_SEGMENT, max_bytes // 8))
         #: Records read back at opening, in order; the client sends them before new ones.
         self.recovered: list[SpoolRecord] = []
