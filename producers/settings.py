@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field, model_validator
 
 from runtime.settings import KafkaSettings, ServiceSettings
 from schemas.messages import MAX_PROCESSES, ServerId
@@ -113,4 +113,14 @@ class SimulatorSettings(ProducerSettings):
         default=5.0,
         gt=0,
         description="Seconds behind the clock before the simulator skips ahead (and says so).",
+    )
+    sim_start: AwareDatetime | None = Field(
+        default=None,
+        description="A time-lapse instead of the clock: the fleet's seconds from this time "
+        "on (ISO 8601 with offset), `sim_speed` of them per wall-clock second, every one "
+        "emitted (none skipped); `--duration` then counts simulated seconds. Fault drills "
+        "use it to cross an hour and a day in minutes.",
+    )
+    sim_speed: float = Field(
+        default=1.0, gt=0, le=100_000, description="Simulated seconds per second of a time-lapse."
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from infra.settings import StackSettings
-from infra.stack import KafkaBroker
+from infra.stack import KafkaCluster
 from producers import AgentSettings, MetricProducer, ProducerSettings
 from producers.agent import Agent
 from runtime.service import serve
@@ -70,7 +70,7 @@ async def test_broker_outage_loses_nothing_and_overflow_is_counted(
     )
     await tiny.start()
     task = asyncio.create_task(serve(agent, stop_timeout=settings.stop_timeout))
-    broker = KafkaBroker(stack_settings)
+    broker = KafkaCluster(stack_settings)
     try:
         await asyncio.sleep(2.5)
         await asyncio.to_thread(broker.stop)
