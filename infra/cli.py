@@ -131,6 +131,13 @@ def _schemas_export(args: argparse.Namespace) -> int:
     return 0
 
 
+_SPOOL_HELP = (
+    "keep events on disk here until Kafka acknowledges them, so they survive a crash "
+    "or restart (default: FLEETPULSE_SPOOL_DIR; unset = memory only; bound "
+    "FLEETPULSE_SPOOL_MAX_BYTES, 64 MiB)"
+)
+
+
 def _given(**options: Any) -> dict[str, Any]:
     """The command-line options actually given: they override the environment's settings."""
     return {k: v for k, v in options.items() if v is not None}
@@ -147,6 +154,7 @@ def _agent(args: argparse.Namespace) -> int:
             disk_mount=args.disk_mount,
             top_processes=args.top,
             metrics_port=args.metrics_port,
+            spool_dir=args.spool_dir,
         )
     )
     if args.once:
@@ -172,7 +180,12 @@ def _simulate(args: argparse.Namespace) -> int:
     from runtime.service import run_service
 
     settings = SimulatorSettings(
-        **_given(hosts=args.hosts, seed=args.seed, metrics_port=args.metrics_port)
+        **_given(
+            hosts=args.hosts,
+            seed=args.seed,
+            metrics_port=args.metrics_port,
+            spool_dir=args.spool_dir,
+        )
     )
     if args.list_ids:
         for i in range(settings.hosts):
@@ -416,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--disk-mount", help="mount whose use is disk_usage (default /)")
     agent.add_argument("--top", type=int, help="how many top processes to report (default 10)")
     agent.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0 = off)")
+    agent.add_argument("--spool-dir", metavar="DIR", help=_SPOOL_HELP)
     agent.set_defaults(func=_agent)
 
     sim = sub.add_parser(
@@ -428,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, help="seed of the series (default 42)")
     sim.add_argument("--duration", type=float, help="stop after this many seconds")
     sim.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0 = off)")
+    sim.add_argument("--spool-dir", metavar="DIR", help=_SPOOL_HELP)
     sim.add_argument(
         "--list-ids", action="store_true", help="print the simulated server ids and exit"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Self
 
 from pydantic import AwareDatetime, Field, model_validator
@@ -24,6 +25,24 @@ class ProducerSettings(KafkaSettings, ServiceSettings):
         description=(
             "Events kept while the broker is unreachable (600 = 10 minutes at 1 Hz). On "
             "overflow the oldest are dropped, counted and logged."
+        ),
+    )
+    spool_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Folder of an on-disk spool: every event is also written there (in fsync'd "
+            "batches) until Kafka acknowledges it, so what a producer holds survives its own "
+            "crash or restart and is sent first when it starts again. Unset: memory only. One "
+            "folder per producer process; created if missing."
+        ),
+    )
+    spool_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=64 * 1024,
+        description=(
+            "Most bytes the spool's files may hold (64 MiB: about 20 hours of one agent's "
+            "events, about 1 KB each). When full, new events are dropped, counted and logged; "
+            "what is spooled stays. With a spool, this bound replaces `buffer_size`."
         ),
     )
     max_chunk: int = Field(
