@@ -14,6 +14,7 @@ from infra.settings import StackSettings
 from infra.stack.process import free_port
 from runtime import postgres
 from runtime.backoff import Backoff
+from runtime.errors import Disposition
 from runtime.logs import Outage
 
 pytestmark = pytest.mark.integration
@@ -84,5 +85,5 @@ def test_a_connection_left_mid_protocol_by_a_dead_server_is_retried() -> None:
         "cannot switch to state 15; another operation (2) is in progress"
     )
     assert isinstance(exc, postgres.POSTGRES_ERRORS)
-    assert postgres.disposition(exc) is postgres.Disposition.TRANSIENT
+    assert postgres.disposition(exc) is Disposition.TRANSIENT
     assert postgres.is_away(exc)
