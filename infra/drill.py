@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ FAULTS = (
     "broker-leader",
     "broker-controller",
     "postgres",
+    "agent",
 )
 PARTITIONS = 6
 #: The stream's default grace for hourly and daily windows, s (the drill does not change it).
@@ -101,6 +103,31 @@ class FaultResult:
     recovery: float
 
 
+@dataclass(frozen=True)
+class AgentSamples:
+    """What reached the raw topic of the agent killed during the broker outage."""
+
+    samples: int
+    #: Samples that reached the topic twice (a re-send of the spool after the crash).
+    resent: int
+    #: Seconds with no sample other than those the agent was not running.
+    missing: int
+    #: Samples it took in the last seconds before the kill (there must be some: the outage
+    #: was on, so these came back from its spool).
+    before_kill: int
+
+    @classmethod
+    def of(cls, stamps: list[float], sent: int, killed: float, restarted: float) -> AgentSamples:
+        missing = 0
+        for a, b in itertools.pairwise(stamps):
+            gap = round(b - a) - 1
+            dead = a >= killed - 2 and b <= restarted + 30  # the kill and the restart
+            if gap > 0 and not dead:
+                missing += gap
+        before = sum(1 for t in stamps if killed - 10 <= t < killed)
+        return cls(len(stamps), sent - len(stamps), missing, before)
+
+
 @dataclass
 class Report:
     faults: list[FaultResult]
@@ -115,10 +142,12 @@ class Report:
     mismatched: dict[str, int]
     dead_letters: int
     examples: list[str] = field(default_factory=list)
+    agent: AgentSamples | None = None
 
     @property
     def passed(self) -> bool:
-        return not (
+        agent_whole = self.agent is None or (not self.agent.missing and self.agent.before_kill > 0)
+        return agent_whole and not (
             sum(self.lost.values()) or sum(self.duplicated.values())
             or sum(self.mismatched.values()) or self.dead_letters
         )  # fmt: skip
@@ -141,6 +170,13 @@ class Report:
                 f"{self.mismatched[table]:>10}"
             )
         out.append(f"dead letters: {self.dead_letters}")
+        if self.agent:
+            a = self.agent
+            out.append(
+                f"agent: {a.samples} samples, {a.missing} seconds missing outside its own "
+                f"downtime, {a.before_kill} from the 10 s before its kill (back from its "
+                f"spool), {a.resent} sent twice"
+            )
         out += [f"  e.g. {e}" for e in self.examples[:5]]
         out.append("PASS" if self.passed else "FAIL")
         return out
@@ -157,8 +193,12 @@ class Run:
     """One pipeline of a drill: its topics, groups and database, its services as
     subprocesses (stream, sink, registry) and its load (the simulator)."""
 
-    def __init__(self, stack: StackSettings, options: DrillOptions, tag: str) -> None:
+    def __init__(
+        self, stack: StackSettings, options: DrillOptions, tag: str, agent_id: str
+    ) -> None:
         self.stack, self.options, self.tag = stack, options, tag
+        #: The real agent's server id (this machine, registered in both runs).
+        self.agent_id = agent_id
         suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
         self.topics = {
             "FLEETPULSE_RAW_TOPIC": f"drill.raw.{suffix}",
@@ -251,7 +291,7 @@ class Run:
             pg_sslmode=s.pg_sslmode,
             pg_database=self.database,
         )
-        await register_servers(registry, str(uuid.uuid4()), self.options.hosts, self.options.seed)
+        await register_servers(registry, self.agent_id, self.options.hosts, self.options.seed)
 
     async def start(self, name: str, *args: str, **env: str) -> None:
         """Start service `name` (stream, sink, registry, simulate) with command-line `args`
@@ -277,6 +317,22 @@ class Run:
                     break
                 await asyncio.sleep(0.3)
         raise DrillError(f"the drill's registry did not start; see {self.log_path('registry')}")
+
+    def check_alive(self) -> None:
+        """Raise if a service exited by itself (the drill's verdict: it must ride out every
+        fault but its own kill)."""
+        for name, proc in self.procs.items():
+            if name != "simulate" and proc.returncode is not None:
+                raise DrillError(
+                    f"the {name} exited ({proc.returncode}) during the drill; see "
+                    f"{self.log_path(name)}"
+                )
+
+    async def stop_service(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        if await asyncio.wait_for(proc.wait(), 60) != 0:
+            raise DrillError(f"the {name} did not stop cleanly; see {self.log_path(name)}")
 
     def log_path(self, name: str) -> Path:
         return self.logs / f"{self.tag}-{name}.log"
@@ -367,6 +423,8 @@ async def wait_for(what: str, check: Callable[[], Awaitable[bool]], timeout: flo
         try:
             if await check():
                 return
+        except DrillError:
+            raise
         except Exception as exc:
             last = exc
         await asyncio.sleep(0.5)
@@ -379,6 +437,8 @@ class Drill:
 
     def __init__(self, stack: StackSettings, options: DrillOptions) -> None:
         self.stack, self.options = stack, options
+        self.agent_samples: AgentSamples | None = None
+        self.agent_killed = self.agent_restarted = 0.0
         self.kafka = KafkaCluster(stack)
         self.postgres = PostgresCluster(stack)
 
@@ -402,8 +462,9 @@ class Drill:
         start = midnight_lead(int((o.lead + 20) * o.speed))
         midnight = start.timestamp() + int((o.lead + 20) * o.speed)
         load = {"FLEETPULSE_SIM_START": start.isoformat(), "FLEETPULSE_SIM_SPEED": f"{o.speed:g}"}
-        fault_run = Run(self.stack, o, "fault")
-        reference = Run(self.stack, o, "reference")
+        agent_id = str(uuid.uuid4())
+        fault_run = Run(self.stack, o, "fault", agent_id)
+        reference = Run(self.stack, o, "reference", agent_id)
         results: list[FaultResult] = []
         try:
             say(
@@ -413,6 +474,8 @@ class Drill:
             await fault_run.prepare()
             for name in ("stream", "sink", "registry"):
                 await fault_run.start(name)
+            if "agent" in faults:
+                await fault_run.start("agent", **self.agent_env(fault_run))
             self.load_start, self.load_wall = start.timestamp(), time.time()
             await fault_run.start("simulate", **load)
             await asyncio.sleep(o.lead)
@@ -429,6 +492,9 @@ class Drill:
             seconds = await self.stop_simulator(fault_run)
             say(f"  load stopped after {seconds} simulated s; the reference run replays them")
             await reference.prepare()
+            if "agent" in faults:
+                await fault_run.stop_service("agent")
+                self.agent_samples = await self.copy_agent(fault_run, reference)
             for name in ("stream", "sink", "registry"):
                 await reference.start(name)
             fast = {**load, "FLEETPULSE_SIM_SPEED": "100000"}
@@ -478,6 +544,21 @@ class Drill:
 
             async def restart() -> None:
                 await run.start(fault)
+        elif fault == "agent":
+            # A broker outage (every broker killed), and the agent killed in the middle of
+            # it: what it sampled meanwhile is only in its spool.
+            for n in self.kafka.nodes:
+                n.kill()
+            await asyncio.sleep(o.pause)
+            killed_at = time.monotonic()
+            self.agent_killed = time.time()
+            target = f"pid {run.kill('agent')}"
+            await asyncio.sleep(o.pause)
+            await run.start("agent", **self.agent_env(run))
+            self.agent_restarted = time.time()
+
+            async def restart() -> None:
+                await asyncio.to_thread(self.kafka.start)
         elif fault == "broker-leader":
             node = await self.busiest_leader(run)
             target = node.name
@@ -506,6 +587,7 @@ class Drill:
         await restart()
 
         async def recovered() -> bool:
+            run.check_alive()
             return await self.delay(run) <= self.baseline + 1.0
 
         await wait_for(f"recovery from {fault}", recovered, timeout=240)
@@ -519,7 +601,9 @@ class Drill:
         )
         try:
             newest = await conn.fetchval(
-                'SELECT extract(epoch FROM max("timestamp"))::float8 FROM metrics_snapshots'
+                'SELECT extract(epoch FROM max("timestamp"))::float8 FROM metrics_snapshots '
+                "WHERE server_id <> $1",  # the agent's samples are on the clock, not the load's
+                run.agent_id,
             )
         finally:
             await conn.close()
@@ -543,6 +627,50 @@ class Drill:
         if not samples or min(samples) == float("inf"):
             raise DrillError(f"no rows reached the database; see the logs in {run.logs}")
         return min(samples)
+
+    def agent_env(self, run: Run) -> dict[str, str]:
+        """The real agent, sampling this machine, with its spool under the drill's logs."""
+        return {
+            "FLEETPULSE_SERVER_ID": run.agent_id,
+            "FLEETPULSE_SPOOL_DIR": str(self.options.logs / "agent-spool"),
+            "FLEETPULSE_TOP_PROCESSES": "3",
+        }
+
+    async def copy_agent(self, run: Run, reference: Run) -> AgentSamples:
+        """The agent's samples from the fault run's raw topic, checked for loss around its
+        kill, written once each (by timestamp) to the reference's raw topic: what an agent
+        that never died would have sent, but for the seconds it was not running."""
+        consumer = kafka.consumer(self.stack, "drill")
+        producer = kafka.producer(self.stack, "drill")
+        await consumer.start()
+        await producer.start()
+        try:
+            tps = [TopicPartition(run.raw, p) for p in range(PARTITIONS)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            key = run.agent_id.encode()
+            seen: dict[str, bytes] = {}
+            sent = 0
+
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+            while await behind():
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    for r in records:
+                        if r.key == key and r.value is not None:
+                            sent += 1
+                            stamp = json.loads(r.value)["timestamp"]
+                            seen.setdefault(stamp, r.value)
+            for value in seen.values():
+                await producer.send(reference.raw, value, key=key)
+            await producer.flush()
+        finally:
+            await consumer.stop()
+            await producer.stop()
+        stamps = sorted(datetime.fromisoformat(t).timestamp() for t in seen)
+        return AgentSamples.of(stamps, sent, self.agent_killed, self.agent_restarted)
 
     async def busiest_leader(self, run: Run) -> Any:
         """The broker leading the raw topic's partition with the most records."""
@@ -601,7 +729,7 @@ class Drill:
         reference_events = sum((await reference.end_offsets(reference.raw)).values())
         return Report(
             faults, self.options.hosts, events, reference_events, expected, lost, duplicated,
-            mismatched, dead, examples,
+            mismatched, dead, examples, self.agent_samples,
         )  # fmt: skip
 
 
@@ -617,6 +745,7 @@ def report_json(report: Report) -> str:
             "duplicated": report.duplicated,
             "mismatched": report.mismatched,
             "dead_letters": report.dead_letters,
+            "agent": vars(report.agent) if report.agent else None,
             "passed": report.passed,
         }
     )
