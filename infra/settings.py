@@ -58,7 +58,11 @@ class StackSettings(KafkaSettings, PostgresSettings):
         'machines reach them by, as a JSON list (`["metrics1.example.net", "10.0.0.5"]`). '
         "A certificate lacking one is issued again at `stack up`.",
     )
-    kafka_heap: str = Field(default="512m", description="Java heap of the local broker (-Xmx).")
+    kafka_heap: str = Field(
+        default="512m",
+        description="Java heap of each local broker (-Xmx): three brokers at 512m take about "
+        "2.4 GiB of memory in all (README, *Three brokers*).",
+    )
     kafka_start_timeout: float = Field(
         default=90.0, gt=0, description="Seconds to wait for the broker to become healthy."
     )
@@ -147,6 +151,11 @@ class StackSettings(KafkaSettings, PostgresSettings):
         if bool(self.kafka_proxied_port) != bool(self.kafka_proxy_port):
             raise ValueError(
                 "FLEETPULSE_KAFKA_PROXIED_PORT and FLEETPULSE_KAFKA_PROXY_PORT go together"
+            )
+        if self.kafka_proxied_port and self.kafka_brokers > 1:
+            raise ValueError(
+                "FLEETPULSE_KAFKA_PROXIED_PORT needs a single broker (FLEETPULSE_KAFKA_BROKERS=1): "
+                "one proxy port cannot stand for several brokers"
             )
         return self
 

@@ -124,12 +124,15 @@ def _address(host: str, port: int) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def kafka_targets(settings: StackSettings, nodes: Sequence[int] = (1,)) -> list[Target]:
-    """The JMX exporter agent of each broker node (numbered from 1)."""
+def kafka_targets(settings: StackSettings, nodes: Sequence[int] | None = None) -> list[Target]:
+    """The JMX exporter agent of each broker node (numbered from 1; default: every broker of
+    the cluster)."""
+    if nodes is None:
+        nodes = range(1, settings.kafka_brokers + 1)
     return [Target("kafka", f"{LOOPBACK}:{jmx_port(settings, n)}") for n in nodes]
 
 
-def targets(settings: StackSettings, kafka_nodes: Sequence[int] = (1,)) -> list[Target]:
+def targets(settings: StackSettings, kafka_nodes: Sequence[int] | None = None) -> list[Target]:
     """Everything Prometheus scrapes."""
     return [
         Target("prometheus", f"{LOOPBACK}:{settings.prometheus_port}"),
@@ -345,7 +348,7 @@ class Prometheus(_Daemon):
     binary = PROMETHEUS
     package = "prometheus"
 
-    def __init__(self, settings: StackSettings, kafka_nodes: Sequence[int] = (1,)) -> None:
+    def __init__(self, settings: StackSettings, kafka_nodes: Sequence[int] | None = None) -> None:
         super().__init__(settings)
         self.kafka_nodes = kafka_nodes
         self.config = self.dir / "prometheus.yml"
