@@ -137,6 +137,9 @@ class StreamProcessor:
         #: Per partition: records below this offset were processed before the restored
         #: checkpoint (their dead letters went out then).
         self.replay_until: dict[int, int] = {}
+        #: Per partition: the offset the replay of the restored checkpoint starts from (what
+        #: that checkpoint committed), when its progress record says so.
+        self.replay_from: dict[int, int] = {}
         self.status = StatusTracker(offline_after)
         self._retired = {"late_absorbed": 0, "late_dropped": 0}  # of partitions revoked
         self._wall = 0.0
@@ -225,27 +228,34 @@ class StreamProcessor:
             self._retired["late_dropped"] += gone.late_dropped
         self.next_offsets.pop(partition, None)
         self.replay_until.pop(partition, None)
+        self.replay_from.pop(partition, None)
         self.status.forget(partition)
 
     def checkpoint(self, partition: int) -> list[tuple[bytes, bytes | None]]:
         """Changelog records for `partition`: what changed (kept windows, then servers; None
-        is a tombstone), then the progress record. Commit `committable()` once Kafka has
-        them all."""
+        is a tombstone), then the progress record, which names the offset to replay from
+        with this state (`committable()`). Commit that offset once Kafka has them all."""
         windows = self.partitions.get(partition)
         nxt = self.next_offsets.get(partition)
         if windows is None or nxt is None:
             return []
         # Replaying after a restart does not take back what the restored checkpoint covered.
         covered = max(nxt, self.replay_until.get(partition, 0))
+        replay_from = windows.committable_offset(nxt)
         records = list(windows.checkpoint(covered))
-        progress = {"v": STATE_VERSION, "next_offset": covered}
+        # The offset goes with the state it belongs to: a restart that restores this state
+        # replays from it without asking the group coordinator (which, just after a restart
+        # of the whole cluster, can answer that nothing was ever committed).
+        progress = {"v": STATE_VERSION, "next_offset": covered, "replay_from": replay_from}
         records.append((PROGRESS_KEY, orjson.dumps(progress)))
         return records
 
     def restore(self, partition: int, records: dict[bytes, bytes], wall: float) -> None:
         """Take over `partition` from its changelog (latest value per key, tombstones removed)
-        at `wall`. Without a progress record the partition starts empty. A record of a
-        version this worker does not read raises `ChangelogRecordError` naming its key."""
+        at `wall`. Without a progress record the partition starts empty. `replay_from` says
+        where the replay of what was restored starts, if the progress record names it (the
+        previous releases' do not). A record of a version this worker does not read raises
+        `ChangelogRecordError` naming its key."""
         self.revoke(partition)
         windows = self._windows(partition)
         raw_progress = records.get(PROGRESS_KEY)
@@ -266,6 +276,8 @@ class StreamProcessor:
         else:
             windows.restore(state, wall)  # each record is read by its own version
         self.replay_until[partition] = covered
+        if "replay_from" in progress:
+            self.replay_from[partition] = int(progress["replay_from"])
 
     def _letter(
         self,

@@ -1,10 +1,11 @@
 """Crash safety of the stream processor, as pure logic (hypothesis): a worker that crashes at
-any point — between batches with only part of its outputs acknowledged, or halfway through
-writing a checkpoint — and restarts from its changelog and committed offset emits exactly the
-aggregates, corrections and dead letters of an uninterrupted run, with late samples (absorbed
-as corrections, or beyond the horizon) in the input. A revision of a window may come out
-twice, never with different content, never missing. A changelog of an earlier version is
-taken over; one of a version this worker does not know is refused."""
+any point — between batches with only part of its outputs acknowledged, halfway through
+writing a checkpoint, or before committing one written — and restarts from its changelog and
+committed offset (or, starting over in place, from the offset its restored progress record
+names) emits exactly the aggregates, corrections and dead letters of an uninterrupted run,
+with late samples (absorbed as corrections, or beyond the horizon) in the input. A revision
+of a window may come out twice, never with different content, never missing. A changelog of
+an earlier version is taken over; one of a version this worker does not know is refused."""
 
 from __future__ import annotations
 
@@ -93,6 +94,8 @@ def run(records: list[tuple[bytes, bytes]], data: st.DataObject | None) -> Kafka
         )
         proc.restore(0, kafka.state(), WALL)
         pos, crashed = kafka.committed, False
+        if data is not None and data.draw(st.booleans()):  # a restart in place
+            pos = proc.replay_from.get(0, kafka.committed)
         pending: list[WindowAggregate | DeadLetter] = []
         while pos < len(records) and not crashed:
             size = data.draw(st.integers(1, 40)) if data else 17
@@ -115,6 +118,9 @@ def run(records: list[tuple[bytes, bytes]], data: st.DataObject | None) -> Kafka
                     crashes, crashed = crashes + 1, True
                     continue
                 kafka.changelog += state
+                if data is not None and crashes < 4 and data.draw(st.integers(0, 5)) == 0:
+                    crashes, crashed = crashes + 1, True  # before the commit
+                    continue
                 upto = proc.committable(0)
                 if upto is not None:
                     kafka.committed = upto
@@ -247,6 +253,23 @@ def test_a_checkpoint_cut_short_anywhere_keeps_every_kept_window() -> None:
         assert got.keys() == expected.keys(), cut
         for key, contents in got.items():
             assert set(contents) == set(expected[key]), (cut, key)
+
+
+def test_the_progress_record_names_the_offset_to_replay_from() -> None:
+    """The offset a checkpoint commits is in its progress record too, so a restart that
+    restores that state knows where its replay starts without asking the group coordinator
+    (which, just after a restart of the whole cluster, can answer that nothing was
+    committed). A progress record of the previous release names none."""
+    records = scripted_records([], [], [])
+    proc = _restarted(records, Kafka())
+    _feed(proc, records, 0, 50)
+    kafka = Kafka(changelog=proc.checkpoint(0))
+    upto = proc.committable(0)
+    assert upto is not None and 0 < upto < 50  # the open windows' first records
+    assert _restarted(records, kafka).replay_from == {0: upto}
+    v2 = {PROGRESS_KEY: json.dumps({"v": 2, "next_offset": 40}).encode()}
+    proc.restore(0, v2, WALL)
+    assert proc.replay_from == {}
 
 
 def test_a_changelog_of_version_2_is_taken_over() -> None:
