@@ -373,9 +373,10 @@ class StreamWorker:
 
         Nothing after the last commit is trusted: the unacknowledged outputs are dropped
         (the replay emits them again, with the same content), every owned partition's state
-        is forgotten, restored from its changelog and replayed from its committed offset. The
-        producer is replaced: aiokafka's idempotent producer gave the failed batches their
-        sequence numbers, and refuses every later send with OutOfOrderSequenceNumber."""
+        is forgotten, restored from its changelog and replayed from the offset its checkpoint
+        committed (`_rewind`). The producer is replaced: aiokafka's idempotent producer gave
+        the failed batches their sequence numbers, and refuses every later send with
+        OutOfOrderSequenceNumber."""
         TELEMETRY.errors.labels(kind="kafka").inc()
         self._kafka.failed(exc, detail="starting over from the last checkpoint")
         self.pending = []
@@ -387,17 +388,49 @@ class StreamWorker:
         self.producer = await self._start_producer()
         if consumer is None:
             return
-        self.generation += 1  # batches fetched before this are dropped
         owned = sorted(self.assigned)
         for p in owned:
             self.processor.revoke(p)
             self.assigned.discard(p)
-        tps = [TopicPartition(self.settings.raw_topic, p) for p in owned]
-        if tps:
-            await consumer.seek_to_committed(*tps)
+        # The fetcher goes on reading from where the batch loop was meanwhile; what it
+        # delivers before `_rewind` is dropped there, and read again after it.
         await self.restore_missing(owned)
+        await self._rewind(consumer, owned)
         self.last_checkpoint = time.monotonic()
         log.info("restarted partitions %s from their last checkpoint", owned)
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, partitions: list[int]) -> None:
+        """Move the restored `partitions` back to where the replay of their restored state
+        starts, and drop every batch fetched before (call under the lock, after the restore).
+
+        That offset is the one the restored checkpoint committed, as its progress record
+        names it; the group coordinator is asked only for a changelog of a previous release
+        (whose progress record does not). Not `seek_to_committed`: just after a restart of
+        the whole cluster the coordinator answers, for a moment, that nothing was committed,
+        and `seek_to_committed` then leaves the position where the fetch had taken it, past
+        records the restored state does not hold; the batch fetched from there is dropped
+        as stale, and those records were never read again. With no offset known at all, the
+        partition starts over from its first record (the group's `auto_offset_reset`): the
+        replay skips what the state holds, and nothing is lost."""
+        tps = [tp for tp in consumer.assignment() if tp.partition in partitions]
+        starts: dict[TopicPartition, int] = {}
+        unknown: list[TopicPartition] = []
+        for tp in tps:
+            offset = self.processor.replay_from.get(tp.partition)
+            if offset is None:
+                offset = await consumer.committed(tp)
+            if offset is None:
+                unknown.append(tp)
+            else:
+                starts[tp] = offset
+        if unknown:
+            starts.update(await consumer.beginning_offsets(unknown))
+        # No await from the first seek to the new generation: a batch the batch loop got
+        # before it is dropped (`_process`), and every batch after it is from the new
+        # position.
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        self.generation += 1
 
     async def _start_producer(self) -> AIOKafkaProducer:
         """A started producer for outputs and state, waiting while the broker is away."""

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError
 
 import streams.app
 from runtime.settings import KafkaSettings
@@ -329,6 +330,76 @@ async def test_a_failed_send_starts_over_from_the_checkpoint_in_place(
         if t0 + timedelta(seconds=30) <= k[1] < t0 + timedelta(seconds=60)
     }
     assert summary(mine) == expected_windows(servers, t0, later, 5)
+
+
+async def processed(worker: StreamWorker, records: int, timeout: float = 60) -> None:
+    """Wait until `worker` has processed the first `records` records of its fresh topic."""
+    for _ in range(int(timeout * 10)):
+        if sum(worker.processor.next_offsets.values()) >= records:
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{records} records not processed within {timeout:g} s")
+
+
+async def test_starting_over_in_place_replays_from_the_checkpoint_the_coordinator_forgot(
+    kafka_bootstrap: str, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Just after a restart of the whole cluster, the group coordinator answers for a moment
+    that the group never committed (offset -1, no error: measured on the 3-broker stack), and
+    aiokafka's `seek_to_committed` then does not seek. A worker starting over in place at
+    that moment (its sends failed during the outage) must still replay from its checkpoint,
+    not go on from where its fetch had got to: every 5 s window and the hour hold every
+    sample, as without the outage."""
+    t0 = datetime.fromtimestamp(int(time.time()) // 3600 * 3600, UTC) - timedelta(hours=2)
+    servers = [str(uuid.uuid4()) for _ in range(3)]
+    settings = StreamSettings(
+        kafka_bootstrap=kafka_bootstrap,
+        stream_group=f"test-forgot-{uuid.uuid4().hex[:8]}",
+        raw_topic=topics.raw,
+        agg_5s_topic=topics.a5,
+        agg_1h_topic=topics.a1h,
+        agg_1d_topic=topics.a1d,
+        status_topic=topics.status,
+        dlq_topic=topics.dlq,
+        stream_checkpoint_interval=3600,  # only the checkpoint the test takes
+    )
+    worker = StreamWorker(settings)
+    task = asyncio.create_task(worker._consume())
+    try:
+        await produce(kafka_bootstrap, topics.raw, fleet_events(servers, t0, range(12)))
+        await processed(worker, 12 * len(servers))
+        async with worker._lock:  # with the windows of 5 to 15 s open
+            await worker._checkpoint()
+        await produce(kafka_bootstrap, topics.raw, fleet_events(servers, t0, range(12, 30)))
+        await processed(worker, 30 * len(servers))
+        consumer = worker.consumer
+        assert consumer is not None
+
+        async def nothing_committed(tp: object) -> None:
+            return None  # what `committed()` returns for that answer
+
+        monkeypatch.setattr(consumer, "committed", nothing_committed)
+        async with worker._lock:  # as after its sends failed during the outage
+            await worker._recover(KafkaConnectionError("every broker was down"))
+        monkeypatch.undo()
+        # The next hour's event closes this one; the windows up to 40 s close before it.
+        rest = fleet_events(servers, t0, range(30, 40)) + fleet_events(servers, t0, [3700])
+        await produce(kafka_bootstrap, topics.raw, rest)
+        fives = by_window(
+            await collect(kafka_bootstrap, topics.a5, 8 * len(servers), 60, distinct=True)
+        )
+        hours = by_window(
+            await collect(kafka_bootstrap, topics.a1h, len(servers), 60, distinct=True)
+        )
+    except TimeoutError:
+        pytest.fail("windows missing after starting over in place")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    seconds = list(range(40))
+    assert summary(fives) == expected_windows(servers, t0, seconds, 5)
+    assert summary(hours) == expected_windows(servers, t0, seconds, 3600)
 
 
 HOSTS = 300
