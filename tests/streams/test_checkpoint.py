@@ -2,8 +2,9 @@
 any point — between batches with only part of its outputs acknowledged, or halfway through
 writing a checkpoint — and restarts from its changelog and committed offset emits exactly the
 aggregates, corrections and dead letters of an uninterrupted run, with late samples (absorbed
-as corrections, or beyond the horizon) in the input. A revision of a window may come out
-twice, never with different content, never missing. A changelog of an earlier version is
+as corrections, or beyond the horizon) and duplicates (dropped) in the input. A revision of a
+window may come out twice, never with different content, never missing; the windows are those
+of the input without its duplicates. A changelog of an earlier version is
 taken over; one of a version this worker does not know is refused."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from schemas import DeadLetter, DeadLetterReason, Resolution, WindowAggregate
 from streams.processor import PROGRESS_KEY, Outputs, StreamProcessor
-from streams.windows import ChangelogRecordError, Grace
+from streams.windows import STATE_VERSION, ChangelogRecordError, Grace
 from tests.factories import EVENT_T0 as T0
 from tests.factories import SERVERS, event_dict
 
@@ -35,11 +36,15 @@ def _event(server: int, at: float, cpu: float) -> tuple[bytes, bytes]:
 
 
 def scripted_records(
-    delays: list[tuple[int, int]], late_at: list[int], junk_at: list[int]
+    delays: list[tuple[int, int]],
+    late_at: list[int],
+    junk_at: list[int],
+    dupes: list[tuple[int, int]] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """Two servers at 1 Hz around 23:00 and around midnight, as they would arrive: some
-    records delayed by up to 4 s (out of order within grace), some stale re-sends (late),
-    some junk."""
+    records delayed by up to 4 s (out of order within grace), some stragglers from 30 or
+    200 s back (late), some duplicates (a record sent again, with other values, some places
+    later: in its open window, its closed one, or beyond the horizon), some junk."""
     timed: list[tuple[float, tuple[bytes, bytes]]] = []
     base_hour = (HOUR - T0).total_seconds()
     base_midnight = (MIDNIGHT - T0).total_seconds()
@@ -52,16 +57,32 @@ def scripted_records(
     for i, by in delays:
         i %= len(records)
         records.insert(min(i + by, len(records)), records.pop(i))
-    for n, i in enumerate(late_at):  # a re-send of an older event
+    for n, i in enumerate(late_at):  # a sample from between two it sent long before
         i %= len(records)
         value = records[i][1]
         old = json.loads(value)
         server = SERVERS.index(old["server_id"])
-        at = (T0.fromisoformat(old["timestamp"]) - T0).total_seconds() - (200 if n % 2 else 30)
+        back = 200.5 if n % 2 else 30.5
+        at = (T0.fromisoformat(old["timestamp"]) - T0).total_seconds() - back
         records.insert(i + 1, _event(server, at, 99.0))
+    for i, by in dupes or []:
+        i %= len(records)
+        records.insert(min(i + by, len(records)), _duplicate(records[i]))
     for i in junk_at:
         records.insert(i % len(records), (b"junk", b"{not json"))
     return records
+
+
+def _duplicate(record: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    """The record sent again, its values changed (the first one sent must win); junk as is."""
+    key, value = record
+    try:
+        event = json.loads(value)
+    except json.JSONDecodeError:
+        return record
+    event["cpu_usage"] = (event["cpu_usage"] + 50.0) % 100
+    event["network_rx"] += 1
+    return key, json.dumps(event).encode()
 
 
 @dataclass
@@ -144,16 +165,23 @@ def letters(outputs: list[WindowAggregate | DeadLetter]) -> set[tuple[str, int |
     st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 8)), max_size=12),
     st.lists(st.integers(0, 10**6), max_size=3),
     st.lists(st.integers(0, 10**6), max_size=3),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 300)), max_size=8),
     st.data(),
 )
 def test_crash_and_restart_anywhere_gives_the_uninterrupted_result(
-    delays: list[tuple[int, int]], late_at: list[int], junk_at: list[int], data: st.DataObject
+    delays: list[tuple[int, int]],
+    late_at: list[int],
+    junk_at: list[int],
+    dupes: list[tuple[int, int]],
+    data: st.DataObject,
 ) -> None:
-    records = scripted_records(delays, late_at, junk_at)
+    records = scripted_records(delays, late_at, junk_at, dupes)
     reference = run(records, None)
     expected = by_window(reference.outputs)
     assert all(len(v) == 1 for v in expected.values())
     assert {k[0] for k in expected} == {"5s", "1h", "1d"}
+    # The duplicates change no window (those beyond the horizon are dead-lettered as late).
+    assert expected == by_window(run(scripted_records(delays, late_at, junk_at), None).outputs)
 
     crashed = run(records, data)
     got = by_window(crashed.outputs)
@@ -278,8 +306,8 @@ def test_a_changelog_of_version_2_is_taken_over() -> None:
     assert (five.count, five.revision, five.network_rx, five.cpu_usage.max) == (6, 1, 42, 50.0)
     assert five.processes is not None and five.processes[0].name == "init"
     assert (hourly.count, hourly.revision, hourly.network_rx) == (101, 0, 707)
-    # Written again as version 3, named.
-    assert all(json.loads(v)["v"] == 3 for _, v in proc.checkpoint(0) if v is not None)
+    # Written again in this worker's version, named.
+    assert all(json.loads(v)["v"] == STATE_VERSION for _, v in proc.checkpoint(0) if v is not None)
 
 
 def test_a_progress_record_of_an_unknown_version_is_refused_with_its_key() -> None:

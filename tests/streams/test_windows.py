@@ -49,10 +49,11 @@ def ev(server: int, seconds: float, cpu: float = 10.0, rx: int = 100) -> RawMetr
 def aggregate_directly(
     events: Iterable[RawMetricEvent], resolution: Resolution
 ) -> dict[tuple[str, int], tuple[int, float, float, float, int, int]]:
-    """The reference: (server, window start) → (count, cpu sum, cpu min, cpu max, rx, tx)."""
+    """The reference: (server, window start) → (count, cpu sum, cpu min, cpu max, rx, tx),
+    each sample (server, timestamp) counted once, the first one given."""
     out: dict[tuple[str, int], tuple[int, float, float, float, int, int]] = {}
     size = resolution.seconds
-    for e in events:
+    for e in first_of_each(events):
         key = (e.server_id, int(e.timestamp.timestamp() // size) * size)
         c, s, lo, hi, rx, tx = out.get(key, (0, 0.0, math.inf, -math.inf, 0, 0))
         out[key] = (
@@ -63,6 +64,17 @@ def aggregate_directly(
             rx + e.network_rx,
             tx + e.network_tx,
         )
+    return out
+
+
+def first_of_each(events: Iterable[RawMetricEvent]) -> list[RawMetricEvent]:
+    """`events` without the duplicates: the first of each (server, timestamp) only."""
+    seen: set[tuple[str, datetime]] = set()
+    out = []
+    for e in events:
+        if (e.server_id, e.timestamp) not in seen:
+            seen.add((e.server_id, e.timestamp))
+            out.append(e)
     return out
 
 
@@ -175,6 +187,7 @@ def test_late_samples_are_corrections_and_the_last_revision_equals_direct(
     accepted = [e for e, ok in zip(events, taken, strict=True) if ok]
     check_equals_direct(out, accepted)
     assert w.late_dropped == taken.count(False)
+    assert w.duplicates == len(accepted) - len(first_of_each(accepted))
     # Refused only beyond the horizon behind its own server's latest sample before it.
     newest: dict[str, float] = {}
     for e, ok in zip(events, taken, strict=True):
@@ -235,7 +248,7 @@ def test_beyond_the_horizon_is_refused_and_kept_windows_are_released() -> None:
     feed(w, [ev(0, float(s)) for s in range(200)])
     emitted(w)
     assert w.kept_windows() == 11  # closed (start <= 185), ending within 60 s of 199
-    assert feed(w, [ev(0, 120.0), ev(0, 150.0)]) == [False, True]
+    assert feed(w, [ev(0, 120.5), ev(0, 150.5)]) == [False, True]
     assert (w.late_dropped, w.late_absorbed) == (1, 1)
 
 
@@ -264,7 +277,8 @@ def test_a_quiet_server_far_behind_the_clock_is_not_closed_by_the_clock_itself()
 
 def test_packed_window_round_trips() -> None:
     acc = WindowAcc.from_event(ev(0, 1.0, cpu=12.5), int(T0.timestamp()), 5, 7)
-    acc.add(ev(0, 2.0, cpu=40), 9)
+    acc.add(ev(0, 2.0, cpu=40), 9, T0.timestamp() + 2.0)
+    acc.mark(T0.timestamp() + 2.0)
     acc.revision = 2
     back = WindowAcc.unpack(acc.server_id, acc.pack())
     back.first_offset = acc.first_offset
@@ -408,7 +422,7 @@ def test_a_release_is_recorded_after_the_server_record_that_moved_past_it() -> N
     restored = PartitionWindows(horizon=60)
     restored.restore(changelog, 0.0)
     OUT.clear()
-    assert restored.add(ev(0, 50.0, cpu=90.0), 1000, 0.0, STAMP, OUT) is None
+    assert restored.add(ev(0, 50.5, cpu=90.0), 1000, 0.0, STAMP, OUT) is None
     [again] = [a for a in emitted(restored) if a.resolution is Resolution.FIVE_SECONDS]
     assert (again.count, again.revision, again.cpu_usage.max) == (6, 1, 90.0)
 
