@@ -244,29 +244,23 @@ def _acknowledged(out: Outputs) -> list[WindowAggregate | DeadLetter]:
     return [*(a.message() for a in out.aggregates), *out.dead_letters]
 
 
-def test_a_checkpoint_cut_short_anywhere_keeps_every_kept_window() -> None:
-    """A late sample corrects a closed window, then the server's event time jumps beyond the
-    horizon and releases it; the checkpoint after that is cut short at every possible record.
-    Its tombstones come after the server records that release the windows, so a restart
-    never finds the window gone under the older record and emits one holding only the late
-    sample (a crash-and-restart run found that)."""
-    records = scripted_records([], [2202], [])
-    late = 103  # the re-send of a sample 30 s behind its server, for a window closed at 102
-    jump = 122  # past the first records of the midnight span: the 23:00 windows are released
+def _cut_anywhere(records: list[tuple[bytes, bytes]], first: int, second: int) -> int:
+    """Checkpoint after `records[:first]` (and commit), process up to `second`, then crash
+    with the next checkpoint cut short, at every possible record in turn: each restart gives
+    the uninterrupted run's windows. The number of cut points tried."""
     expected = by_window(run(records, None).outputs)
     probe = _restarted(records, Kafka())
-    _feed(probe, records, 0, late - 1)
+    _feed(probe, records, 0, first)
     probe.checkpoint(0)
-    _feed(probe, records, late - 1, jump)
+    _feed(probe, records, first, second)
     cut_points = len(probe.checkpoint(0)) + 1
-    assert cut_points > 5
     for cut in range(cut_points):
         kafka = Kafka()
         proc = _restarted(records, kafka)
-        kafka.outputs += _acknowledged(_feed(proc, records, 0, late - 1))
+        kafka.outputs += _acknowledged(_feed(proc, records, 0, first))
         kafka.changelog += proc.checkpoint(0)
         kafka.committed = proc.committable(0) or 0
-        kafka.outputs += _acknowledged(_feed(proc, records, late - 1, jump))
+        kafka.outputs += _acknowledged(_feed(proc, records, first, second))
         kafka.changelog += proc.checkpoint(0)[:cut]  # the crash
         proc = _restarted(records, kafka)
         out = _feed(proc, records, kafka.committed, len(records))
@@ -275,6 +269,43 @@ def test_a_checkpoint_cut_short_anywhere_keeps_every_kept_window() -> None:
         assert got.keys() == expected.keys(), cut
         for key, contents in got.items():
             assert set(contents) == set(expected[key]), (cut, key)
+    return cut_points
+
+
+def test_a_checkpoint_cut_short_anywhere_keeps_every_kept_window() -> None:
+    """A late sample corrects a closed window, then the server's event time jumps beyond the
+    horizon and releases it; the checkpoint after that is cut short at every possible record.
+    Its tombstones come after the server records that release the windows, so a restart
+    never finds the window gone under the older record and emits one holding only the late
+    sample (a crash-and-restart run found that)."""
+    records = scripted_records([], [2202], [])
+    late = 103  # a sample from 30 s behind its server, for a window closed at 102
+    jump = 122  # past the first records of the midnight span: the 23:00 windows are released
+    assert _cut_anywhere(records, late - 1, jump) > 5
+
+
+def test_a_checkpoint_cut_short_anywhere_tells_corrections_from_duplicates() -> None:
+    """After a checkpoint: a duplicate of a closed window's sample, a correction of that
+    window, a duplicate of the correction; the next checkpoint is cut short at every record.
+    Cut after the window's record and before its server's, the restored window is newer than
+    its server's hour and day: replaying, the correction (its offset in the window's record)
+    still goes to them, and the duplicate before it, at an offset the window also covers,
+    does not."""
+    at = 100
+    records = scripted_records([], [], [])
+    old = records[at - 60]  # server 0's sample 30 s before: its window has closed
+    event = json.loads(old[1])
+    assert event["server_id"] == SERVERS[0]
+    correction = _event(0, (T0.fromisoformat(event["timestamp"]) - T0).total_seconds() + 0.5, 97)
+    records.insert(at, correction)
+    without_duplicates = list(records)
+    records.insert(at, _duplicate(old))
+    records.insert(at + 4, _duplicate(correction))
+    reference = by_window(run(records, None).outputs)
+    assert reference == by_window(run(without_duplicates, None).outputs)
+    revised = {(k[0], k[3]) for k in reference if k[3] > 0}
+    assert revised == {("5s", 1), ("1h", 1)}  # the correction, once (the day is still open)
+    assert _cut_anywhere(records, at, at + 10) > 3
 
 
 def test_a_changelog_of_version_2_is_taken_over() -> None:
