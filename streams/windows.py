@@ -367,9 +367,9 @@ class WindowAcc:
             return cls.from_record(server_id, orjson.loads(data))
         row = orjson.loads(data) if isinstance(data, bytes) else data
         procs = row[20]
-        # A version-2 record ends at the processes: it restores with nothing seen (it did
-        # not say what it held), so a duplicate of what it holds is counted again; that
-        # much cannot be known.
+        # A version-2 record ends at the processes: it restores with nothing seen, so a
+        # duplicate of a sample it holds is taken as a correction. That is the best that can
+        # be done; the record did not say which timestamps it held.
         seen = row[21:24] if len(row) > 21 else (0, None, None)
         return cls(
             server_id=server_id,
