@@ -91,6 +91,8 @@ class DrillOptions:
     tail: float = 10.0
     seed: int = 7
     logs: Path = Path(".fleetpulse/drills")
+    #: Keep the drill's topics and databases even when it passed (a failed one's are kept).
+    keep: bool = False
 
 
 @dataclass
@@ -199,7 +201,7 @@ class Run:
         self.stack, self.options, self.tag = stack, options, tag
         #: The real agent's server id (this machine, registered in both runs).
         self.agent_id = agent_id
-        suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
+        self.suffix = suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
         self.topics = {
             "FLEETPULSE_RAW_TOPIC": f"drill.raw.{suffix}",
             "FLEETPULSE_AGG_5S_TOPIC": f"drill.a5.{suffix}",
@@ -505,10 +507,18 @@ class Drill:
             report = await self.compare(fault_run, reference, results, end)
             for line in report.lines():
                 say(line)
-            return report
         finally:
             for run in (fault_run, reference):
                 await run.stop()
+        if report.passed and not o.keep:
+            for run in (fault_run, reference):
+                await run.drop()
+        else:
+            names = ", ".join(
+                f"drill.*.{r.suffix} and database {r.database}" for r in (fault_run, reference)
+            )
+            say(f"kept for a look: topics {names}")
+        return report
 
     async def stop_simulator(self, run: Run) -> int:
         """Stop the load (SIGTERM: it sends what it holds, then exits) and return how many
