@@ -101,7 +101,8 @@ class FaultResult:
     target: str
     killed_at: float
     #: Seconds from the kill until the newest row in the database was back within one second
-    #: of where the undisturbed pipeline keeps it.
+    #: of where the undisturbed pipeline keeps it (and the part killed running again, but for
+    #: a broker: two of three carry on without it); 0 when the rows never fell behind.
     recovery: float
 
 
@@ -593,15 +594,34 @@ class Drill:
                 await asyncio.to_thread(self.postgres.start)
         else:
             raise DrillError(f"no fault {fault!r}; the faults are {', '.join(FAULTS)}")
-        await asyncio.sleep(o.pause)
-        await restart()
+
+        async def restart_after_pause() -> None:
+            await asyncio.sleep(o.pause)
+            await restart()
+
+        restarting = asyncio.create_task(restart_after_pause())
+        # With one broker of three down the pipeline carries on: its recovery does not wait
+        # for the broker's return. Any other part must be back first.
+        needs_restart = not fault.startswith("broker")
+        disturbed = False
 
         async def recovered() -> bool:
+            nonlocal disturbed
+            if restarting.done():
+                restarting.result()  # a failed restart is the drill's failure
             run.check_alive()
-            return await self.delay(run) <= self.baseline + 1.0
+            late = await self.delay(run) > self.baseline + 1.0
+            disturbed = disturbed or late
+            past_pause = time.monotonic() >= killed_at + o.pause
+            back = restarting.done() or not needs_restart
+            return past_pause and back and not late
 
-        await wait_for(f"recovery from {fault}", recovered, timeout=240)
-        return FaultResult(fault, target, killed_at, time.monotonic() - killed_at)
+        try:
+            await wait_for(f"recovery from {fault}", recovered, timeout=240)
+            recovery = time.monotonic() - killed_at if disturbed else 0.0
+        finally:
+            await restarting
+        return FaultResult(fault, target, killed_at, recovery)
 
     async def delay(self, run: Run) -> float:
         """How far the newest 5 s row in the database is behind the load, in wall-clock
