@@ -45,7 +45,7 @@ from benchmarks.e2e import SEED, _topics, _wait_healthy, landed_rows, stop_run
 from infra.db import migrate
 from infra.demo import Child, DemoPaths, start_children
 from infra.settings import StackSettings
-from infra.stack import KafkaBroker
+from infra.stack import KafkaCluster
 from infra.stack.process import free_port
 from producers.simulator import simulated_server_id
 from runtime.topics import create_topics
@@ -147,7 +147,7 @@ def one_run(settings: StackSettings, code: Path, label: str) -> Outcome:
         Child(n, a, paths.logs / f"bench-outage-{label}-{n}-{tag}.log", env=env)
         for n, a in args.items()
     ]
-    broker = KafkaBroker(settings)
+    broker = KafkaCluster(settings)
     start = time.time()
     start_children(children, paths)
     try:

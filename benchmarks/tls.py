@@ -22,7 +22,7 @@ from benchmarks import e2e, stream
 from benchmarks.common import drop_database, median, row, stack_up
 from infra import stack
 from infra.settings import StackSettings
-from infra.stack import KafkaBroker
+from infra.stack import KafkaCluster
 
 RUNS = 3
 PLAINTEXT_PORT = 19095
@@ -34,8 +34,11 @@ def plaintext_listener() -> Iterator[tuple[StackSettings, dict[str, str]]]:
     it, and again to close it); the variables that send a service to it."""
     port = int(os.environ.get("FLEETPULSE_KAFKA_PLAINTEXT_PORT") or PLAINTEXT_PORT)
     os.environ["FLEETPULSE_KAFKA_PLAINTEXT_PORT"] = str(port)
-    broker = KafkaBroker(StackSettings())
-    if broker.process() is not None and "PLAINTEXT://" not in broker.properties.read_text():
+    broker = KafkaCluster(StackSettings())
+    if (
+        broker.process() is not None
+        and "PLAINTEXT://" not in broker.nodes[0].properties.read_text()
+    ):
         broker.stop()
     settings = stack_up()
     plain = {
@@ -47,7 +50,7 @@ def plaintext_listener() -> Iterator[tuple[StackSettings, dict[str, str]]]:
     finally:
         del os.environ["FLEETPULSE_KAFKA_PLAINTEXT_PORT"]
         closed = StackSettings()
-        KafkaBroker(closed).stop()
+        KafkaCluster(closed).stop()
         stack.up(closed)
 
 

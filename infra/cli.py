@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,16 +32,25 @@ class CommandError(FleetPulseError):
 def _stack_up(args: argparse.Namespace) -> int:
     from infra import stack
 
-    for st, started in stack.up(StackSettings()):
+    if args.brokers is not None:
+        # For everything this command builds, the services it starts included.
+        os.environ["FLEETPULSE_KAFKA_BROKERS"] = str(args.brokers)
+    settings = StackSettings(**_given(monitoring=args.monitoring or None))
+    results = stack.up(settings)
+    width = max(9, *(len(st.name) for st, _ in results))
+    for st, started in results:
         verb = "started" if started else "already running"
-        print(f"{st.name:9} {verb:16} pid {st.pid}  {st.address}  ({st.detail})")
+        print(f"{st.name:{width}} {verb:16} pid {st.pid}  {st.address}  ({st.detail})")
+    if settings.monitoring:
+        url = f"http://127.0.0.1:{settings.prometheus_port}"
+        print(f"Prometheus: {url}  (targets {url}/targets, alerts {url}/alerts)")
     return 0
 
 
 def _stack_install(args: argparse.Namespace) -> int:
-    from infra.stack import KafkaBroker
+    from infra.stack import KafkaCluster
 
-    KafkaBroker(StackSettings()).install()
+    KafkaCluster(StackSettings()).install()
     print("Kafka jars resolved")
     return 0
 
@@ -47,8 +58,10 @@ def _stack_install(args: argparse.Namespace) -> int:
 def _stack_down(args: argparse.Namespace) -> int:
     from infra import stack
 
-    for name, was_running in stack.down(StackSettings()):
-        print(f"{name:9} {'stopped' if was_running else 'was not running'}")
+    results = stack.down(StackSettings())
+    width = max(9, *(len(name) for name, _ in results))
+    for name, was_running in results:
+        print(f"{name:{width}} {'stopped' if was_running else 'was not running'}")
     return 0
 
 
@@ -56,9 +69,13 @@ def _stack_status(args: argparse.Namespace) -> int:
     from infra import stack
 
     statuses = stack.status(StackSettings())
+    width = max(9, *(len(st.name) for st in statuses))
     for st in statuses:
-        state = f"running  pid {st.pid}" if st.running else "stopped"
-        print(f"{st.name:9} {state:18} {st.address}  ({st.detail})")
+        if st.name in ("quorum", "replicas"):  # the cluster's health, not a process
+            state = "ok" if st.running else "DEGRADED"
+        else:
+            state = f"running  pid {st.pid}" if st.running else "stopped"
+        print(f"{st.name:{width}} {state:18} {st.address}  ({st.detail})")
     return 0 if all(st.running for st in statuses) else 3
 
 
@@ -123,6 +140,13 @@ def _schemas_export(args: argparse.Namespace) -> int:
     return 0
 
 
+_SPOOL_HELP = (
+    "keep events on disk here until Kafka acknowledges them, so they survive a crash "
+    "or restart (default: FLEETPULSE_SPOOL_DIR; unset = memory only; bound "
+    "FLEETPULSE_SPOOL_MAX_BYTES, 64 MiB)"
+)
+
+
 def _given(**options: Any) -> dict[str, Any]:
     """The command-line options actually given: they override the environment's settings."""
     return {k: v for k, v in options.items() if v is not None}
@@ -139,6 +163,7 @@ def _agent(args: argparse.Namespace) -> int:
             disk_mount=args.disk_mount,
             top_processes=args.top,
             metrics_port=args.metrics_port,
+            spool_dir=args.spool_dir,
         )
     )
     if args.once:
@@ -164,13 +189,33 @@ def _simulate(args: argparse.Namespace) -> int:
     from runtime.service import run_service
 
     settings = SimulatorSettings(
-        **_given(hosts=args.hosts, seed=args.seed, metrics_port=args.metrics_port)
+        **_given(
+            hosts=args.hosts,
+            seed=args.seed,
+            metrics_port=args.metrics_port,
+            spool_dir=args.spool_dir,
+        )
     )
     if args.list_ids:
         for i in range(settings.hosts):
             print(simulated_server_id(settings.seed, i))
         return 0
     return run_service(Simulator(settings, duration=args.duration), settings)
+
+
+def _drill(args: argparse.Namespace) -> int:
+    from infra.drill import FAULTS, Drill, DrillOptions, report_json
+
+    settings = StackSettings()
+    faults = list(FAULTS) if args.fault == "all" else [args.fault]
+    logs = args.logs or settings.home_dir / "drills" / time.strftime("%Y%m%dT%H%M%S")
+    options = DrillOptions(
+        hosts=args.hosts, speed=args.speed, pause=args.pause, logs=logs, keep=args.keep
+    )
+    report = asyncio.run(Drill(settings, options).run(faults))
+    if args.json:
+        args.json.write_text(report_json(report) + "\n")
+    return 0 if report.passed else 1
 
 
 def _lag(args: argparse.Namespace) -> int:
@@ -288,6 +333,27 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+def _systemd(args: argparse.Namespace) -> int:
+    from infra import systemd
+
+    options = systemd.UnitOptions(
+        executable=args.executable or systemd.find_executable(),
+        user=args.user,
+        env_file=args.env_file,
+        home=args.home,
+        read_write=tuple(args.read_write),
+    )
+    if not options.executable.is_file():
+        raise CommandError(f"--executable {options.executable}: no such file")
+    written = systemd.write_units(systemd.select(args.services), options, args.output)
+    for path in written:
+        print(f"wrote {path}")
+    print("\nTo install them on this host, as root:")
+    for line in systemd.install_commands(written, options):
+        print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetpulse",
@@ -300,10 +366,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     stack = sub.add_parser("stack", help="run the local Kafka broker and PostgreSQL cluster")
     stack_sub = stack.add_subparsers(dest="action", required=True, metavar="ACTION")
-    stack_sub.add_parser(
+    up = stack_sub.add_parser(
         "up", help="start Kafka and PostgreSQL (first time: install, initdb, TLS); idempotent"
-    ).set_defaults(func=_stack_up)
-    stack_sub.add_parser("down", help="stop both by PID").set_defaults(func=_stack_down)
+    )
+    up.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also Prometheus (scraping every service) and the PostgreSQL exporter, and the "
+        "brokers' JMX exporter (default: FLEETPULSE_MONITORING)",
+    )
+    up.add_argument(
+        "--brokers",
+        type=int,
+        choices=range(1, 6),
+        metavar="N",
+        help="Kafka brokers (default FLEETPULSE_KAFKA_BROKERS, or what this stack was first "
+        "started with, else 1); 3 gives replicated topics (RF 3, min.insync.replicas 2). A "
+        "cluster keeps the size it was first started with",
+    )
+    up.set_defaults(func=_stack_up)
+    stack_sub.add_parser("down", help="stop everything by PID").set_defaults(func=_stack_down)
     stack_sub.add_parser(
         "install", help="resolve the Kafka broker's jars with Maven (done by `up` when missing)"
     ).set_defaults(func=_stack_install)
@@ -364,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--disk-mount", help="mount whose use is disk_usage (default /)")
     agent.add_argument("--top", type=int, help="how many top processes to report (default 10)")
     agent.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0 = off)")
+    agent.add_argument("--spool-dir", metavar="DIR", help=_SPOOL_HELP)
     agent.set_defaults(func=_agent)
 
     sim = sub.add_parser(
@@ -376,10 +459,45 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, help="seed of the series (default 42)")
     sim.add_argument("--duration", type=float, help="stop after this many seconds")
     sim.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0 = off)")
+    sim.add_argument("--spool-dir", metavar="DIR", help=_SPOOL_HELP)
     sim.add_argument(
         "--list-ids", action="store_true", help="print the simulated server ids and exit"
     )
     sim.set_defaults(func=_simulate)
+
+    from infra.drill import FAULTS
+
+    drill = sub.add_parser(
+        "drill",
+        help="rehearse a fault: kill -9 one part of the pipeline under load, restart it, and "
+        "check every row against an uninterrupted run",
+        description="Runs the stream worker, sink, registry and a time-lapse of simulated "
+        "hosts on topics and a database of their own, on the running local stack "
+        "(`stack up --brokers 3` for the broker faults). Kills the part named (mid-window, "
+        "kill -9), starts it again after the pause, measures the time until the consumer "
+        "groups are back under one second of lag, then replays the same load with nothing "
+        "killed and compares every 5 s, hourly and daily row. Prints expected, lost, "
+        "duplicated and wrong rows and the dead letters; exit 1 unless all are 0.",
+    )
+    drill.add_argument("fault", choices=[*FAULTS, "all"], help="what to kill; all: each in turn")
+    drill.add_argument("--hosts", type=int, default=500, help="simulated hosts (default 500)")
+    drill.add_argument(
+        "--speed",
+        type=float,
+        default=3.0,
+        help="simulated seconds per second of the load (default 3: 1,500 events/s at 500 hosts)",
+    )
+    drill.add_argument(
+        "--pause", type=float, default=5.0, help="seconds the killed part stays down (default 5)"
+    )
+    drill.add_argument("--logs", type=Path, help="folder of the services' logs")
+    drill.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the drill's topics and databases when it passes (a failed drill's are kept)",
+    )
+    drill.add_argument("--json", type=Path, help="also write the report to this file as JSON")
+    drill.set_defaults(func=_drill)
 
     sub.add_parser(
         "lag",
@@ -433,13 +551,76 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_backup_commands(sub)
 
+    from infra import systemd
+
+    units = sub.add_parser(
+        "systemd",
+        help="write a systemd unit per service, restarted when it dies (rate-limited)",
+        description="Writes fleetpulse-<service>.service for the agent, stream worker, sink, "
+        "registry and backup schedule (and the simulator, on request): Restart=on-failure "
+        f"after {systemd.RESTART_SEC}, at most {systemd.START_LIMIT_BURST} starts in "
+        f"{systemd.START_LIMIT_INTERVAL} (then the unit stays failed), memory, task and "
+        "file limits, the settings from an environment file, a user of its own, and "
+        "hardening (read-only system, private /tmp, no new privileges; FLEETPULSE_HOME "
+        "writable). Prints the files and the commands that install them.",
+    )
+    units.add_argument(
+        "--output",
+        type=Path,
+        default=systemd.DEFAULT_OUTPUT,
+        help=f"folder the unit files go to (default ./{systemd.DEFAULT_OUTPUT})",
+    )
+    units.add_argument(
+        "--user",
+        default=systemd.DEFAULT_USER,
+        help=f"system user the services run as (default {systemd.DEFAULT_USER}); the backup "
+        "schedule needs the user owning the PostgreSQL cluster",
+    )
+    units.add_argument(
+        "--env-file",
+        type=Path,
+        default=systemd.DEFAULT_ENV_FILE,
+        help=f"FLEETPULSE_* settings of every service (default {systemd.DEFAULT_ENV_FILE}); "
+        "<its folder>/<service>.env, if present, is read after it",
+    )
+    units.add_argument(
+        "--home",
+        type=Path,
+        default=systemd.DEFAULT_HOME,
+        help=f"FLEETPULSE_HOME of the services, the one folder they may write "
+        f"(default {systemd.DEFAULT_HOME}, made by systemd)",
+    )
+    units.add_argument(
+        "--read-write",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another folder the services may write (e.g. FLEETPULSE_BACKUP_REPO_PATH); repeatable",
+    )
+    units.add_argument(
+        "--services",
+        metavar="NAME[,NAME...]",
+        help=f"which units: {', '.join(s.name for s in systemd.SERVICES)} or all (default: "
+        f"{', '.join(s.name for s in systemd.SERVICES if s.default)})",
+    )
+    units.add_argument(
+        "--executable",
+        type=Path,
+        help="the `fleetpulse` script ExecStart runs (default: the one installed beside this "
+        "Python, else the one on PATH)",
+    )
+    units.set_defaults(func=_systemd)
+
     demo = sub.add_parser(
         "demo",
         help="the whole pipeline on the local stack, with live numbers (what `make demo` runs)",
         description="Brings the stack up, registers this machine and the simulated hosts, "
         "creates a demo admin, runs the agent, simulator, stream worker, sink and registry as "
         "child processes (logs under <home>/logs) and shows live numbers read from Kafka and "
-        "PostgreSQL. Ctrl-C stops every child; a re-run reuses the stack and its data.",
+        "PostgreSQL. A child that exits is started again, after a delay that doubles with "
+        "each exit in a row (1 s up to 30 s). Ctrl-C (or SIGTERM) stops every child and "
+        "restarts none; a re-run reuses the stack and its data.",
     )
     demo.add_argument("--hosts", type=int, help="simulated hosts (default FLEETPULSE_HOSTS, 200)")
     demo.add_argument("--seed", type=int, help="seed of the simulated fleet (default 42)")

@@ -6,9 +6,10 @@ demo admin (first run only; the password is kept in a 0600 file so a re-run prin
 both as the registry's database role, then runs the agent, the simulator, the stream worker,
 the sink and the registry as child processes (the sink and the registry log in as their own
 roles). The numbers on screen come from Kafka (end offsets, consumer groups' committed offsets)
-and PostgreSQL (row counts), never from the children's logs. Ctrl-C (or `--seconds`) stops
-every child: SIGTERM, then SIGKILL after a timeout. A re-run reuses the stack, the ids and the
-data.
+and PostgreSQL (row counts), never from the children's logs. A child that exits while the demo
+runs (a crash, `kill -9`) is started again after a delay that grows with each exit in a row
+(`Supervisor`). Ctrl-C (or SIGTERM, or `--seconds`) stops every child: SIGTERM, then SIGKILL
+after a timeout, and nothing is restarted. A re-run reuses the stack, the ids and the data.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Final
+from types import FrameType
+from typing import IO, Final, Protocol
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -54,6 +56,7 @@ from registry.models import ServerCategory, ServerCreate
 from registry.service import create_admin
 from registry.settings import RegistrySettings
 from runtime import kafka, postgres
+from runtime.backoff import Backoff
 from runtime.errors import FleetPulseError
 from runtime.settings import PostgresSettings
 from runtime.topics import create_contract_topics
@@ -70,6 +73,16 @@ POLL_EVERY: Final = 1.5
 RATE_SAMPLES: Final = 7
 #: The order children start in; they are stopped producers first.
 ROLES: Final = ("backup", "registry", "sink", "stream", "agent", "simulate")
+#: Seconds before a child that exited is started again; doubled (jittered) for each exit in a
+#: row, up to RESTART_CAP, so a child that cannot start is retried twice a minute, not in a
+#: tight loop.
+RESTART_FIRST: Final = 1.0
+RESTART_CAP: Final = 30.0
+#: A child that ran this long before it exited was healthy: its next restart waits
+#: RESTART_FIRST again.
+RESTART_STABLE: Final = 60.0
+#: Seconds between two looks at the children.
+SUPERVISE_EVERY: Final = 0.5
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,20 @@ class DemoOptions:
     hosts: int = 200
     seed: int = 42
     seconds: float | None = None
+
+
+def describe_exit(code: int) -> str:
+    """A child's exit status as an operator reads it: `exit status 1`, `killed by SIGKILL`."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
+def _restart_backoff() -> Backoff:
+    return Backoff(RESTART_FIRST, RESTART_CAP)
 
 
 @dataclass
@@ -88,13 +115,32 @@ class Child:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)  # over the demo's own environment
+    restarts: int = 0  # times the supervisor started it again
+    started_at: float = 0.0  # monotonic time of the last start
+    last_exit: int | None = None  # status of the last exit the supervisor saw
+    restart_at: float | None = None  # monotonic time of the restart it waits for
+    backoff: Backoff = field(default_factory=_restart_backoff)
 
     @property
     def state(self) -> str:
         if self.proc is None:
             return "not started"
         code = self.proc.poll()
-        return "running" if code is None else f"exited ({code})"
+        if code is None:
+            return "running"
+        if self.restart_at is not None:
+            wait = max(self.restart_at - time.monotonic(), 0.0)
+            return f"{describe_exit(code)}, restart in {wait:.0f} s"
+        return f"exited ({code})"
+
+    def note(self, text: str) -> None:
+        """A line of the demo's own in the child's log, between the child's lines (best
+        effort: a log that cannot be written fails the child's start, not the supervisor)."""
+        with suppress(OSError):
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("ab") as log:
+                stamp = datetime.now(UTC).isoformat()
+                log.write(f"\n--- {stamp} fleetpulse demo {text}\n".encode())
 
 
 @dataclass(frozen=True)
@@ -217,27 +263,130 @@ def plan_children(paths: DemoPaths, options: DemoOptions, own_id: str) -> list[C
     return [Child(name, args[name], paths.logs / f"{name}.log") for name in ROLES]
 
 
+def start_child(child: Child, note: str = "starts it") -> None:
+    """Start `child` in a session of its own, so a Ctrl-C reaches only the demo, which then
+    stops the children in order."""
+    child.note(note)
+    log: IO[bytes]
+    with child.log_path.open("ab") as log:
+        child.proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", *child.args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **child.env},
+        )
+    child.started_at = time.monotonic()
+
+
 def start_children(children: list[Child], paths: DemoPaths) -> None:
-    """Start each child in a session of its own, so a Ctrl-C reaches only the demo, which
-    then stops them in order."""
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    paths.children.parent.mkdir(parents=True, exist_ok=True)
+    """Start every child (`start_child`) and record them in `paths.children`."""
     for child in children:
-        log: IO[bytes]
-        with child.log_path.open("ab") as log:
-            log.write(f"\n--- {datetime.now(UTC).isoformat()} fleetpulse demo starts it\n".encode())
-            log.flush()
-            child.proc = subprocess.Popen(
-                [sys.executable, "-m", "infra.cli", *child.args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, **child.env},
-            )
-    paths.children.write_text(
-        json.dumps({c.name: c.proc.pid for c in children if c.proc is not None}) + "\n"
-    )
+        start_child(child)
+    write_children(children, paths)
+
+
+def write_children(children: list[Child], paths: DemoPaths) -> None:
+    """`paths.children`: each child's pid, restarts and last exit status, as JSON (replaced
+    whole, so a reader never sees half of it). A later demo stops the pids an earlier one
+    left behind; scripts and tests read the restarts."""
+    record = {
+        c.name: {"pid": c.proc.pid, "restarts": c.restarts, "last_exit": c.last_exit}
+        for c in children
+        if c.proc is not None
+    }
+    paths.children.parent.mkdir(parents=True, exist_ok=True)
+    tmp = paths.children.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record) + "\n")
+    tmp.replace(paths.children)
+
+
+class Spawn(Protocol):
+    def __call__(self, child: Child, note: str) -> None: ...
+
+
+class Supervisor:
+    """Starts again every child that exits while the demo runs, whatever its status (the
+    demo wants the whole pipeline up; each service already rides out Kafka and PostgreSQL
+    outages by itself, so an exit is a crash or a kill).
+
+    `check()` looks at each child once: one that has exited is scheduled `backoff.next()`
+    seconds later (`RESTART_FIRST`, doubling for each exit in a row up to `RESTART_CAP`,
+    jittered; reset when it had run `RESTART_STABLE` s); one whose time has come is started.
+    Both are reported (`report`, and a line in the child's log) with the exit status, and
+    `paths.children` is rewritten. After `shutdown()` it does nothing: the demo's own stop
+    restarts no one.
+    """
+
+    def __init__(
+        self,
+        children: list[Child],
+        paths: DemoPaths,
+        report: Callable[[str], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        spawn: Spawn = start_child,
+    ) -> None:
+        self.children = children
+        self.paths = paths
+        self._report = report
+        self._clock = clock
+        self._spawn = spawn
+        self.stopping = False
+
+    def shutdown(self) -> None:
+        """No restart from now on (called before the demo stops its children)."""
+        self.stopping = True
+
+    def check(self) -> None:
+        if self.stopping:
+            return
+        changed = False
+        for child in self.children:
+            if child.proc is None:
+                continue
+            now = self._clock()
+            if child.restart_at is None:
+                code = child.proc.poll()
+                if code is None:
+                    continue
+                ran = now - child.started_at
+                if ran >= RESTART_STABLE:
+                    child.backoff.reset()
+                delay = child.backoff.next()
+                child.restart_at, child.last_exit = now + delay, code
+                line = (
+                    f"{child.name} (pid {child.proc.pid}) {describe_exit(code)} after {ran:.0f} "
+                    f"s; restart {child.restarts + 1} in {delay:.1f} s"
+                )
+                child.note(f"saw it exit: {line}")
+                self._report(line)
+                changed = True
+            elif now >= child.restart_at:
+                changed = True
+                old = child.proc.pid
+                child.restart_at = None
+                try:
+                    self._spawn(child, f"restarts it (restart {child.restarts + 1})")
+                except OSError as exc:  # no fork, no file: try again later, as for a crash
+                    child.restart_at = now + child.backoff.next()
+                    self._report(f"{child.name} could not be restarted: {exc}")
+                    continue
+                child.restarts += 1
+                child.started_at = self._clock()
+                self._report(
+                    f"{child.name} restarted: pid {child.proc.pid} (was {old}), "
+                    f"restart {child.restarts}"
+                )
+        if changed:
+            write_children(self.children, self.paths)
+
+    async def run(self, every: float = SUPERVISE_EVERY) -> None:
+        """`check()` every `every` seconds until `shutdown()` (or cancelled)."""
+        while not self.stopping:
+            self.check()
+            await asyncio.sleep(every)
 
 
 def stop_children(children: list[Child], timeout: float = STOP_TIMEOUT) -> dict[str, int]:
@@ -263,7 +412,8 @@ def stop_leftovers(paths: DemoPaths) -> list[int]:
     if not paths.children.exists():
         return []
     stopped = []
-    for pid in json.loads(paths.children.read_text()).values():
+    for entry in json.loads(paths.children.read_text()).values():
+        pid = entry["pid"] if isinstance(entry, dict) else entry  # older demos: the pid alone
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -398,18 +548,27 @@ def render(first: Sample, since: Sample, now: Sample, children: list[Child]) -> 
     procs = Table.grid(padding=(0, 2))
     for c in children:
         pid = c.proc.pid if c.proc is not None else "-"
-        color = "green" if c.state == "running" else "red"
-        procs.add_row(c.name, f"pid {pid}", f"[{color}]{c.state}[/]", str(c.log_path))
+        status = c.state
+        color = "green" if status == "running" else "red"
+        restarts = f"restarts {c.restarts}"
+        if c.restarts:
+            restarts = f"[yellow]{restarts}[/]"
+        procs.add_row(c.name, f"pid {pid}", f"[{color}]{status}[/]", restarts, str(c.log_path))
     return Group(numbers, state, procs)
 
 
 async def watch(
-    probe: Probe, children: list[Child], console: Console, seconds: float | None
+    probe: Probe,
+    children: list[Child],
+    console: Console,
+    seconds: float | None,
+    supervisor: Supervisor,
 ) -> Sample:
-    """Show the numbers until `seconds` pass (forever without), Ctrl-C, or every child has
-    exited. Returns the last sample."""
-    await probe.start()
+    """Show the numbers until `seconds` pass (forever without) or Ctrl-C, the supervisor
+    restarting children meanwhile. Returns the last sample."""
+    supervising = asyncio.create_task(supervisor.run(), name="demo-supervisor")
     try:
+        await probe.start()
         first = await probe.sample()
         # Rates over the last ~10 s: aggregates come in bursts every 5 s.
         recent: deque[Sample] = deque([first], maxlen=RATE_SAMPLES)
@@ -425,19 +584,29 @@ async def watch(
                     continue  # the next tick tries again; the children carry on meanwhile
                 live.update(render(first, recent[0], now, children))
                 recent.append(now)
-                if all(c.state != "running" for c in children):
-                    break
         console.print()
         return recent[-1]
     finally:
+        supervising.cancel()
+        with suppress(asyncio.CancelledError):
+            await supervising
         await probe.close()
 
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP stop the demo like Ctrl-C does (children stopped, not orphaned)."""
+    """SIGTERM and SIGHUP stop the demo like Ctrl-C does (children stopped, not orphaned):
+    through SIGINT's handler of the moment. Inside `asyncio.run` that one cancels the main
+    task at its next await (never in the middle of starting a child); while the children are
+    being stopped SIGINT is ignored, and so are these."""
 
-    def interrupt(signum: int, frame: object) -> None:
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if handler is signal.SIG_IGN:
+            return
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+            return
         raise KeyboardInterrupt
 
     old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -548,7 +717,15 @@ def run_demo(settings: StackSettings, options: DemoOptions) -> int:
         registry,
     )
     _print_access(console, registry, paths, own_id, password)
-    console.print(f"Logs of the children: {paths.logs}/<name>.log. Ctrl-C stops everything.")
+    console.print(
+        f"Logs of the children: {paths.logs}/<name>.log. A child that exits is restarted. "
+        "Ctrl-C stops everything."
+    )
+
+    def report(line: str) -> None:
+        console.print(f"{datetime.now().strftime('%H:%M:%S')} [yellow]{line}[/]", highlight=False)
+
+    supervisor = Supervisor(children, paths, report)
     last: Sample | None = None
     with sigterm_as_interrupt():
         try:
@@ -557,12 +734,13 @@ def run_demo(settings: StackSettings, options: DemoOptions) -> int:
                 "children: "
                 + ", ".join(f"{c.name} pid {c.proc.pid}" for c in children if c.proc is not None)
             )
-            last = asyncio.run(watch(probe, children, console, options.seconds))
+            last = asyncio.run(watch(probe, children, console, options.seconds, supervisor))
         except KeyboardInterrupt:
             if not console.is_terminal:
                 console.print()
             console.print("stopping…")
         finally:
+            supervisor.shutdown()  # the demo's own stop is no crash: nothing restarts now
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan them
             codes = stop_children(children)
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -571,6 +749,15 @@ def run_demo(settings: StackSettings, options: DemoOptions) -> int:
     console.print(
         "children stopped: " + ", ".join(f"{name} {code}" for name, code in codes.items())
     )
+    restarted = [c for c in children if c.restarts]
+    if restarted:
+        console.print(
+            "restarted while the demo ran: "
+            + ", ".join(
+                f"{c.name} {c.restarts}x (last {describe_exit(c.last_exit or 0)})"
+                for c in restarted
+            )
+        )
     if last is not None:
         console.print(
             f"rows in the database: {', '.join(f'{t} {n:,}' for t, n in last.rows.items())}"

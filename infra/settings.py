@@ -58,7 +58,11 @@ class StackSettings(KafkaSettings, PostgresSettings):
         'machines reach them by, as a JSON list (`["metrics1.example.net", "10.0.0.5"]`). '
         "A certificate lacking one is issued again at `stack up`.",
     )
-    kafka_heap: str = Field(default="512m", description="Java heap of the local broker (-Xmx).")
+    kafka_heap: str = Field(
+        default="512m",
+        description="Java heap of each local broker (-Xmx): a broker at 512m is about 730 MiB "
+        "resident (README, *Three brokers*).",
+    )
     kafka_start_timeout: float = Field(
         default=90.0, gt=0, description="Seconds to wait for the broker to become healthy."
     )
@@ -102,11 +106,56 @@ class StackSettings(KafkaSettings, PostgresSettings):
         'disk) or `{"repo2-host": "backup1", ...}` (another host).',
     )
 
+    monitoring: bool = Field(
+        default=False,
+        description="`stack up` also starts Prometheus and the PostgreSQL exporter, and the "
+        "broker with the JMX exporter agent (`stack up --monitoring` sets it for one call).",
+    )
+    prometheus_port: int = Field(
+        default=19090, ge=1, le=65535, description="Port of Prometheus (on 127.0.0.1)."
+    )
+    prometheus_scrape_interval: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="Seconds between two scrapes of a target (and between rule evaluations).",
+    )
+    prometheus_retention: str = Field(
+        default="15d",
+        pattern=r"^[0-9]+(ms|s|m|h|d|w|y)$",
+        description="How long Prometheus keeps samples (`--storage.tsdb.retention.time`).",
+    )
+    postgres_exporter_port: int = Field(
+        default=19187,
+        ge=1,
+        le=65535,
+        description="Port of the PostgreSQL exporter's /metrics (on 127.0.0.1).",
+    )
+    kafka_jmx_port: int = Field(
+        default=19181,
+        ge=1,
+        le=65535,
+        description="Port of the JMX exporter agent in broker 1 (on 127.0.0.1); broker N "
+        "serves on this port + N - 1.",
+    )
+    scrape_targets: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="The `host:port` addresses Prometheus scrapes for a service, by service "
+        "(agent, simulator, stream, sink, registry, backup), as a JSON object: "
+        '`{"stream": ["127.0.0.1:9473", "127.0.0.1:9483"]}`; `[]` scrapes none. A service '
+        "not named is scraped where its own settings put its /metrics.",
+    )
+
     @model_validator(mode="after")
     def _proxy_ports_together(self) -> StackSettings:
         if bool(self.kafka_proxied_port) != bool(self.kafka_proxy_port):
             raise ValueError(
                 "FLEETPULSE_KAFKA_PROXIED_PORT and FLEETPULSE_KAFKA_PROXY_PORT go together"
+            )
+        if self.kafka_proxied_port and self.kafka_brokers > 1:
+            raise ValueError(
+                "FLEETPULSE_KAFKA_PROXIED_PORT needs a single broker (FLEETPULSE_KAFKA_BROKERS=1): "
+                "one proxy port cannot stand for several brokers"
             )
         return self
 

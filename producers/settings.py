@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field, model_validator
 
 from runtime.settings import KafkaSettings, ServiceSettings
 from schemas.messages import MAX_PROCESSES, ServerId
@@ -24,6 +25,24 @@ class ProducerSettings(KafkaSettings, ServiceSettings):
         description=(
             "Events kept while the broker is unreachable (600 = 10 minutes at 1 Hz). On "
             "overflow the oldest are dropped, counted and logged."
+        ),
+    )
+    spool_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Folder of an on-disk spool: every event is also written there (in fsync'd "
+            "batches) until Kafka acknowledges it, so what a producer holds survives its own "
+            "crash or restart and is sent first when it starts again. Unset: memory only. One "
+            "folder per producer process; created if missing."
+        ),
+    )
+    spool_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=64 * 1024,
+        description=(
+            "Most bytes the spool's files may hold (64 MiB: about 20 hours of one agent's "
+            "events, about 1 KB each). When full, new events are dropped, counted and logged; "
+            "what is spooled stays. With a spool, this bound replaces `buffer_size`."
         ),
     )
     max_chunk: int = Field(
@@ -94,4 +113,14 @@ class SimulatorSettings(ProducerSettings):
         default=5.0,
         gt=0,
         description="Seconds behind the clock before the simulator skips ahead (and says so).",
+    )
+    sim_start: AwareDatetime | None = Field(
+        default=None,
+        description="A time-lapse instead of the clock: the fleet's seconds from this time "
+        "on (ISO 8601 with offset), `sim_speed` of them per wall-clock second, every one "
+        "emitted (none skipped); `--duration` then counts simulated seconds. Fault drills "
+        "use it to cross an hour and a day in minutes.",
+    )
+    sim_speed: float = Field(
+        default=1.0, gt=0, le=100_000, description="Simulated seconds per second of a time-lapse."
     )

@@ -49,6 +49,9 @@ POSTGRES_ERRORS: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # A connection whose server died mid-query can be left half-way through its protocol
+    # ("cannot switch to state 15; another operation is in progress"): drop it, reconnect.
+    asyncpg.InternalClientError,
 )
 
 
@@ -69,7 +72,8 @@ def is_away(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", None) or ""
         return sqlstate[:2] == "08" or sqlstate in _AWAY
-    return is_connection_failure(exc) or isinstance(exc, asyncpg.InterfaceError)
+    broken = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+    return is_connection_failure(exc) or isinstance(exc, broken)
 
 
 class DatabaseUnavailable(DependencyUnavailable):

@@ -2,11 +2,13 @@
 
 Each service's own settings model inherits the pieces it needs, so one variable means the
 same thing everywhere. Defaults point at the local stack (`fleetpulse stack up`).
-Validation does no I/O; files (password, CA) are read when a connection is made.
+Validation does no I/O but for one small file (the local cluster's broker count, when
+FLEETPULSE_KAFKA_BROKERS is unset); files (password, CA) are read when a connection is made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -26,6 +28,9 @@ REGISTRY_ROLE = "fleetpulse_registry"
 #: Read-only, for dashboards.
 READER_ROLE = "fleetpulse_reader"
 SERVICE_ROLES = (SINK_ROLE, REGISTRY_ROLE, READER_ROLE)
+#: How far apart the ports of the local cluster's brokers are: broker n (1, 2, 3) listens on
+#: each of the first broker's ports plus `(n - 1) * NODE_PORT_STEP`.
+NODE_PORT_STEP = 10
 
 
 def role_password_path(home_dir: Path, role: str) -> Path:
@@ -58,7 +63,20 @@ class KafkaSettings(HomeSettings):
 
     kafka_bootstrap: str = Field(
         default="127.0.0.1:19092",
-        description="Kafka bootstrap servers, comma-separated host:port.",
+        description="Kafka bootstrap servers, comma-separated host:port. With "
+        "FLEETPULSE_KAFKA_BROKERS above 1 and one address given, the local cluster's other "
+        "brokers are added (same host, ports 10 and 20 up), so a client starts even when the "
+        "first broker is down.",
+    )
+    kafka_brokers: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Brokers of the Kafka cluster (`fleetpulse stack up --brokers 3` runs "
+        "three). Topics are created with replication factor min(brokers, 3) and, at 3, "
+        "min.insync.replicas=2: an acknowledged write survives the loss of a broker. With one "
+        "broker nothing is replicated: losing its disk loses the topics. Unset: as many as "
+        "the local stack's cluster was formatted with (`<home>/kafka/brokers`), else 1.",
     )
     kafka_client_id: str = Field(default="fleetpulse", description="Client id sent to Kafka.")
     compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
@@ -120,6 +138,30 @@ class KafkaSettings(HomeSettings):
         description="CA certificate the broker's certificate is checked against (host name "
         "included); default `<home>/tls/ca.crt`.",
     )
+
+    @model_validator(mode="after")
+    def _whole_cluster_bootstrap(self) -> Self:
+        if "kafka_brokers" not in self.model_fields_set:
+            # Unset: as many as the local stack's cluster was formatted with (its one file).
+            with contextlib.suppress(OSError, ValueError):
+                self.kafka_brokers = int((self.home_dir / "kafka" / "brokers").read_text())
+        if self.kafka_brokers > 1 and "," not in self.kafka_bootstrap:
+            host, port = self.kafka_bootstrap.strip().rsplit(":", 1)
+            self.kafka_bootstrap = ",".join(
+                f"{host}:{int(port) + n * NODE_PORT_STEP}" for n in range(self.kafka_brokers)
+            )
+        return self
+
+    @property
+    def kafka_replication_factor(self) -> int:
+        """Replicas of every topic FleetPulse creates."""
+        return min(self.kafka_brokers, 3)
+
+    @property
+    def kafka_min_insync(self) -> int:
+        """`min.insync.replicas` of those topics: with acks=all, a write is acknowledged once
+        this many replicas have it (2 of 3, so one broker may be lost)."""
+        return 2 if self.kafka_replication_factor >= 3 else 1
 
     @property
     def kafka_password_path(self) -> Path:

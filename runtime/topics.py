@@ -34,7 +34,8 @@ async def create_contract_topics(settings: KafkaSettings, changelog: str) -> lis
 async def create_topics(
     settings: KafkaSettings, specs: Iterable[TopicSpec] = ALL_TOPICS
 ) -> list[TopicResult]:
-    """Create missing topics; report existing ones with their partition count.
+    """Create missing topics, with the cluster's replication factor and `min.insync.replicas`
+    (`KafkaSettings.kafka_replication_factor`); report existing ones with their partition count.
 
     An existing topic with fewer partitions than its spec is grown to match (Kafka cannot
     shrink a topic, so one with more is left alone and reported).
@@ -46,8 +47,13 @@ async def create_topics(
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
+            replicas = settings.kafka_replication_factor
+            insync = {"min.insync.replicas": str(settings.kafka_min_insync)}
             response = await admin.create_topics(
-                [NewTopic(s.name, s.partitions, 1, topic_configs=s.config()) for s in missing]
+                [
+                    NewTopic(s.name, s.partitions, replicas, topic_configs=s.config() | insync)
+                    for s in missing
+                ]
             )
             _raise_errors(response.topic_errors)
         counts = await _partition_counts(

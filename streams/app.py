@@ -73,6 +73,11 @@ DUPLICATES = Counter(
     "(a producer's retry, a spool re-sent); not dead-lettered.",
 )
 KEPT = Gauge("fleetpulse_stream_kept_windows", "Closed 5 s windows kept for corrections.")
+CHECKPOINTED = Gauge(
+    "fleetpulse_stream_last_checkpoint_timestamp_seconds",
+    "When the worker's last checkpoint completed (outputs and state acknowledged, offsets "
+    "committed), Unix time; the worker's start until the first.",
+)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -138,6 +143,7 @@ class StreamWorker:
         self._restore_lock = asyncio.Lock()
         self.pending: list[asyncio.Future[object]] = []  # outputs not yet acknowledged
         self.last_checkpoint = time.monotonic()
+        CHECKPOINTED.set_to_current_time()  # a worker just started is not behind
         #: Per partition: batches fetched and not yet processed (the partition is not idle).
         self.in_flight: dict[int, int] = {}
         self.events_in = 0
@@ -465,13 +471,16 @@ class StreamWorker:
                 offsets[tp] = upto
         if sends:
             await asyncio.gather(*sends)
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            TELEMETRY.errors.labels(kind="kafka").inc()
-            log.warning("offsets not committed after a rebalance (%s); the new owner replays", exc)
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                TELEMETRY.errors.labels(kind="kafka").inc()
+                log.warning(
+                    "offsets not committed after a rebalance (%s); the new owner replays", exc
+                )
+                return
+        CHECKPOINTED.set_to_current_time()
 
     def run(self) -> None:
         """Run the worker until SIGTERM/SIGINT (Faust handles the signals; exits the process)."""

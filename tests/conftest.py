@@ -36,6 +36,10 @@ TEST_ENV = {
     "FLEETPULSE_KAFKA_PROXIED_PORT": str(29094 + _STACK_N * 100),
     "FLEETPULSE_KAFKA_PROXY_PORT": str(29095 + _STACK_N * 100),
     "FLEETPULSE_PG_PORT": str(55442 + _STACK_N * 100),
+    # The monitoring, when a test turns it on (tests/infra/stack/test_monitoring.py).
+    "FLEETPULSE_PROMETHEUS_PORT": str(29090 + _STACK_N * 100),
+    "FLEETPULSE_POSTGRES_EXPORTER_PORT": str(29187 + _STACK_N * 100),
+    "FLEETPULSE_KAFKA_JMX_PORT": str(29181 + _STACK_N * 100),
     "FLEETPULSE_PG_STORAGE": "auto",
     "FLEETPULSE_PG_SSLMODE": "verify-full",
     # Services started by tests serve no /metrics unless a test asks for it on a port of its

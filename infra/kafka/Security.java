@@ -13,6 +13,9 @@
 //                           allow User:NAME OPERATION on the resource (TOPIC, GROUP, CLUSTER;
 //                           LITERAL or PREFIXED)
 //   sync NAME               after the acl lines: delete NAME's ALLOW bindings not listed
+//   describe                print the controller quorum ("leader ID epoch E", "voter ID
+//                           lag L") and every under-replicated partition ("under-replicated
+//                           TOPIC PARTITION leader=ID isr=[...] replicas=[...]")
 //
 // It prints one line per change ("created user producer", "added ACL ..."), never a password.
 import java.io.BufferedReader;
@@ -26,12 +29,18 @@ import java.util.List;
 import java.util.Map;
 import java.util.Properties;
 import java.util.Set;
+import java.util.TreeMap;
 import java.util.concurrent.TimeUnit;
 import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.ListTopicsOptions;
+import org.apache.kafka.clients.admin.QuorumInfo;
+import org.apache.kafka.clients.admin.TopicDescription;
 import org.apache.kafka.clients.admin.ScramCredentialInfo;
 import org.apache.kafka.clients.admin.ScramMechanism;
 import org.apache.kafka.clients.admin.UserScramCredentialAlteration;
 import org.apache.kafka.clients.admin.UserScramCredentialUpsertion;
+import org.apache.kafka.common.Node;
+import org.apache.kafka.common.TopicPartitionInfo;
 import org.apache.kafka.common.acl.AccessControlEntry;
 import org.apache.kafka.common.acl.AccessControlEntryFilter;
 import org.apache.kafka.common.acl.AclBinding;
@@ -60,6 +69,7 @@ public class Security {
     Map<String, String> set = new java.util.LinkedHashMap<>();
     Set<AclBinding> wanted = new LinkedHashSet<>();
     Set<String> synced = new LinkedHashSet<>();
+    boolean describe = false;
     BufferedReader reader =
         new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
     String line;
@@ -75,10 +85,14 @@ public class Security {
         case "password" -> set.put(arg(f, 1, number), arg(f, 2, number));
         case "acl" -> wanted.add(binding(f, number));
         case "sync" -> synced.add(arg(f, 1, number));
+        case "describe" -> describe = true;
         default -> fail("line " + number + ": unknown command " + f[0]);
       }
     }
     try (Admin admin = Admin.create(props)) {
+      if (describe) {
+        describe(admin);
+      }
       Set<String> existing = new HashSet<>();
       if (!ensure.isEmpty()) {
         existing.addAll(
@@ -131,6 +145,36 @@ public class Security {
         }
       }
     }
+  }
+
+  private static void describe(Admin admin) throws Exception {
+    QuorumInfo quorum =
+        admin.describeMetadataQuorum().quorumInfo().get(TIMEOUT_S, TimeUnit.SECONDS);
+    System.out.println("leader " + quorum.leaderId() + " epoch " + quorum.leaderEpoch());
+    long end = quorum.highWatermark();
+    for (QuorumInfo.ReplicaState voter : quorum.voters()) {
+      System.out.println(
+          "voter " + voter.replicaId() + " lag " + Math.max(0, end - voter.logEndOffset()));
+    }
+    Set<String> topics =
+        admin.listTopics(new ListTopicsOptions().listInternal(true)).names()
+            .get(TIMEOUT_S, TimeUnit.SECONDS);
+    Map<String, TopicDescription> described =
+        admin.describeTopics(topics).allTopicNames().get(TIMEOUT_S, TimeUnit.SECONDS);
+    for (TopicDescription topic : new TreeMap<>(described).values()) {
+      for (TopicPartitionInfo p : topic.partitions()) {
+        if (p.isr().size() < p.replicas().size()) {
+          System.out.println(
+              "under-replicated " + topic.name() + " " + p.partition()
+                  + " leader=" + (p.leader() == null ? -1 : p.leader().id())
+                  + " isr=" + ids(p.isr()) + " replicas=" + ids(p.replicas()));
+        }
+      }
+    }
+  }
+
+  private static String ids(List<Node> nodes) {
+    return nodes.stream().map(n -> String.valueOf(n.id())).toList().toString().replace(" ", "");
   }
 
   private static AclBinding binding(String[] f, int number) {

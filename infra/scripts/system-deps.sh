@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages FleetPulse needs, only those missing. Safe to run again.
-#   usage: infra/scripts/system-deps.sh [--test]   (--test adds what only the tests use)
+#   usage: infra/scripts/system-deps.sh [--monitoring] [--test]
+#     --monitoring adds Prometheus and its PostgreSQL exporter (`fleetpulse stack up --monitoring`)
+#     --test adds what only the tests use (the monitoring's packages among them)
 set -euo pipefail
 
 need=()
@@ -12,7 +14,19 @@ check maven mvn
 check postgresql-15 /usr/lib/postgresql/15/bin/initdb
 check postgresql-client-15 psql
 check pgbackrest pgbackrest
-if [[ "${1:-}" == "--test" ]]; then
+monitoring=0 test=0
+for arg in "$@"; do
+  case "$arg" in
+    --monitoring) monitoring=1 ;;
+    --test) test=1 monitoring=1 ;;
+    *) echo "usage: $0 [--monitoring] [--test]" >&2; exit 2 ;;
+  esac
+done
+if ((monitoring)); then
+  check prometheus /usr/bin/prometheus  # promtool comes with it
+  check prometheus-postgres-exporter /usr/bin/prometheus-postgres-exporter
+fi
+if ((test)); then
   check kcat kcat
   check nodejs node
   check npm npm

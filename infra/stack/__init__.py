@@ -1,15 +1,19 @@
-"""The local stack: a real Kafka broker and a PostgreSQL 15 cluster (WAL archived by
-pgBackRest) under `<home>/`, and the registry's HTTPS certificate from the stack's CA."""
+"""The local stack: a real Kafka cluster (one broker, or three) and a PostgreSQL 15 cluster
+(WAL archived by pgBackRest) under `<home>/`, the registry's HTTPS certificate from the
+stack's CA, and with `monitoring` on, Prometheus and the PostgreSQL exporter
+(`infra/stack/monitoring.py`)."""
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from infra.settings import StackSettings
-from infra.stack.kafka import KafkaBroker
+from infra.stack import monitoring
+from infra.stack.kafka import KafkaCluster, KafkaNode
 from infra.stack.kafka_security import PRINCIPALS, KafkaSecurity
 from infra.stack.pgbackrest import PgBackRest
 from infra.stack.postgres import PostgresCluster
@@ -20,7 +24,8 @@ from runtime.settings import OWNER_ROLE, SERVICE_ROLES
 
 __all__ = [
     "ComponentStatus",
-    "KafkaBroker",
+    "KafkaCluster",
+    "KafkaNode",
     "PostgresCluster",
     "StackError",
     "down",
@@ -46,14 +51,16 @@ def _stack_lock(settings: StackSettings) -> Iterator[None]:
 
 def up(settings: StackSettings) -> list[tuple[ComponentStatus, bool]]:
     """Start what is not running and wait until both are healthy; issue the registry's
-    certificate (`<home>/tls/registry.crt`) when it is missing.
+    certificate (`<home>/tls/registry.crt`) when it is missing. With `settings.monitoring`:
+    Prometheus and the PostgreSQL exporter too, and a running broker without the JMX exporter
+    agent is restarted with it (clients reconnect by themselves, as after `rotate-certs`).
 
     Returns each component's status and whether this call started it.
     """
     with _stack_lock(settings):
         issue(settings.home_dir / "tls", "registry", hostnames=registry_hostnames(settings))
         started = []
-        for component in (PostgresCluster(settings), KafkaBroker(settings)):
+        for component in (PostgresCluster(settings), KafkaCluster(settings)):
             was_started = component.start()
             if isinstance(component, PostgresCluster):
                 pgbackrest = PgBackRest(settings, component)
@@ -62,17 +69,31 @@ def up(settings: StackSettings) -> list[tuple[ComponentStatus, bool]]:
                 pgbackrest.write_config()
                 if was_started or not pgbackrest.stanza_exists():
                     pgbackrest.ensure()
-            if isinstance(component, KafkaBroker):
+            if isinstance(component, KafkaCluster):
+                restarted = set()
+                for node in component.nodes:
+                    proc = node.process()
+                    if settings.monitoring and proc and not monitoring.broker_exports_metrics(proc):
+                        node.stop()  # started again below, with the JMX exporter agent
+                        node.start()
+                        restarted.add(node.name)
                 KafkaSecurity(settings, component).ensure()
-            started.append((component.status(), was_started))
+                launched = {node.name for node in component.launched} | restarted
+                started += [(st, st.name in launched) for st in component.status()]
+            else:
+                started.append((component.status(), was_started))
+        if settings.monitoring:
+            started += monitoring.up(settings)
         return started
 
 
 def down(settings: StackSettings) -> list[tuple[str, bool]]:
-    """Stop both by PID. Returns each component's name and whether it was running."""
+    """Stop everything by PID (the monitoring first). Returns each component's name and
+    whether it was running."""
     with _stack_lock(settings):
         return [
-            ("kafka", KafkaBroker(settings).stop()),
+            *monitoring.down(settings),
+            ("kafka", KafkaCluster(settings).stop()),
             ("postgres", PostgresCluster(settings).stop()),
         ]
 
@@ -84,7 +105,7 @@ def rotate_certs(settings: StackSettings) -> list[str]:
     running registry picks its new certificate up by itself. Returns what was done."""
     with _stack_lock(settings):
         done = []
-        restarted = KafkaBroker(settings).rotate_certificate()
+        restarted = KafkaCluster(settings).rotate_certificate()
         done.append(f"kafka     new certificate{', broker restarted' if restarted else ''}")
         reloaded = PostgresCluster(settings).rotate_certificate()
         done.append(f"postgres  new certificate{', server reloaded' if reloaded else ''}")
@@ -118,4 +139,28 @@ def registry_hostnames(settings: StackSettings) -> tuple[str, ...]:
 
 
 def status(settings: StackSettings) -> list[ComponentStatus]:
-    return [PostgresCluster(settings).status(), KafkaBroker(settings).status()]
+    """Each component; with more than one broker also the controller quorum and the
+    under-replicated partitions (a row that is not `running` when there are any); the
+    monitoring's processes when it is on."""
+    kafka = KafkaCluster(settings)
+    rows = [PostgresCluster(settings).status(), *kafka.status()]
+    if len(kafka.nodes) > 1 and kafka.process() is not None:
+        rows += cluster_health(settings, kafka)
+    return [*rows, *monitoring.status(settings)]
+
+
+def cluster_health(settings: StackSettings, kafka: KafkaCluster) -> list[ComponentStatus]:
+    """The quorum's active controller and voters, and the partitions short of replicas."""
+    try:
+        q = KafkaSecurity(settings, kafka).describe()
+    except StackError as exc:
+        return [ComponentStatus("quorum", False, None, "", str(exc))]
+    voters = ", ".join(f"{kafka.node(n).name} lag {lag}" for n, lag in sorted(q.voters.items()))
+    leader = kafka.node(q.leader).name if 0 < q.leader <= len(kafka.nodes) else "none"
+    rows = [ComponentStatus("quorum", q.leader > 0, None, f"leader {leader}", f"voters: {voters}")]
+    under = q.under_replicated
+    per_topic = Counter(line.split()[0] for line in under)
+    detail = ", ".join(f"{topic}: {n}" for topic, n in sorted(per_topic.items())) or "none"
+    count = f"{len(under)} partitions under-replicated"
+    rows.append(ComponentStatus("replicas", not under, None, count, detail))
+    return rows

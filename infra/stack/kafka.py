@@ -1,4 +1,9 @@
-"""The local Apache Kafka broker: jars from Maven Central, KRaft combined mode, Java 17."""
+"""The local Apache Kafka cluster: jars from Maven Central, Java 17, KRaft combined mode.
+
+One broker by default; `FLEETPULSE_KAFKA_BROKERS=3` (`stack up --brokers 3`) runs three, each
+its own controller too (a quorum of three voters), on its own ports (the first broker's plus
+10 and 20) and under its own folder (`<home>/kafka/`, `<home>/kafka-2/`, `<home>/kafka-3/`).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import psutil
 from aiokafka.admin import AIOKafkaAdminClient
 
 from infra.settings import StackSettings
+from infra.stack.monitoring import kafka_jvm_args
 from infra.stack.process import (
     ComponentStatus,
     StackError,
@@ -31,6 +37,7 @@ from infra.stack.process import (
     wait_until,
 )
 from infra.stack.tls import COMMON_NAMES, issue
+from runtime.settings import NODE_PORT_STEP
 
 log = logging.getLogger(__name__)
 _RESOURCES = Path(__file__).resolve().parents[1] / "kafka"
@@ -51,18 +58,49 @@ class BrokerTls:
     keystore: Path
 
 
-class KafkaBroker:
-    """One broker that is also its own KRaft controller, under `<home>/kafka/`."""
+class KafkaNode:
+    """One broker of the local cluster, also one of its KRaft controllers: broker `node` (1,
+    2, 3) under `<home>/kafka/` (the first) or `<home>/kafka-<node>/`."""
 
-    def __init__(self, settings: StackSettings) -> None:
+    def __init__(self, settings: StackSettings, node: int = 1) -> None:
         self.settings = settings
-        self.dir = settings.home_dir / "kafka"
-        self.libs = self.dir / "libs"
+        self.node = node
+        home = settings.home_dir
+        #: The first broker's folder holds what the cluster shares: jars, cluster id, TLS.
+        self.first = home / "kafka"
+        self.dir = self.first if node == 1 else home / f"kafka-{node}"
+        self.libs = self.first / "libs"
         self.data = self.dir / "data"
         self.logs = self.dir / "logs"
         self.properties = self.dir / "server.properties"
         self.pid_file = self.dir / "broker.pid"
         self.console_log = self.logs / "console.log"
+
+    def port(self, first: int, node: int | None = None) -> int:
+        """This node's (or `node`'s) port for a listener whose first-broker port is `first`
+        (0 stays 0: no such listener)."""
+        n = self.node if node is None else node
+        return first + (n - 1) * NODE_PORT_STEP if first else 0
+
+    @property
+    def client_port(self) -> int:
+        return self.port(self.settings.kafka_port)
+
+    @property
+    def controller_port(self) -> int:
+        return self.port(self.settings.kafka_controller_port)
+
+    @property
+    def internal_port(self) -> int:
+        return self.port(self.settings.kafka_internal_port)
+
+    @property
+    def plaintext_port(self) -> int:
+        return self.port(self.settings.kafka_plaintext_port)
+
+    @property
+    def name(self) -> str:
+        return "kafka" if self.settings.kafka_brokers == 1 else f"kafka-{self.node}"
 
     # -- install ---------------------------------------------------------------------------
     def install(self) -> None:
@@ -74,7 +112,7 @@ class KafkaBroker:
             return
         if shutil.which("mvn") is None:
             raise StackError("Maven (mvn) is not installed; run `make demo` or `make test`")
-        staging = self.dir / "libs.partial"
+        staging = self.first / "libs.partial"
         shutil.rmtree(staging, ignore_errors=True)
         run_checked(
             [
@@ -105,14 +143,12 @@ class KafkaBroker:
         s = self.settings
         host = s.kafka_host
         tls = self._install_tls()
+        port, internal, plaintext = self.client_port, self.internal_port, self.plaintext_port
         # Clients: TLS and a SCRAM user. The broker itself, and the stack's tools acting as
         # it: mutual TLS with its own certificate (principal `kafka-broker`), on the
         # inter-broker and controller listeners, so it needs no password and can create the
         # SCRAM users before any exists.
-        listeners = [
-            f"CLIENT://{host}:{s.kafka_port}",
-            f"INTERNAL://{LOOPBACK}:{s.kafka_internal_port}",
-        ]
+        listeners = [f"CLIENT://{host}:{port}", f"INTERNAL://{LOOPBACK}:{internal}"]
         advertised = list(listeners)
         protocols = ["CLIENT:SASL_SSL", "INTERNAL:SSL", "CONTROLLER:SSL"]
         sasl_listeners = ["client"]
@@ -123,15 +159,15 @@ class KafkaBroker:
             advertised.append(f"PROXIED://{host}:{s.kafka_proxy_port}")
             protocols.append("PROXIED:SASL_SSL")
             sasl_listeners.append("proxied")
-        if s.kafka_plaintext_port:
+        if plaintext:
             log.warning(
                 "the broker has a PLAINTEXT listener on %s:%d (FLEETPULSE_KAFKA_PLAINTEXT_PORT): "
                 "no TLS, no authentication: any client there may do anything",
                 host,
-                s.kafka_plaintext_port,
+                plaintext,
             )
-            listeners.append(f"PLAINTEXT://{host}:{s.kafka_plaintext_port}")
-            advertised.append(f"PLAINTEXT://{host}:{s.kafka_plaintext_port}")
+            listeners.append(f"PLAINTEXT://{host}:{plaintext}")
+            advertised.append(f"PLAINTEXT://{host}:{plaintext}")
             protocols.append("PLAINTEXT:PLAINTEXT")
         super_users = [f"User:{ADMIN}", f"User:{BROKER_PRINCIPAL}"]
         if s.kafka_plaintext_port:
@@ -139,15 +175,20 @@ class KafkaBroker:
             # setting asks for is a listener where any client may do anything.
             super_users.append("User:ANONYMOUS")
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        nodes = range(1, s.kafka_brokers + 1)
+        voters = ",".join(f"{n}@{LOOPBACK}:{self.port(s.kafka_controller_port, n)}" for n in nodes)
+        # Internal topics as replicated as the contract's (runtime/topics.py): 3 copies, 2 in
+        # sync for a write, once there are three brokers.
+        rf, isr = s.kafka_replication_factor, s.kafka_min_insync
         self.dir.mkdir(parents=True, exist_ok=True)
         self.properties.write_text(
             "\n".join(
                 [
                     "# Written by `fleetpulse stack up` from FLEETPULSE_* settings; edits are lost",
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@{LOOPBACK}:{s.kafka_controller_port}",
-                    f"listeners={','.join(listeners)},CONTROLLER://{LOOPBACK}:{s.kafka_controller_port}",
+                    f"node.id={self.node}",
+                    f"controller.quorum.voters={voters}",
+                    f"listeners={','.join(listeners)},CONTROLLER://{LOOPBACK}:{self.controller_port}",
                     f"advertised.listeners={','.join(advertised)}",
                     "controller.listener.names=CONTROLLER",
                     f"listener.security.protocol.map={','.join(protocols)}",
@@ -176,13 +217,17 @@ class KafkaBroker:
                     # Topics are made by `fleetpulse topics create`, from schemas/topics.py.
                     "auto.create.topics.enable=false",
                     "num.partitions=1",
-                    "offsets.topic.replication.factor=1",
+                    f"default.replication.factor={rf}",
+                    f"min.insync.replicas={isr}",
+                    # Never elect a replica that lacks acknowledged writes.
+                    "unclean.leader.election.enable=false",
+                    f"offsets.topic.replication.factor={rf}",
                     "offsets.topic.num.partitions=6",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
-                    # A single local broker: no reason to wait for more group members.
+                    f"transaction.state.log.replication.factor={rf}",
+                    f"transaction.state.log.min.isr={isr}",
+                    f"share.coordinator.state.topic.replication.factor={rf}",
+                    f"share.coordinator.state.topic.min.isr={isr}",
+                    # A local cluster: no reason to wait for more group members.
                     "group.initial.rebalance.delay.ms=0",
                     "log.retention.check.interval.ms=60000",
                     "",
@@ -196,7 +241,7 @@ class KafkaBroker:
         tls_dir = self.settings.home_dir / "tls"
         names = ("localhost", self.settings.kafka_host, *self.settings.tls_hostnames)
         cert = issue(tls_dir, "kafka", hostnames=names, force=force)
-        folder = self.dir / "tls"
+        folder = self.first / "tls"
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o700)
         keystore = folder / "keystore.pem"
@@ -213,16 +258,6 @@ class KafkaBroker:
         """The broker's TLS files (issued if missing)."""
         return self._install_tls()
 
-    def rotate_certificate(self) -> bool:
-        """Issue the broker a new certificate from the CA and restart it if it runs (a broker
-        reads its keystore at start). Clients reconnect by themselves. True if restarted."""
-        self._install_tls(force=True)
-        if self.process() is None:
-            return False
-        self.stop()
-        self.start()
-        return True
-
     def internal_ssl_context(self) -> ssl.SSLContext:
         """TLS as the broker's own identity, for the inter-broker listener (the stack's tools)."""
         tls = self.tls()
@@ -232,12 +267,12 @@ class KafkaBroker:
 
     @property
     def internal_bootstrap(self) -> str:
-        return f"{LOOPBACK}:{self.settings.kafka_internal_port}"
+        return f"{LOOPBACK}:{self.internal_port}"
 
     def _format_storage(self) -> None:
         if (self.data / "meta.properties").exists():
             return
-        cluster_id_file = self.dir / "cluster.id"
+        cluster_id_file = self.first / "cluster.id"
         if not cluster_id_file.exists():
             cluster_id_file.write_text(new_cluster_id())
         run_checked(
@@ -254,7 +289,7 @@ class KafkaBroker:
                 "-c",
                 str(self.properties),
             ],
-            what="formatting the Kafka storage",
+            what=f"formatting the storage of {self.name}",
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -263,7 +298,7 @@ class KafkaBroker:
 
     def healthy(self) -> bool:
         """True when the broker answers a metadata request (as itself, over mutual TLS)."""
-        if not port_open(LOOPBACK, self.settings.kafka_internal_port):
+        if not port_open(LOOPBACK, self.internal_port):
             return False
         return asyncio.run(
             metadata_ok(
@@ -273,28 +308,26 @@ class KafkaBroker:
             )
         )
 
-    def start(self) -> bool:
-        """Start the broker unless it runs; wait until healthy. True if it was started."""
-        if self.process() is not None:
-            wait_until(
-                self.healthy,
-                timeout=self.settings.kafka_start_timeout,
-                what="Kafka",
-                log=self.logs / "server.log",
-            )
-            return False
+    def _ports(self) -> list[tuple[str, int]]:
         s = self.settings
-        ours = [(s.kafka_host, s.kafka_port), (s.kafka_host, s.kafka_proxied_port)]
-        ours += [(s.kafka_host, s.kafka_plaintext_port), (LOOPBACK, s.kafka_internal_port)]
-        ours.append((LOOPBACK, s.kafka_controller_port))
-        for host, port in ours:
+        ours = [(s.kafka_host, self.client_port), (s.kafka_host, s.kafka_proxied_port)]
+        ours += [(s.kafka_host, self.plaintext_port), (LOOPBACK, self.internal_port)]
+        return [*ours, (LOOPBACK, self.controller_port)]
+
+    def launch(self) -> int | None:
+        """Start the broker's JVM unless it runs, without waiting (the brokers of a cluster
+        start together: none is ready before a majority of controllers is up). Its PID if it
+        was started, None if it was running."""
+        if self.process() is not None:
+            return None
+        for host, port in self._ports():
             if port and port_open(host, port):
                 raise StackError(
-                    f"port {host}:{port} is taken by a process this stack did not start; "
-                    "stop it or choose other ports (FLEETPULSE_KAFKA_BOOTSTRAP, "
+                    f"port {host}:{port} ({self.name}) is taken by a process this stack did not "
+                    "start; stop it or choose other ports (FLEETPULSE_KAFKA_BOOTSTRAP, "
                     "FLEETPULSE_KAFKA_INTERNAL_PORT, FLEETPULSE_KAFKA_CONTROLLER_PORT, ...)"
                 )
-        self.install()
+        s = self.settings
         self._write_config()
         self._format_storage()
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -306,6 +339,7 @@ class KafkaBroker:
             "-Djava.awt.headless=true",
             f"-Dkafka.logs.dir={self.logs}",
             f"-Dlog4j2.configurationFile={_RESOURCES / 'log4j2.xml'}",
+            *kafka_jvm_args(s, node=self.node),  # the JMX exporter agent, when monitoring is on
             "-cp",
             f"{self.libs}/*",
             _MARKER,
@@ -313,22 +347,38 @@ class KafkaBroker:
         ]
         # Where this start's lines begin: an error from an earlier life of the broker is not
         # the cause of this one's failure.
-        since = {log: _size(log) for log in (self.logs / "server.log", self.console_log)}
+        self._since = {log: _size(log) for log in (self.logs / "server.log", self.console_log)}
         pid = spawn(argv, log=self.console_log, cwd=self.dir)
         self.pid_file.write_text(f"{pid}\n")
+        return pid
 
-        def ready() -> bool:
-            if self.process() is None:
-                if _alive(pid):  # forked, but not yet the JVM whose command line we look for
-                    return False
-                raise StackError(
-                    f"the Kafka broker exited during start-up ({self._last_error(since)}); "
-                    f"see {self.console_log}"
-                )
-            return self.healthy()
+    def ready(self) -> bool:
+        """Whether the broker is up and answering; raises if it exited during start-up."""
+        if self.process() is None:
+            pid = read_pid(self.pid_file)
+            if pid is not None and _alive(pid):  # forked, not yet the JVM we look for
+                return False
+            since = getattr(self, "_since", {})
+            raise StackError(
+                f"the Kafka broker {self.name} exited during start-up "
+                f"({self._last_error(since)}); see {self.console_log}"
+            )
+        return self.healthy()
 
-        wait_until(ready, timeout=s.kafka_start_timeout, what="Kafka", log=self.logs / "server.log")
-        return True
+    def start(self) -> bool:
+        """Start this broker unless it runs and wait until it answers (the others of its
+        quorum must be up, or start meanwhile). True if it was started."""
+        started = self.launch() is not None
+        self.wait_ready()
+        return started
+
+    def wait_ready(self) -> None:
+        wait_until(
+            self.ready,
+            timeout=self.settings.kafka_start_timeout,
+            what=f"Kafka ({self.name})",
+            log=self.logs / "server.log",
+        )
 
     def _last_error(self, since: dict[Path, int]) -> str:
         """The last error line the broker logged since `since` (offsets per log file), to name
@@ -355,17 +405,131 @@ class KafkaBroker:
         self.pid_file.unlink(missing_ok=True)
         return True
 
+    def kill(self) -> int | None:
+        """kill -9 (a drill's fault): no controlled shutdown. The PID killed, or None."""
+        proc = self.process()
+        if proc is None:
+            return None
+        proc.kill()
+        psutil.wait_procs([proc], timeout=30)
+        return proc.pid
+
     def status(self) -> ComponentStatus:
         proc = self.process()
-        address = self.settings.kafka_bootstrap
+        address = f"{self.settings.kafka_host}:{self.client_port}"
         if proc is None:
             formatted = (self.data / "meta.properties").exists()
             detail = f"data in {self.data}" if formatted else "not formatted yet"
-            return ComponentStatus("kafka", False, None, address, detail)
+            return ComponentStatus(self.name, False, None, address, detail)
         detail = "healthy (TLS, SCRAM, ACLs)" if self.healthy() else "starting or unhealthy"
-        if self.settings.kafka_plaintext_port:
-            detail += f"; WARNING: PLAINTEXT listener on port {self.settings.kafka_plaintext_port}"
-        return ComponentStatus("kafka", True, proc.pid, address, f"{detail}, data in {self.data}")
+        if self.plaintext_port:
+            detail += f"; WARNING: PLAINTEXT listener on port {self.plaintext_port}"
+        return ComponentStatus(self.name, True, proc.pid, address, f"{detail}, data in {self.data}")
+
+
+class KafkaCluster:
+    """The stack's Kafka: `FLEETPULSE_KAFKA_BROKERS` nodes (one by default), started and
+    stopped together."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.nodes = [KafkaNode(settings, n) for n in range(1, settings.kafka_brokers + 1)]
+        first = self.nodes[0]
+        self.dir, self.libs = first.dir, first.libs
+        self._count_file = first.dir / "brokers"
+        #: The nodes the last `start()` started (the others were running).
+        self.launched: list[KafkaNode] = []
+
+    def node(self, n: int) -> KafkaNode:
+        return self.nodes[n - 1]
+
+    def install(self) -> None:
+        self.nodes[0].install()
+
+    def java(self) -> str:
+        return self.nodes[0].java()
+
+    def tls(self) -> BrokerTls:
+        return self.nodes[0].tls()
+
+    def internal_ssl_context(self) -> ssl.SSLContext:
+        return self.nodes[0].internal_ssl_context()
+
+    @property
+    def internal_bootstrap(self) -> str:
+        return ",".join(n.internal_bootstrap for n in self.nodes)
+
+    def _check_size(self) -> None:
+        """A cluster keeps the number of brokers it was formatted with: its quorum's voters
+        and its topics' replicas are in its metadata."""
+        wanted = self.settings.kafka_brokers
+        formatted = (self.nodes[0].data / "meta.properties").exists()
+        if not formatted:
+            self._count_file.parent.mkdir(parents=True, exist_ok=True)
+            self._count_file.write_text(f"{wanted}\n")
+            return
+        try:
+            had = int(self._count_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            had = 1  # formatted before the count was recorded: a single broker
+        if had != wanted:
+            raise StackError(
+                f"the Kafka cluster in {self.settings.home_dir} was formatted with {had} "
+                f"broker(s), not {wanted}: run it with FLEETPULSE_KAFKA_BROKERS={had} (or "
+                f"`--brokers {had}`), or start {wanted} in another FLEETPULSE_HOME; a cluster's "
+                "size is fixed when it is formatted"
+            )
+
+    def process(self) -> psutil.Process | None:
+        """The first running broker's process, or None if none runs."""
+        return next((p for p in (n.process() for n in self.nodes) if p is not None), None)
+
+    def start(self) -> bool:
+        """Start every broker that is not running, together; wait until all are healthy.
+        True if any was started."""
+        self.install()
+        self._check_size()
+        self.launched = [n for n in self.nodes if n.launch() is not None]
+        for node in self.nodes:
+            node.wait_ready()
+        return bool(self.launched)
+
+    def stop(self) -> bool:
+        """Stop every broker (SIGTERM: controlled shutdown). True if any was running."""
+        # The last one standing has no quorum to shut down through: stop them in parallel.
+        running = []
+        for node in self.nodes:
+            proc = node.process()
+            if proc is None:
+                node.pid_file.unlink(missing_ok=True)
+                continue
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+            running.append((node, proc))
+        for node, proc in running:
+            stop_process(proc, timeout=60)
+            node.pid_file.unlink(missing_ok=True)
+        return bool(running)
+
+    def healthy(self) -> bool:
+        return all(n.healthy() for n in self.nodes)
+
+    def rotate_certificate(self) -> bool:
+        """Issue the brokers a new certificate from the CA and restart the running ones, one
+        at a time (a broker reads its keystore at start; with three, the cluster stays up).
+        Clients reconnect by themselves. True if any was restarted."""
+        self.nodes[0]._install_tls(force=True)
+        restarted = False
+        for node in self.nodes:
+            if node.process() is None:
+                continue
+            node.stop()
+            node.start()
+            restarted = True
+        return restarted
+
+    def status(self) -> list[ComponentStatus]:
+        return [n.status() for n in self.nodes]
 
 
 def _size(path: Path) -> int:

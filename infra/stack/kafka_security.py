@@ -24,11 +24,11 @@ import hashlib
 import os
 import secrets
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.settings import StackSettings
-from infra.stack.kafka import ADMIN, KafkaBroker, metadata_ok
+from infra.stack.kafka import ADMIN, KafkaCluster, metadata_ok
 from infra.stack.process import StackError, secret_file, wait_until
 from registry.settings import RegistrySettings
 from sinks.settings import SinkSettings
@@ -70,12 +70,23 @@ def role_acls() -> list[Acl]:
     return sorted(set(acls))
 
 
+@dataclass
+class Quorum:
+    """What `describe` found: the active controller (`leader`), each voter's lag behind it
+    in metadata records, and the partitions with fewer in-sync replicas than replicas."""
+
+    leader: int
+    epoch: int
+    voters: dict[int, int] = field(default_factory=dict)
+    under_replicated: list[str] = field(default_factory=list)
+
+
 class KafkaSecurity:
     """The local broker's users, passwords and ACLs."""
 
-    def __init__(self, settings: StackSettings, broker: KafkaBroker | None = None) -> None:
+    def __init__(self, settings: StackSettings, broker: KafkaCluster | None = None) -> None:
         self.settings = settings
-        self.broker = broker or KafkaBroker(settings)
+        self.broker = broker or KafkaCluster(settings)
         self.secrets = settings.home_dir / "secrets" / "kafka"
         self._stamp = self.broker.dir / "security.sha256"
 
@@ -134,7 +145,20 @@ class KafkaSecurity:
         self.client_config(principal)
         self._wait_for_login(principal)
 
-    def _run(self, lines: list[str]) -> list[str]:
+    def describe(self) -> Quorum:
+        """The controller quorum and the under-replicated partitions, from the cluster."""
+        quorum = Quorum(leader=-1, epoch=-1)
+        for line in self._run(["describe"], what="describing the Kafka cluster"):
+            f = line.split()
+            if f[0] == "leader":
+                quorum.leader, quorum.epoch = int(f[1]), int(f[3])
+            elif f[0] == "voter":
+                quorum.voters[int(f[1])] = int(f[3])
+            elif f[0] == "under-replicated":
+                quorum.under_replicated.append(" ".join(f[1:]))
+        return quorum
+
+    def _run(self, lines: list[str], what: str = "setting the Kafka users and ACLs") -> list[str]:
         broker = self.broker
         tls = broker.tls()
         config = broker.dir / "tls" / "tools.properties"
@@ -167,10 +191,10 @@ class KafkaSecurity:
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            raise StackError("setting the Kafka users and ACLs timed out after 180 s") from None
+            raise StackError(f"{what} timed out after 180 s") from None
         if result.returncode != 0:
             detail = result.stderr.strip().splitlines()[-3:] or ["no output"]
-            raise StackError(f"setting the Kafka users and ACLs failed: {' / '.join(detail)}")
+            raise StackError(f"{what} failed: {' / '.join(detail)}")
         return result.stdout.splitlines()
 
     def _wait_for_login(self, principal: str) -> None:

@@ -50,6 +50,8 @@ class Pipeline:
     sinks: int = 1
     port: int = field(default_factory=free_port)
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    #: The /metrics port of a service, by name (the others serve none).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     killed: set[str] = field(default_factory=set)
 
@@ -84,10 +86,13 @@ class Pipeline:
         }
 
     async def _service(self, verb: str, name: str) -> asyncio.subprocess.Process:
+        env = self.env()
+        if name in self.metrics_ports:
+            env["FLEETPULSE_METRICS_PORT"] = str(self.metrics_ports[name])
         with (self.logs / f"{name}.log").open("wb") as log:
             return await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "infra.cli", verb,
-                env=self.env(), cwd=ROOT, stdout=log, stderr=log,
+                env=env, cwd=ROOT, stdout=log, stderr=log,
             )  # fmt: skip
 
     async def start(self) -> None:
@@ -164,7 +169,12 @@ async def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
 
 @asynccontextmanager
 async def running_pipeline(
-    stack: StackSettings, logs: Path, *, streams: int = 1, sinks: int = 1
+    stack: StackSettings,
+    logs: Path,
+    *,
+    streams: int = 1,
+    sinks: int = 1,
+    metrics_ports: dict[str, int] | None = None,
 ) -> AsyncIterator[tuple[Pipeline, str]]:
     """A started pipeline on topics and a migrated database of its own, and an admin token for
     its registry. On exit every service is stopped (SIGTERM) and the database dropped; each
@@ -175,7 +185,10 @@ async def running_pipeline(
     database = await asyncio.to_thread(create_database, stack)
     settings = RegistrySettings(pg_database=database, registry_keys=SecretStr(TEST_KEYS))
     await create_admin(settings, ADMIN, "E2E", PASSWORD)
-    p = Pipeline(stack, topics, database, logs, streams=streams, sinks=sinks)
+    p = Pipeline(
+        stack, topics, database, logs, streams=streams, sinks=sinks,
+        metrics_ports=metrics_ports or {},
+    )  # fmt: skip
     try:
         await p.start()
         r = await p.request("POST", "/login", json={"email": ADMIN, "password": PASSWORD})

@@ -26,7 +26,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.settings import StackSettings
-from infra.stack import KafkaBroker
+from infra.stack import KafkaCluster
 from producers.simulator import simulated_server_id
 from tests.conftest import ROOT
 from tests.e2e.pipeline import PARTITIONS, Pipeline, register, running_pipeline, wait_for
@@ -207,7 +207,7 @@ async def test_a_broker_restart_under_load_keeps_every_service_up_and_loses_noth
     window of every host then lands with every sample of the raw topic, nothing dead-lettered.
     (At the end every service must exit 0 on SIGTERM.)"""
     bootstrap = stack_settings.kafka_bootstrap
-    broker = KafkaBroker(stack_settings)
+    broker = KafkaCluster(stack_settings)
     async with running_pipeline(stack_settings, tmp_path) as (p, token):
         hosts = [simulated_server_id(SIM_SEED, i) for i in range(SIM_HOSTS)]
         await register(p, token, *hosts)

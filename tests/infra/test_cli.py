@@ -63,3 +63,15 @@ def test_an_unreachable_database_is_one_line_with_exit_1() -> None:
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("fleetpulse: error: cannot connect to postgresql://")
     assert "(is the stack up? `fleetpulse stack up`)" in line
+
+
+def test_a_spool_folder_that_cannot_be_used_is_one_line_with_exit_1() -> None:
+    server = "6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"
+    for command in (["agent", "--server-id", server], ["simulate", "--hosts", "1"]):
+        done = _cli(*command, "--spool-dir", "/sys/fleetpulse-spool")
+        assert done.returncode == 1, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("fleetpulse: error: cannot create the spool folder /sys/")
+    done = _cli("agent", "--server-id", server, FLEETPULSE_SPOOL_MAX_BYTES="10")
+    assert done.returncode == 2
+    assert done.stderr.startswith("fleetpulse: error: invalid setting: FLEETPULSE_SPOOL_MAX_BYTES")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -178,3 +180,139 @@ async def test_servers_are_registered_through_the_inventory_once(
     assert by_id[ids[2]]["hostname"] == f"{taken}-{ids[2][:8]}"
     for server_id, row in by_id.items():
         assert len(keyring.decrypt(row["encrypted_password"], server_id)) == 32
+
+
+def _children(paths: DemoPaths) -> dict[str, dict[str, int]]:
+    """The demo's record of its children (replaced whole by the demo: never half written)."""
+    try:
+        record: dict[str, dict[str, int]] = json.loads(paths.children.read_text())
+    except FileNotFoundError:
+        return {}
+    return record
+
+
+def _kill_9(paths: DemoPaths, name: str, demo: subprocess.Popen[bytes]) -> tuple[int, int]:
+    """`kill -9` the child `name`; wait for the demo to start it again. (old pid, new pid)."""
+    old = _children(paths)[name]["pid"]
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and demo.poll() is None:
+        entry = _children(paths)[name]
+        if entry["pid"] != old:
+            assert entry["restarts"] == 1 and entry["last_exit"] == -signal.SIGKILL, entry
+            assert Path(f"/proc/{entry['pid']}").exists()
+            assert not Path(f"/proc/{old}").exists()  # reaped by the demo
+            return old, entry["pid"]
+        time.sleep(0.2)
+    raise AssertionError(f"{name} (pid {old}) was not restarted within 30 s")
+
+
+async def _windows(
+    settings: StackSettings, ids: list[str], since: datetime, until: datetime | None = None
+) -> dict[str, dict[datetime, int]]:
+    """Each server's 5 s rows in [since, until): timestamp → sample_count."""
+    conn = await asyncpg.connect(**settings.connect_kwargs())
+    try:
+        rows = await conn.fetch(
+            'SELECT server_id, "timestamp", sample_count FROM metrics_snapshots '
+            'WHERE server_id = ANY($1::text[]) AND "timestamp" >= $2 AND "timestamp" < $3',
+            ids,
+            since,
+            until or datetime.now(UTC) + timedelta(days=1),
+        )
+    finally:
+        await conn.close()
+    found: dict[str, dict[datetime, int]] = {i: {} for i in ids}
+    for r in rows:
+        assert r["timestamp"] not in found[r["server_id"]]  # exactly once
+        found[r["server_id"]][r["timestamp"]] = r["sample_count"]
+    return found
+
+
+def _wait(
+    what: str, deadline: float, ok: Callable[[], bool], demo: subprocess.Popen[bytes]
+) -> None:
+    while not ok():
+        assert demo.poll() is None, f"the demo exited ({demo.returncode}) waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def test_every_child_killed_with_sigkill_comes_back_and_no_window_is_lost(
+    stack_settings: StackSettings, tmp_path: Path
+) -> None:
+    """Kill each child of a running demo with SIGKILL, one at a time: each is started again
+    (a new pid, one restart recorded) and, from the producers' return on, every 5 s window of
+    every simulated host lands whole (5 samples), once, through the sink's and the stream
+    worker's kills; this machine's agent and the registry work again."""
+    port = free_port()
+    env = {**os.environ, "FLEETPULSE_REGISTRY_PORT": str(port)}
+    env.pop("FLEETPULSE_KAFKA_SASL_USERNAME", None)
+    screen = tmp_path / "screen.txt"
+    with screen.open("wb") as tty:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "demo", "--hosts", str(HOSTS)],
+            env=env, cwd=ROOT, stdout=tty, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    paths = DemoPaths(stack_settings.home_dir)
+    sims = [simulated_server_id(42, i) for i in range(HOSTS)]
+    pids: list[int] = []
+    try:
+        started = datetime.now(UTC)
+        deadline = time.monotonic() + 120
+
+        def all_landed(since: datetime, ids: list[str]) -> Callable[[], bool]:
+            return lambda: all(asyncio.run(_windows(stack_settings, ids, since)).values())
+
+        _wait("the demo's children", deadline, lambda: len(_children(paths)) == 6, demo)
+        own_id = paths.server_id.read_text().strip()
+        _wait("rows of every host", deadline, all_landed(started, [own_id, *sims]), demo)
+
+        # The producers first: the seconds they are down are lost to every window they span.
+        back = datetime.now(UTC)
+        for name in ("simulate", "agent"):
+            pids += _kill_9(paths, name, demo)
+        deadline = time.monotonic() + 60
+        _wait("the restarted simulator's rows", deadline, all_landed(back, sims), demo)
+        firsts = asyncio.run(_windows(stack_settings, sims, back))
+        # The first window after its return may be partial; from the next one on, all whole.
+        since = max(min(windows) for windows in firsts.values()) + timedelta(seconds=5)
+
+        for name in ("backup", "registry", "sink", "stream"):
+            pids += _kill_9(paths, name, demo)
+            time.sleep(3)  # one down at a time
+        last_restart = datetime.now(UTC)
+        until = last_restart.replace(microsecond=0) + timedelta(seconds=15)
+        until -= timedelta(seconds=until.second % 5)
+        span = int((until - since).total_seconds())
+        expected = {since + timedelta(seconds=k) for k in range(0, span, 5)}
+        assert len(expected) >= 4  # the span covers the sink's and the stream's kills
+
+        def whole() -> bool:
+            found = asyncio.run(_windows(stack_settings, sims, since, until))
+            return all(set(w) == expected and set(w.values()) == {5} for w in found.values())
+
+        deadline = time.monotonic() + 90
+        try:
+            _wait("every window whole", deadline, whole, demo)
+        except AssertionError:
+            found = asyncio.run(_windows(stack_settings, sims, since, until))
+            missing = {s[:8]: sorted(expected - set(w)) for s, w in found.items()}
+            short = {s[:8]: {t: n for t, n in w.items() if n != 5} for s, w in found.items()}
+            raise AssertionError(f"missing {missing}, short {short}") from None
+        _wait("this machine's rows", deadline, all_landed(last_restart, [own_id]), demo)
+        _wait("the registry", deadline, lambda: _registry_health(port, stack_settings) == 200, demo)
+        restarts = {name: entry["restarts"] for name, entry in _children(paths).items()}
+        assert restarts == dict.fromkeys(restarts, 1) and len(restarts) == 6
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGINT)
+        demo.wait(timeout=120)
+    out = screen.read_text()
+    assert demo.returncode == 0, out[-4000:]
+    # Each restart logged with the signal; the demo's own stop restarted nothing.
+    assert out.count("killed by SIGKILL after") == 6, out[-4000:]
+    assert out.count(" restarted: pid ") == 6, out[-4000:]
+    assert "backup 0, registry 0, sink 0, stream 0, agent 0, simulate 0" in out
+    assert "restarted while the demo ran: backup 1x (last killed by SIGKILL)" in out
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]

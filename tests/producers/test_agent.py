@@ -9,19 +9,22 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from infra.settings import StackSettings
-from infra.stack import KafkaBroker
+from infra.stack import KafkaCluster
 from producers import AgentSettings, MetricProducer, ProducerSettings
 from producers.agent import Agent
 from runtime.service import serve
 from schemas import RAW, RawMetricEvent, decode_raw_event
 from schemas.topics import TopicSpec
 from tests.conftest import ROOT
+from tests.e2e.relay import Relay
 from tests.factories import event_dict
 from tests.kafka import kcat, read_all
 
@@ -67,7 +70,7 @@ async def test_broker_outage_loses_nothing_and_overflow_is_counted(
     )
     await tiny.start()
     task = asyncio.create_task(serve(agent, stop_timeout=settings.stop_timeout))
-    broker = KafkaBroker(stack_settings)
+    broker = KafkaCluster(stack_settings)
     try:
         await asyncio.sleep(2.5)
         await asyncio.to_thread(broker.stop)
@@ -142,3 +145,65 @@ async def test_agent_command_flushes_on_sigterm(kafka_bootstrap: str) -> None:
     got = [decode_raw_event(r["payload"].encode()) for r in records if r["key"] == server_id]
     assert len(got) >= 3
     _assert_consecutive(got)
+
+
+async def test_an_agent_killed_during_an_outage_sends_its_spooled_samples_after_a_restart(
+    stack_settings: StackSettings, new_topic: TopicSpec, tmp_path: Path
+) -> None:
+    """The real command with a spool, through a relay: connected, cut off for 6 s, killed
+    with SIGKILL, started again with the broker back. Every second it sampled before the
+    kill (bar the last, which may not have reached the disk) is on the topic, in order."""
+    relay = Relay(stack_settings.kafka_proxy_port, stack_settings.kafka_proxied_port)
+    await relay.start()
+    server_id = str(uuid.uuid4())
+    env = {
+        **os.environ,
+        "FLEETPULSE_KAFKA_BOOTSTRAP": f"127.0.0.1:{stack_settings.kafka_proxy_port}",
+        "FLEETPULSE_RAW_TOPIC": new_topic.name,
+        "FLEETPULSE_SPOOL_DIR": str(tmp_path / "spool"),
+        "FLEETPULSE_TOP_PROCESSES": "3",
+        "FLEETPULSE_RETRY_MAX": "0.5",
+    }
+
+    async def agent() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "infra.cli", "agent", "--server-id", server_id,
+            env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+
+    first = await agent()
+    second: asyncio.subprocess.Process | None = None
+    try:
+        for _ in range(300):  # (a busy machine starts it slowly)
+            if relay.connections:
+                break
+            await asyncio.sleep(0.1)
+        assert relay.connections > 0, "the agent never connected through the relay"
+        await asyncio.sleep(2)
+        await relay.cut()
+        await asyncio.sleep(6 - (time.time() % 1) + 0.5)  # half-way between two samples
+        killed_at = time.time()
+        first.kill()
+        await first.wait()
+        await relay.restore()
+        second = await agent()
+        await asyncio.sleep(8)
+        second.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(second.communicate(), timeout=30)
+        assert second.returncode == 0, err.decode()[-3000:]
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+        await relay.close()
+    records = await read_all(stack_settings.kafka_bootstrap, new_topic.name, 10)
+    stamps = [decode_raw_event(v).timestamp.timestamp() for _, v in records]
+    assert stamps == sorted(stamps), "out of order"
+    before = sorted({t for t in stamps if t < killed_at})
+    assert before, stamps
+    # Every second from the first sample to the last one before the kill, none missing.
+    assert before == [before[0] + i for i in range(len(before))], before
+    assert killed_at - before[-1] < 1.5, (killed_at, before[-1])
+    assert len(before) >= 7  # 2 s connected, 6 s cut off
+    assert any(t > killed_at for t in stamps)  # and the second run's own samples after them
+    assert len(stamps) - len(set(stamps)) <= 2  # at least once: a re-send is rare and small

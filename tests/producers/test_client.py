@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from infra.settings import StackSettings
-from infra.stack import KafkaBroker
+from infra.stack import KafkaCluster
 from producers import InvalidEvent, MetricProducer, ProducerSettings
 from schemas import decode_raw_event
 from schemas.topics import TopicSpec
@@ -63,7 +63,7 @@ async def test_a_broker_restart_under_load_loses_nothing(
         kafka_bootstrap=stack_settings.kafka_bootstrap, retry_max=1.0, buffer_size=1_000_000
     )
     producer = MetricProducer(settings, topic=new_topic.name)
-    broker = KafkaBroker(stack_settings)
+    broker = KafkaCluster(stack_settings)
     servers = [str(uuid.uuid4()) for _ in range(100)]
     sent = 0
 

@@ -36,6 +36,19 @@ def test_settings_come_from_the_environment(clean_env: pytest.MonkeyPatch) -> No
         ProducerSettings()
 
 
+def test_the_spool_is_off_unless_a_folder_is_given(clean_env: pytest.MonkeyPatch) -> None:
+    s = ProducerSettings()
+    assert (s.spool_dir, s.spool_max_bytes) == (None, 64 * 1024 * 1024)
+    clean_env.setenv("FLEETPULSE_SPOOL_DIR", "/var/spool/fleetpulse")
+    clean_env.setenv("FLEETPULSE_SPOOL_MAX_BYTES", "1048576")
+    for model in (ProducerSettings, AgentSettings, SimulatorSettings):
+        s = model()
+        assert (str(s.spool_dir), s.spool_max_bytes) == ("/var/spool/fleetpulse", 1 << 20)
+    clean_env.setenv("FLEETPULSE_SPOOL_MAX_BYTES", "1000")
+    with pytest.raises(ValueError, match="spool_max_bytes"):
+        ProducerSettings()
+
+
 def test_a_producer_flush_must_fit_in_its_stop_timeout(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("FLEETPULSE_STOP_TIMEOUT", "5")
     with pytest.raises(ValueError, match="flush_timeout must be less than stop_timeout"):

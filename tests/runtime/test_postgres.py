@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import asyncpg
 import pytest
 from pydantic import SecretStr
 
@@ -13,6 +14,7 @@ from infra.settings import StackSettings
 from infra.stack.process import free_port
 from runtime import postgres
 from runtime.backoff import Backoff
+from runtime.errors import Disposition
 from runtime.logs import Outage
 
 pytestmark = pytest.mark.integration
@@ -74,3 +76,14 @@ async def test_connect_retrying_returns_a_connection_and_reports_back(
     assert conn is not None
     await conn.close()
     assert outage.up
+
+
+def test_a_connection_left_mid_protocol_by_a_dead_server_is_retried() -> None:
+    """What asyncpg raises on a connection whose server was killed mid-query is caught by
+    the retry loops and counts as the database being away, not as a verdict on the rows."""
+    exc = asyncpg.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress"
+    )
+    assert isinstance(exc, postgres.POSTGRES_ERRORS)
+    assert postgres.disposition(exc) is Disposition.TRANSIENT
+    assert postgres.is_away(exc)

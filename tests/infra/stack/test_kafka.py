@@ -15,7 +15,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from infra.settings import StackSettings
-from infra.stack.kafka import KafkaBroker, new_cluster_id
+from infra.stack.kafka import KafkaCluster, KafkaNode, new_cluster_id
+from infra.stack.process import StackError
 from schemas import RawMetricEvent, decode_raw_event
 from schemas.topics import TopicSpec
 from tests.factories import event_dict
@@ -147,7 +148,7 @@ def test_cluster_ids_are_16_bytes_and_never_start_with_a_dash() -> None:
 
 
 def _properties(tmp_path: Path, **settings: object) -> str:
-    broker = KafkaBroker(StackSettings(home=tmp_path, **settings))  # type: ignore[arg-type]
+    broker = KafkaNode(StackSettings(home=tmp_path, **settings))  # type: ignore[arg-type]
     broker._write_config()
     return broker.properties.read_text()
 
@@ -169,3 +170,71 @@ def test_no_plaintext_listener_unless_asked_and_then_a_warning(
     assert "User:ANONYMOUS" in opened  # what the setting asks for: anyone may do anything
     assert "PLAINTEXT listener on 127.0.0.1:19195" in caplog.text
     assert caplog.records[-1].levelname == "WARNING"
+
+
+def _local(home: Path, **settings: object) -> StackSettings:
+    """The dev stack's ports whatever the test session's variables say."""
+    ports = {
+        "kafka_bootstrap": "127.0.0.1:19092",
+        "kafka_controller_port": 19093,
+        "kafka_internal_port": 19094,
+        "kafka_proxied_port": 0,
+        "kafka_proxy_port": 0,
+    }
+    return StackSettings(home=home, **(ports | settings))  # type: ignore[arg-type]
+
+
+def test_three_brokers_each_have_their_ports_folder_and_one_quorum(tmp_path: Path) -> None:
+    settings = _local(tmp_path, kafka_brokers=3)
+    assert settings.kafka_bootstrap == "127.0.0.1:19092,127.0.0.1:19102,127.0.0.1:19112"
+    texts = []
+    for n in (1, 2, 3):
+        node = KafkaNode(settings, n)
+        node._write_config()
+        texts.append(node.properties.read_text())
+    voters = "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:19103,3@127.0.0.1:19113"
+    for n, text in enumerate(texts, start=1):
+        assert f"node.id={n}" in text and voters in text
+        step = (n - 1) * 10
+        assert f"CLIENT://127.0.0.1:{19092 + step}" in text
+        assert f"INTERNAL://127.0.0.1:{19094 + step}" in text
+        assert f"CONTROLLER://127.0.0.1:{19093 + step}" in text
+        for line in ("offsets.topic.replication.factor=3", "transaction.state.log.min.isr=2"):
+            assert line in text
+        assert "min.insync.replicas=2" in text and "default.replication.factor=3" in text
+    assert KafkaNode(settings, 1).dir == tmp_path / "kafka"
+    assert KafkaNode(settings, 3).dir == tmp_path / "kafka-3"
+    assert KafkaNode(settings, 3).libs == tmp_path / "kafka" / "libs"  # the jars are shared
+
+
+def test_one_broker_replicates_nothing_and_says_so_nowhere_else(tmp_path: Path) -> None:
+    settings = _local(tmp_path)
+    assert settings.kafka_brokers == 1 and settings.kafka_bootstrap == "127.0.0.1:19092"
+    assert (settings.kafka_replication_factor, settings.kafka_min_insync) == (1, 1)
+    node = KafkaNode(settings)
+    node._write_config()
+    text = node.properties.read_text()
+    assert "controller.quorum.voters=1@127.0.0.1:19093" in text
+    assert "offsets.topic.replication.factor=1" in text and "min.insync.replicas=1" in text
+
+
+def test_the_broker_count_comes_from_the_formatted_cluster_unless_set(tmp_path: Path) -> None:
+    (tmp_path / "kafka").mkdir()
+    (tmp_path / "kafka" / "brokers").write_text("3\n")
+    assert _local(tmp_path).kafka_brokers == 3
+    assert _local(tmp_path).kafka_replication_factor == 3
+    assert _local(tmp_path, kafka_brokers=1).kafka_brokers == 1
+    explicit = "10.0.0.1:9092,10.0.0.2:9092,10.0.0.3:9092"
+    assert _local(tmp_path, kafka_bootstrap=explicit).kafka_bootstrap == explicit
+    with pytest.raises(ValueError, match="PROXIED_PORT needs a single broker"):
+        _local(tmp_path, kafka_proxied_port=1, kafka_proxy_port=2)
+    assert _local(tmp_path, kafka_brokers=1, kafka_proxied_port=1, kafka_proxy_port=2)
+
+
+def test_a_cluster_keeps_the_size_it_was_formatted_with(tmp_path: Path) -> None:
+    data = tmp_path / "kafka" / "data"
+    data.mkdir(parents=True)
+    (data / "meta.properties").write_text("node.id=1\n")  # formatted, before counts were kept
+    cluster = KafkaCluster(_local(tmp_path, kafka_brokers=3))
+    with pytest.raises(StackError, match="formatted with 1 broker"):
+        cluster._check_size()
