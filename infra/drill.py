@@ -321,11 +321,11 @@ class Run:
                 await asyncio.sleep(0.3)
         raise DrillError(f"the drill's registry did not start; see {self.log_path('registry')}")
 
-    def check_alive(self) -> None:
+    def check_alive(self, but: tuple[str, ...] = ()) -> None:
         """Raise if a service exited by itself (the drill's verdict: it must ride out every
-        fault but its own kill)."""
+        fault but its own kill, `but`)."""
         for name, proc in self.procs.items():
-            if name != "simulate" and proc.returncode is not None:
+            if name not in ("simulate", *but) and proc.returncode is not None:
                 raise DrillError(
                     f"the {name} exited ({proc.returncode}) during the drill; see "
                     f"{self.log_path(name)}"
@@ -609,7 +609,7 @@ class Drill:
             nonlocal disturbed
             if restarting.done():
                 restarting.result()  # a failed restart is the drill's failure
-            run.check_alive()
+            run.check_alive(but=() if restarting.done() else (fault,))
             late = await self.delay(run) > self.baseline + 1.0
             disturbed = disturbed or late
             past_pause = time.monotonic() >= killed_at + o.pause
