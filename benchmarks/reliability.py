@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOSTS, SPEED = 2_000, 2.0
 #: The largest fleet the end-to-end benchmark holds (BENCHMARKS.md, *End to end*), at 1 Hz.
 LARGE_HOSTS, LARGE_SPEED = 10_000, 1.0
-LARGE_FAULTS = ("broker-leader", "stream")
+LARGE_FAULTS = ("broker-leader",)
 
 
 def settings() -> StackSettings:
