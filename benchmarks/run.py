@@ -2,7 +2,7 @@
 
     benchmarks/run                 # every benchmark
     benchmarks/run agent e2e       # only some: agent, simulator, sink_write, stream, stream_delay,
-                                   # e2e, outage, backup, tls
+                                   # e2e, outage, backup, tls, reliability
 
 Each benchmark's section is kept in benchmarks/results/<name>.md with the machine and date it
 ran on; BENCHMARKS.md is assembled from all of them, so running one refreshes only its own.
@@ -26,6 +26,7 @@ ALL = (
     "outage",
     "backup",
     "tls",
+    "reliability",
 )
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

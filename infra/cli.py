@@ -209,7 +209,9 @@ def _drill(args: argparse.Namespace) -> int:
     settings = StackSettings()
     faults = list(FAULTS) if args.fault == "all" else [args.fault]
     logs = args.logs or settings.home_dir / "drills" / time.strftime("%Y%m%dT%H%M%S")
-    options = DrillOptions(hosts=args.hosts, speed=args.speed, pause=args.pause, logs=logs)
+    options = DrillOptions(
+        hosts=args.hosts, speed=args.speed, pause=args.pause, logs=logs, keep=args.keep
+    )
     report = asyncio.run(Drill(settings, options).run(faults))
     if args.json:
         args.json.write_text(report_json(report) + "\n")
@@ -489,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pause", type=float, default=5.0, help="seconds the killed part stays down (default 5)"
     )
     drill.add_argument("--logs", type=Path, help="folder of the services' logs")
+    drill.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the drill's topics and databases when it passes (a failed drill's are kept)",
+    )
     drill.add_argument("--json", type=Path, help="also write the report to this file as JSON")
     drill.set_defaults(func=_drill)
 

@@ -91,6 +91,8 @@ class DrillOptions:
     tail: float = 10.0
     seed: int = 7
     logs: Path = Path(".fleetpulse/drills")
+    #: Keep the drill's topics and databases even when it passed (a failed one's are kept).
+    keep: bool = False
 
 
 @dataclass
@@ -99,7 +101,8 @@ class FaultResult:
     target: str
     killed_at: float
     #: Seconds from the kill until the newest row in the database was back within one second
-    #: of where the undisturbed pipeline keeps it.
+    #: of where the undisturbed pipeline keeps it (and the part killed running again, but for
+    #: a broker: two of three carry on without it); 0 when the rows never fell behind.
     recovery: float
 
 
@@ -199,7 +202,7 @@ class Run:
         self.stack, self.options, self.tag = stack, options, tag
         #: The real agent's server id (this machine, registered in both runs).
         self.agent_id = agent_id
-        suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
+        self.suffix = suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
         self.topics = {
             "FLEETPULSE_RAW_TOPIC": f"drill.raw.{suffix}",
             "FLEETPULSE_AGG_5S_TOPIC": f"drill.a5.{suffix}",
@@ -318,11 +321,11 @@ class Run:
                 await asyncio.sleep(0.3)
         raise DrillError(f"the drill's registry did not start; see {self.log_path('registry')}")
 
-    def check_alive(self) -> None:
+    def check_alive(self, but: tuple[str, ...] = ()) -> None:
         """Raise if a service exited by itself (the drill's verdict: it must ride out every
-        fault but its own kill)."""
+        fault but its own kill, `but`)."""
         for name, proc in self.procs.items():
-            if name != "simulate" and proc.returncode is not None:
+            if name not in ("simulate", *but) and proc.returncode is not None:
                 raise DrillError(
                     f"the {name} exited ({proc.returncode}) during the drill; see "
                     f"{self.log_path(name)}"
@@ -505,10 +508,18 @@ class Drill:
             report = await self.compare(fault_run, reference, results, end)
             for line in report.lines():
                 say(line)
-            return report
         finally:
             for run in (fault_run, reference):
                 await run.stop()
+        if report.passed and not o.keep:
+            for run in (fault_run, reference):
+                await run.drop()
+        else:
+            names = ", ".join(
+                f"drill.*.{r.suffix} and database {r.database}" for r in (fault_run, reference)
+            )
+            say(f"kept for a look: topics {names}")
+        return report
 
     async def stop_simulator(self, run: Run) -> int:
         """Stop the load (SIGTERM: it sends what it holds, then exits) and return how many
@@ -583,15 +594,34 @@ class Drill:
                 await asyncio.to_thread(self.postgres.start)
         else:
             raise DrillError(f"no fault {fault!r}; the faults are {', '.join(FAULTS)}")
-        await asyncio.sleep(o.pause)
-        await restart()
+
+        async def restart_after_pause() -> None:
+            await asyncio.sleep(o.pause)
+            await restart()
+
+        restarting = asyncio.create_task(restart_after_pause())
+        # With one broker of three down the pipeline carries on: its recovery does not wait
+        # for the broker's return. Any other part must be back first.
+        needs_restart = not fault.startswith("broker")
+        disturbed = False
 
         async def recovered() -> bool:
-            run.check_alive()
-            return await self.delay(run) <= self.baseline + 1.0
+            nonlocal disturbed
+            if restarting.done():
+                restarting.result()  # a failed restart is the drill's failure
+            run.check_alive(but=() if restarting.done() else (fault,))
+            late = await self.delay(run) > self.baseline + 1.0
+            disturbed = disturbed or late
+            past_pause = time.monotonic() >= killed_at + o.pause
+            back = restarting.done() or not needs_restart
+            return past_pause and back and not late
 
-        await wait_for(f"recovery from {fault}", recovered, timeout=240)
-        return FaultResult(fault, target, killed_at, time.monotonic() - killed_at)
+        try:
+            await wait_for(f"recovery from {fault}", recovered, timeout=240)
+            recovery = time.monotonic() - killed_at if disturbed else 0.0
+        finally:
+            await restarting
+        return FaultResult(fault, target, killed_at, recovery)
 
     async def delay(self, run: Run) -> float:
         """How far the newest 5 s row in the database is behind the load, in wall-clock

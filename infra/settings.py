@@ -60,8 +60,8 @@ class StackSettings(KafkaSettings, PostgresSettings):
     )
     kafka_heap: str = Field(
         default="512m",
-        description="Java heap of each local broker (-Xmx): three brokers at 512m take about "
-        "2.4 GiB of memory in all (README, *Three brokers*).",
+        description="Java heap of each local broker (-Xmx): a broker at 512m is about 730 MiB "
+        "resident (README, *Three brokers*).",
     )
     kafka_start_timeout: float = Field(
         default=90.0, gt=0, description="Seconds to wait for the broker to become healthy."

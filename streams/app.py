@@ -67,6 +67,11 @@ LATE_ABSORBED = Counter(
     "fleetpulse_stream_late_absorbed",
     "Late samples absorbed as corrections of closed windows (within the lateness horizon).",
 )
+DUPLICATES = Counter(
+    "fleetpulse_stream_duplicates",
+    "Samples dropped because their window already held one of the same server and timestamp "
+    "(a producer's retry, a spool re-sent); not dead-lettered.",
+)
 KEPT = Gauge("fleetpulse_stream_kept_windows", "Closed 5 s windows kept for corrections.")
 CHECKPOINTED = Gauge(
     "fleetpulse_stream_last_checkpoint_timestamp_seconds",
@@ -144,6 +149,7 @@ class StreamWorker:
         self.events_in = 0
         self._reported = 0
         self._late_absorbed = 0
+        self._duplicates = 0
         self._lock = asyncio.Lock()  # the batch loop and the timers take turns
         self._kafka = TELEMETRY.outage("kafka", log)
         self._backoff = Backoff(s.retry_min, s.retry_max, probe_every=s.retry_probe_every)
@@ -335,14 +341,17 @@ class StreamWorker:
         counts = self.processor.counts()
         LATE_ABSORBED.inc(counts["late_absorbed"] - self._late_absorbed)
         self._late_absorbed = counts["late_absorbed"]
+        DUPLICATES.inc(counts["duplicates"] - self._duplicates)
+        self._duplicates = counts["duplicates"]
         log.info(
             "%.0f events/s in, %d open 5 s windows, %d kept for corrections; late samples "
-            "so far: %d absorbed, %d beyond the horizon (dead-lettered)",
+            "so far: %d absorbed, %d beyond the horizon (dead-lettered); %d duplicates dropped",
             rate,
             open_windows,
             kept,
             counts["late_absorbed"],
             counts["late_dropped"],
+            counts["duplicates"],
         )
 
     def _lag(self) -> int:

@@ -31,6 +31,7 @@ from schemas import (
     decode_raw_event,
 )
 from streams.windows import (
+    NAMED_VERSIONS,
     POSITIONAL_VERSION,
     STATE_VERSION,
     ChangelogRecordError,
@@ -141,7 +142,7 @@ class StreamProcessor:
         #: that checkpoint committed), when its progress record says so.
         self.replay_from: dict[int, int] = {}
         self.status = StatusTracker(offline_after)
-        self._retired = {"late_absorbed": 0, "late_dropped": 0}  # of partitions revoked
+        self._retired = {"late_absorbed": 0, "late_dropped": 0, "duplicates": 0}  # of revoked
         self._wall = 0.0
         self._stamp = iso(0.0)
 
@@ -213,11 +214,13 @@ class StreamProcessor:
         return nxt if windows is None else windows.committable_offset(nxt)
 
     def counts(self) -> dict[str, int]:
-        """Late samples since the start: absorbed as corrections, and dropped (dead-lettered)."""
+        """Since the start: late samples absorbed as corrections, and dropped
+        (dead-lettered); duplicates dropped (not dead-lettered)."""
         ws = self.partitions.values()
         return {
             "late_absorbed": self._retired["late_absorbed"] + sum(w.late_absorbed for w in ws),
             "late_dropped": self._retired["late_dropped"] + sum(w.late_dropped for w in ws),
+            "duplicates": self._retired["duplicates"] + sum(w.duplicates for w in ws),
         }
 
     def revoke(self, partition: int) -> None:
@@ -226,6 +229,7 @@ class StreamProcessor:
         if gone is not None:
             self._retired["late_absorbed"] += gone.late_absorbed
             self._retired["late_dropped"] += gone.late_dropped
+            self._retired["duplicates"] += gone.duplicates
         self.next_offsets.pop(partition, None)
         self.replay_until.pop(partition, None)
         self.replay_from.pop(partition, None)
@@ -264,7 +268,7 @@ class StreamProcessor:
         progress = orjson.loads(raw_progress)
         version = progress.get("v")
         v1 = version is None and "watermark" in progress  # the release before version 2
-        if not (v1 or version in (STATE_VERSION, POSITIONAL_VERSION)):
+        if not (v1 or version in NAMED_VERSIONS or version == POSITIONAL_VERSION):
             raise ChangelogRecordError(
                 PROGRESS_KEY,
                 f"version {version!r}, but this worker reads versions 1 to {STATE_VERSION} only",

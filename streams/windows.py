@@ -35,6 +35,15 @@ holds changes (a window closes, a late sample comes), not for every sample: a sa
 only fills an open window is replayed after a restart whatever `covered` says, so a `covered`
 that lags costs nothing, and the checkpoint writes a record for a server about once per 5 s
 window instead of once per checkpoint.
+
+A sample is one server's at one timestamp: a second record with the same server and
+timestamp (a producer retrying with a new producer id, an agent's spool re-sent after a
+crash) is a duplicate, dropped and counted (`duplicates`), never dead-lettered (nothing is
+lost, and the sender did nothing wrong). The first to arrive wins, whatever values the later
+one carries: a window is never retracted, and the first was emitted already. Each 5 s window
+holds the timestamps it has taken (`WindowAcc.seen`), while open, while kept and in its
+changelog record, so a duplicate is recognised until its window falls behind the horizon
+(past it, it is refused as late like any sample), and after a restart.
 """
 
 from __future__ import annotations
@@ -59,9 +68,13 @@ SIZE: Final = _BASE_ROW.seconds
 #: The rollups fed by closed 5 s windows, with their sizes.
 ROLLUPS: Final = tuple((Resolution(r.name), r.seconds) for r in RESOLUTIONS[1:])
 #: Version of the changelog records this worker writes (`"v"` in each); bumped whenever a
-#: record's shape changes, so old state is never misread. Version 2 is read too (and the
-#: previous release's version 1, see `restore_v1`); any other version is refused.
-STATE_VERSION: Final = 3
+#: record's shape changes, so old state is never misread. Versions 2 and 3 are read too (and
+#: the release before them, version 1, see `restore_v1`); any other version is refused.
+#: Version 4 added the timestamps a kept 5 s window holds (`WindowAcc.seen`).
+STATE_VERSION: Final = 4
+#: The versions whose records have named fields (version 3 is version 4 without the seen
+#: timestamps, read the same way).
+NAMED_VERSIONS: Final = (3, STATE_VERSION)
 #: The last version whose records were positional JSON arrays; its window array is the form
 #: closed windows are held in memory (`WindowAcc.pack`).
 POSITIONAL_VERSION: Final = 2
@@ -158,12 +171,23 @@ class WindowAcc:
     last_offset: int = -1
     #: Revision last emitted: -1 before the first emission, then 0, 1, ... per correction.
     revision: int = -1
+    #: 5 s windows only, the timestamps of the samples in it: bit i set for one at whole
+    #: second `start + i` (the usual case, a few integer operations per sample), ...
+    seen: int = 0
+    #: ... and the exact timestamps of the others (None while there are none).
+    seen_exact: list[float] | None = None
+    #: Offsets of the samples it took after it had closed (corrections) that its server's
+    #: `covered` did not account for yet when it was last kept. A replay after a checkpoint
+    #: cut short finds such a window newer than its server's record: a replayed record at or
+    #: below `last_offset` whose timestamp it holds is then the correction itself only if
+    #: its offset is here (its rollups still need it), else a duplicate.
+    late_offsets: list[int] | None = None
 
     @classmethod
     def from_event(
         cls, e: RawMetricEvent, start: int, size: int, offset: int, *, rollup: bool = False
     ) -> WindowAcc:
-        return cls(
+        acc = cls(
             server_id=e.server_id,
             start=start,
             size=size,
@@ -178,6 +202,9 @@ class WindowAcc:
             first_offset=offset,
             last_offset=offset,
         )
+        if not rollup:
+            acc.mark(acc.last_ts)
+        return acc
 
     @classmethod
     def seeded_by(cls, w: WindowAcc, start: int, size: int) -> WindowAcc:
@@ -200,8 +227,26 @@ class WindowAcc:
     def end(self) -> int:
         return self.start + self.size
 
-    def add(self, e: RawMetricEvent, offset: int) -> None:
-        ts = e.timestamp.timestamp()
+    def holds(self, ts: float) -> bool:
+        """Whether a sample at `ts` (in this 5 s window) is in it already."""
+        whole = int(ts)
+        if whole == ts:
+            return bool(self.seen >> (whole - self.start) & 1)
+        return self.seen_exact is not None and ts in self.seen_exact
+
+    def mark(self, ts: float) -> None:
+        """Note a sample at `ts` (in this 5 s window) as in it."""
+        whole = int(ts)
+        if whole == ts:
+            self.seen |= 1 << (whole - self.start)
+        elif self.seen_exact is None:
+            self.seen_exact = [ts]
+        else:
+            self.seen_exact.append(ts)
+
+    def add(self, e: RawMetricEvent, offset: int, ts: float) -> None:
+        """Add the sample `e` at `ts` (its timestamp, as epoch seconds) to the statistics
+        (not to `seen`: rollups have none, and the caller has checked it already)."""
         latest = ts >= self.last_ts
         self.count += 1
         self.cpu.add(e.cpu_usage, latest)
@@ -287,7 +332,8 @@ class WindowAcc:
 
     def pack(self) -> bytes:
         """The window as it is kept in memory once closed: a compact positional array (the
-        version-2 changelog value), never written to the changelog any more."""
+        version-2 changelog value, with the seen timestamps after it), never written to the
+        changelog any more."""
         return _dumps(self.row())
 
     def row(self) -> list[Any]:
@@ -308,6 +354,9 @@ class WindowAcc:
             self.revision,
             self.last_offset,
             procs,
+            self.seen,
+            self.seen_exact,
+            self.late_offsets,
         ]
 
     @classmethod
@@ -318,6 +367,10 @@ class WindowAcc:
             return cls.from_record(server_id, orjson.loads(data))
         row = orjson.loads(data) if isinstance(data, bytes) else data
         procs = row[20]
+        # A version-2 record ends at the processes: it restores with nothing seen, so a
+        # duplicate of a sample it holds is taken as a correction. That is the best that can
+        # be done; the record did not say which timestamps it held.
+        seen = row[21:24] if len(row) > 21 else (0, None, None)
         return cls(
             server_id=server_id,
             start=int(row[0]),
@@ -337,6 +390,9 @@ class WindowAcc:
                 ProcessInfo.model_construct(pid=p[0], name=p[1], cpu_usage=p[2], memory_usage=p[3])
                 for p in procs
             ],
+            seen=int(seen[0]),
+            seen_exact=seen[1],
+            late_offsets=seen[2],
         )
 
     def record(self) -> dict[str, Any]:
@@ -365,7 +421,20 @@ class WindowAcc:
             "revision": self.revision,
             "last_offset": self.last_offset,
             "processes": procs,
+            **self._seen_record(),
         }
+
+    def _seen_record(self) -> dict[str, Any]:
+        """The seen timestamps as named fields, only those that hold something (a rollup has
+        none, and its server record is written about once per 5 s window)."""
+        r: dict[str, Any] = {}
+        if self.seen:
+            r["seen"] = self.seen
+        if self.seen_exact:
+            r["seen_exact"] = self.seen_exact
+        if self.late_offsets:
+            r["late_offsets"] = self.late_offsets
+        return r
 
     @classmethod
     def from_record(cls, server_id: str, r: dict[str, Any]) -> WindowAcc:
@@ -396,15 +465,22 @@ class WindowAcc:
                     strict=True,
                 )
             ],
+            # A version-3 record has none of these: it restores with nothing seen, so a
+            # duplicate of a sample it holds is taken as a correction. That is the best that
+            # can be done; the record did not say which timestamps it held.
+            seen=int(r.get("seen", 0)),
+            seen_exact=r.get("seen_exact"),
+            late_offsets=r.get("late_offsets"),
         )
 
     def changelog_value(self) -> bytes:
-        """The window as its kept-window changelog record (version first, see `_RECORD_HEAD`)."""
+        """The window as its kept-window changelog record (version first, see `_RECORD_HEADS`)."""
         return _dumps({"v": STATE_VERSION, **self.record()})
 
 
-#: How every record this worker writes begins: a kept window restored with it is held as read.
-_RECORD_HEAD: Final = b'{"v":%d,' % STATE_VERSION
+#: How every record this worker writes begins (and the previous named version's did): a kept
+#: window restored with it is held as read.
+_RECORD_HEADS: Final = tuple(b'{"v":%d,' % v for v in NAMED_VERSIONS)
 
 
 class ChangelogRecordError(FleetPulseError):
@@ -427,7 +503,7 @@ def _version_of(value: bytes) -> object:
 
 
 def _unreadable(key: bytes, version: object) -> ChangelogRecordError:
-    readable = f"{POSITIONAL_VERSION} and {STATE_VERSION}"
+    readable = f"{POSITIONAL_VERSION} to {STATE_VERSION}"
     return ChangelogRecordError(
         key, f"version {version!r}, but this worker reads versions {readable} only"
     )
@@ -490,6 +566,10 @@ class Late:
     detail: str
 
 
+#: What `PartitionWindows._late` says of a duplicate (dropped, not refused: no dead letter).
+_DUPLICATE: Final = Late("a duplicate")
+
+
 @dataclass(slots=True)
 class ServerWindows:
     """One server's windows and clocks in one partition."""
@@ -531,13 +611,13 @@ class ServerWindows:
 
     @classmethod
     def from_changelog(cls, key: bytes, value: bytes) -> ServerWindows:
-        """The server of a record (version 3, or 2: rollups as positional arrays). Raises
+        """The server of a record (version 4 or 3, or 2: rollups as positional arrays). Raises
         `ChangelogRecordError` for any other version, or a record it cannot read."""
         server_id = key.decode()
         try:
             data = orjson.loads(value)
             version = data.get("v")
-            if version not in (STATE_VERSION, POSITIONAL_VERSION):
+            if version not in NAMED_VERSIONS and version != POSITIONAL_VERSION:
                 raise _unreadable(key, version)
             state = cls(
                 server_id,
@@ -547,7 +627,7 @@ class ServerWindows:
                 released=int(data["released"]),
             )
             for r in data["rollups"]:
-                if version == STATE_VERSION:
+                if version in NAMED_VERSIONS:
                     resolution, acc = r["resolution"], WindowAcc.from_record(server_id, r)
                 else:
                     resolution, acc = r[0], WindowAcc.unpack(server_id, r[1])
@@ -580,6 +660,8 @@ class PartitionWindows:
     servers: dict[str, ServerWindows] = field(default_factory=dict)
     late_absorbed: int = 0
     late_dropped: int = 0
+    #: Samples dropped as duplicates (a replayed record already counted is not counted again).
+    duplicates: int = 0
     #: Servers whose record changed since the last checkpoint.
     _dirty: set[str] = field(default_factory=set)
     #: Kept-window records to write at the next checkpoint (None: a tombstone).
@@ -589,7 +671,8 @@ class PartitionWindows:
         self, e: RawMetricEvent, offset: int, wall: float, stamp: str, out: list[ClosedWindow]
     ) -> Late | None:
         """Take one sample; what it closes or corrects is appended to `out` (emitted at
-        `stamp`). A `Late` if it is refused (counted, unless it is a replay)."""
+        `stamp`). A `Late` if it is refused (counted, unless it is a replay). A duplicate (its
+        window has a sample at its timestamp) is dropped: counted, nothing else changes."""
         s = self.servers.get(e.server_id)
         if s is None:
             s = self.servers[e.server_id] = ServerWindows(e.server_id)
@@ -598,16 +681,32 @@ class PartitionWindows:
         replayed = offset < s.covered
         acc = s.five.get(start)
         if acc is not None:
-            acc.add(e, offset)
+            # `holds` and `mark` inline for a whole second: this runs for every sample.
+            whole = int(ts)
+            if whole == ts:
+                bit = 1 << (whole - start)
+                if acc.seen & bit:
+                    self._duplicate(replayed)
+                    return None
+                acc.seen |= bit
+            elif acc.holds(ts):
+                self._duplicate(replayed)
+                return None
+            else:
+                acc.mark(ts)
+            acc.add(e, offset, ts)
         elif (
             start in s.kept or start < s.released or start + SIZE + self.grace.base <= s.event_time
         ):
             # Its window has closed (or, never opened, is behind the server's own event
             # time): late. A replayed one is in the restored state already.
             if not replayed:
-                # Recorded even if refused: a replay must know this offset is accounted for.
+                # Recorded even if refused (or a duplicate): a replay must know this offset
+                # is accounted for.
                 self._dirty.add(s.server_id)
                 late = self._late(s, e, ts, start, offset, stamp, out)
+                if late is _DUPLICATE:
+                    return None
                 if late is not None:
                     return late
         else:
@@ -621,6 +720,10 @@ class PartitionWindows:
             self._close(s, ts, stamp, out)
         return None
 
+    def _duplicate(self, replayed: bool) -> None:
+        if not replayed:  # (else it was counted before the restart)
+            self.duplicates += 1
+
     def _late(
         self,
         s: ServerWindows,
@@ -631,7 +734,8 @@ class PartitionWindows:
         stamp: str,
         out: list[ClosedWindow],
     ) -> Late | None:
-        """A sample for a closed 5 s window: absorb it as a correction, or refuse it."""
+        """A sample for a closed 5 s window: absorb it as a correction, or refuse it, or
+        drop it as a duplicate (`_DUPLICATE`) if the kept window has its timestamp."""
         if ts < s.event_time - self.horizon:
             self.late_dropped += 1
             return Late(
@@ -645,15 +749,30 @@ class PartitionWindows:
                 f"event at {e.timestamp.isoformat()} is for a window closed and released after "
                 f"its server was quiet for longer than the {self.horizon:g} s lateness horizon"
             )
-        self.late_absorbed += 1
         packed = s.kept.get(start)
         w = None if packed is None else WindowAcc.unpack(s.server_id, packed)
         if w is None:  # nothing was in this window: it is emitted now, then complete
             w = WindowAcc.from_event(e, start, SIZE, offset)
             self._emit(w, BASE, stamp, out)
-        elif offset > w.last_offset:  # (at or below: a newer record of it has it already)
-            w.add(e, offset)
+        elif w.holds(ts):
+            if not (w.late_offsets and offset in w.late_offsets):
+                self.duplicates += 1
+                return _DUPLICATE
+            # Replayed after a checkpoint cut short: the window's record, newer than its
+            # server's, holds this very correction; only the rollups below need it again.
+        elif offset > w.last_offset:
+            w.add(e, offset, ts)
+            w.mark(ts)
             self._emit(w, BASE, stamp, out)
+        else:
+            # At or below: a newer record of it has it already, one of a version that did
+            # not say which timestamps it held. Say it now.
+            w.mark(ts)
+        self.late_absorbed += 1
+        if w.late_offsets is None:
+            w.late_offsets = [offset]
+        elif offset not in w.late_offsets:
+            w.late_offsets.append(offset)
         w.first_offset = None
         self._keep(s, w)
         for resolution, size in ROLLUPS:
@@ -662,7 +781,7 @@ class PartitionWindows:
             if r is None:
                 r = s.rollups[key] = WindowAcc.from_event(e, key[1], size, offset, rollup=True)
             else:
-                r.add(e, offset)
+                r.add(e, offset, ts)
             if r.revision >= 0 or r.end + self.grace.of(resolution) <= s.event_time:
                 self._emit(r, resolution, stamp, out)
         return None
@@ -706,6 +825,9 @@ class PartitionWindows:
         self._dirty.add(w.server_id)
 
     def _keep(self, s: ServerWindows, w: WindowAcc) -> None:
+        if w.late_offsets:
+            # A record below `covered` is never offered to it again (a replay skips it).
+            w.late_offsets = [o for o in w.late_offsets if o >= s.covered] or None
         # Held compact (positional: this process writes and reads it), recorded named.
         s.kept[w.start] = w.pack()
         self._dirty_windows[window_key(s.server_id, w.start)] = w.changelog_value()
@@ -776,7 +898,7 @@ class PartitionWindows:
     def restore(self, records: dict[bytes, bytes], wall: float) -> None:
         """Start from the changelog (latest value per key, tombstones removed) at `wall`:
         a restored server is quiet from then on, not since its last sample. Records of
-        versions 2 and 3 are read; any other raises `ChangelogRecordError` with its key, and
+        versions 2 to 4 are read; any other raises `ChangelogRecordError` with its key, and
         nothing of the partition is restored (a server record written before an unreadable
         window record would otherwise miss it)."""
         windows: list[tuple[str, int, bytes]] = []
@@ -785,7 +907,7 @@ class PartitionWindows:
             if key.startswith(WINDOW_KEY_PREFIX):
                 # Held as read, unparsed: a takeover reads thousands per server. Only the
                 # version is checked here; `WindowAcc.unpack` reads either form by its shape.
-                if not (value.startswith(_RECORD_HEAD) or value[:1] == b"["):
+                if not (value.startswith(_RECORD_HEADS) or value[:1] == b"["):
                     raise _unreadable(key, _version_of(value))
                 server_id, start = parse_window_key(key)
                 windows.append((server_id, start, value))

@@ -9,7 +9,8 @@ import time
 import uuid
 
 import pytest
-from aiokafka.admin import ConfigResource, ConfigResourceType
+from aiokafka import TopicPartition
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from infra import stack
 from infra.settings import StackSettings
@@ -22,10 +23,13 @@ pytestmark = pytest.mark.integration
 
 
 async def consume_all(settings: StackSettings, topic: str, expect: int) -> list[bytes]:
-    consumer = kafka.consumer(settings, "test", topic, group=f"test-{uuid.uuid4().hex[:8]}")
+    """Partition 0 of `topic` from its start (no group: its coordinator may be the dead one)."""
+    consumer = kafka.consumer(settings, "test")
     await consumer.start()
     out: list[bytes] = []
     try:
+        consumer.assign([TopicPartition(topic, 0)])
+        await consumer.seek_to_beginning(TopicPartition(topic, 0))
         async with asyncio.timeout(90):
             while len(out) < expect:
                 batch = await consumer.getmany(timeout_ms=500)
@@ -35,8 +39,9 @@ async def consume_all(settings: StackSettings, topic: str, expect: int) -> list[
     return out
 
 
-def health(settings: StackSettings) -> dict[str, str]:
-    return {st.name: f"{st.running} {st.address} {st.detail}" for st in stack.status(settings)}
+async def health(settings: StackSettings) -> dict[str, str]:
+    statuses = await asyncio.to_thread(stack.status, settings)
+    return {st.name: f"{st.running} {st.address} {st.detail}" for st in statuses}
 
 
 async def test_topics_get_three_replicas_and_two_in_sync(cluster_settings: StackSettings) -> None:
@@ -83,16 +88,16 @@ async def test_a_leader_killed_loses_no_acknowledged_write_and_status_shows_it(
         values = await consume_all(cluster_settings, name, 1000)
         assert values == [f"{i}".encode() for i in range(1000)]
         deadline = time.monotonic() + 60
-        while not health(cluster_settings)["replicas"].startswith("False"):
-            assert time.monotonic() < deadline, health(cluster_settings)
+        while not (await health(cluster_settings))["replicas"].startswith("False"):
+            assert time.monotonic() < deadline, await health(cluster_settings)
             await asyncio.sleep(2)
-        rows = health(cluster_settings)
+        rows = await health(cluster_settings)
         assert rows[leader.name].startswith("False"), rows
         assert rows["quorum"].startswith("True leader kafka-"), rows
         assert rows["replicas"].startswith("False"), rows
     finally:
         await asyncio.to_thread(leader.start)
     deadline = time.monotonic() + 120
-    while not health(cluster_settings)["replicas"].startswith("True"):
-        assert time.monotonic() < deadline, health(cluster_settings)
+    while not (await health(cluster_settings))["replicas"].startswith("True"):
+        assert time.monotonic() < deadline, await health(cluster_settings)
         await asyncio.sleep(2)

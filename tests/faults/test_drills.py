@@ -16,6 +16,7 @@ from infra.settings import StackSettings
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(900)  # seven faults in turn, each restarted, then the reference run
 async def test_every_fault_in_turn_loses_and_duplicates_nothing(
     cluster_settings: StackSettings, tmp_path: Path
 ) -> None:

@@ -3,9 +3,10 @@ any point — between batches with only part of its outputs acknowledged, halfwa
 writing a checkpoint, or before committing one written — and restarts from its changelog and
 committed offset (or, starting over in place, from the offset its restored progress record
 names) emits exactly the aggregates, corrections and dead letters of an uninterrupted run,
-with late samples (absorbed as corrections, or beyond the horizon) in the input. A revision
-of a window may come out twice, never with different content, never missing. A changelog of
-an earlier version is taken over; one of a version this worker does not know is refused."""
+with late samples (absorbed as corrections, or beyond the horizon) and duplicates (dropped)
+in the input. A revision of a window may come out twice, never with different content, never
+missing; the windows are those of the input without its duplicates. A changelog of an earlier
+version is taken over; one of a version this worker does not know is refused."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from schemas import DeadLetter, DeadLetterReason, Resolution, WindowAggregate
 from streams.processor import PROGRESS_KEY, Outputs, StreamProcessor
-from streams.windows import ChangelogRecordError, Grace
+from streams.windows import STATE_VERSION, ChangelogRecordError, Grace
 from tests.factories import EVENT_T0 as T0
 from tests.factories import SERVERS, event_dict
 
@@ -36,11 +37,15 @@ def _event(server: int, at: float, cpu: float) -> tuple[bytes, bytes]:
 
 
 def scripted_records(
-    delays: list[tuple[int, int]], late_at: list[int], junk_at: list[int]
+    delays: list[tuple[int, int]],
+    late_at: list[int],
+    junk_at: list[int],
+    dupes: list[tuple[int, int]] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """Two servers at 1 Hz around 23:00 and around midnight, as they would arrive: some
-    records delayed by up to 4 s (out of order within grace), some stale re-sends (late),
-    some junk."""
+    records delayed by up to 4 s (out of order within grace), some stragglers from 30 or
+    200 s back (late), some duplicates (a record sent again, with other values, some places
+    later: in its open window, its closed one, or beyond the horizon), some junk."""
     timed: list[tuple[float, tuple[bytes, bytes]]] = []
     base_hour = (HOUR - T0).total_seconds()
     base_midnight = (MIDNIGHT - T0).total_seconds()
@@ -53,16 +58,32 @@ def scripted_records(
     for i, by in delays:
         i %= len(records)
         records.insert(min(i + by, len(records)), records.pop(i))
-    for n, i in enumerate(late_at):  # a re-send of an older event
+    for n, i in enumerate(late_at):  # a sample from between two it sent long before
         i %= len(records)
         value = records[i][1]
         old = json.loads(value)
         server = SERVERS.index(old["server_id"])
-        at = (T0.fromisoformat(old["timestamp"]) - T0).total_seconds() - (200 if n % 2 else 30)
+        back = 200.5 if n % 2 else 30.5
+        at = (T0.fromisoformat(old["timestamp"]) - T0).total_seconds() - back
         records.insert(i + 1, _event(server, at, 99.0))
+    for i, by in dupes or []:
+        i %= len(records)
+        records.insert(min(i + by, len(records)), _duplicate(records[i]))
     for i in junk_at:
         records.insert(i % len(records), (b"junk", b"{not json"))
     return records
+
+
+def _duplicate(record: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    """The record sent again, its values changed (the first one sent must win); junk as is."""
+    key, value = record
+    try:
+        event = json.loads(value)
+    except json.JSONDecodeError:
+        return record
+    event["cpu_usage"] = (event["cpu_usage"] + 50.0) % 100
+    event["network_rx"] += 1
+    return key, json.dumps(event).encode()
 
 
 @dataclass
@@ -150,16 +171,23 @@ def letters(outputs: list[WindowAggregate | DeadLetter]) -> set[tuple[str, int |
     st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 8)), max_size=12),
     st.lists(st.integers(0, 10**6), max_size=3),
     st.lists(st.integers(0, 10**6), max_size=3),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 300)), max_size=8),
     st.data(),
 )
 def test_crash_and_restart_anywhere_gives_the_uninterrupted_result(
-    delays: list[tuple[int, int]], late_at: list[int], junk_at: list[int], data: st.DataObject
+    delays: list[tuple[int, int]],
+    late_at: list[int],
+    junk_at: list[int],
+    dupes: list[tuple[int, int]],
+    data: st.DataObject,
 ) -> None:
-    records = scripted_records(delays, late_at, junk_at)
+    records = scripted_records(delays, late_at, junk_at, dupes)
     reference = run(records, None)
     expected = by_window(reference.outputs)
     assert all(len(v) == 1 for v in expected.values())
     assert {k[0] for k in expected} == {"5s", "1h", "1d"}
+    # The duplicates change no window (those beyond the horizon are dead-lettered as late).
+    assert expected == by_window(run(scripted_records(delays, late_at, junk_at), None).outputs)
 
     crashed = run(records, data)
     got = by_window(crashed.outputs)
@@ -222,29 +250,23 @@ def _acknowledged(out: Outputs) -> list[WindowAggregate | DeadLetter]:
     return [*(a.message() for a in out.aggregates), *out.dead_letters]
 
 
-def test_a_checkpoint_cut_short_anywhere_keeps_every_kept_window() -> None:
-    """A late sample corrects a closed window, then the server's event time jumps beyond the
-    horizon and releases it; the checkpoint after that is cut short at every possible record.
-    Its tombstones come after the server records that release the windows, so a restart
-    never finds the window gone under the older record and emits one holding only the late
-    sample (a crash-and-restart run found that)."""
-    records = scripted_records([], [2202], [])
-    late = 103  # the re-send of a sample 30 s behind its server, for a window closed at 102
-    jump = 122  # past the first records of the midnight span: the 23:00 windows are released
+def _cut_anywhere(records: list[tuple[bytes, bytes]], first: int, second: int) -> int:
+    """Checkpoint after `records[:first]` (and commit), process up to `second`, then crash
+    with the next checkpoint cut short, at every possible record in turn: each restart gives
+    the uninterrupted run's windows. The number of cut points tried."""
     expected = by_window(run(records, None).outputs)
     probe = _restarted(records, Kafka())
-    _feed(probe, records, 0, late - 1)
+    _feed(probe, records, 0, first)
     probe.checkpoint(0)
-    _feed(probe, records, late - 1, jump)
+    _feed(probe, records, first, second)
     cut_points = len(probe.checkpoint(0)) + 1
-    assert cut_points > 5
     for cut in range(cut_points):
         kafka = Kafka()
         proc = _restarted(records, kafka)
-        kafka.outputs += _acknowledged(_feed(proc, records, 0, late - 1))
+        kafka.outputs += _acknowledged(_feed(proc, records, 0, first))
         kafka.changelog += proc.checkpoint(0)
         kafka.committed = proc.committable(0) or 0
-        kafka.outputs += _acknowledged(_feed(proc, records, late - 1, jump))
+        kafka.outputs += _acknowledged(_feed(proc, records, first, second))
         kafka.changelog += proc.checkpoint(0)[:cut]  # the crash
         proc = _restarted(records, kafka)
         out = _feed(proc, records, kafka.committed, len(records))
@@ -253,6 +275,43 @@ def test_a_checkpoint_cut_short_anywhere_keeps_every_kept_window() -> None:
         assert got.keys() == expected.keys(), cut
         for key, contents in got.items():
             assert set(contents) == set(expected[key]), (cut, key)
+    return cut_points
+
+
+def test_a_checkpoint_cut_short_anywhere_keeps_every_kept_window() -> None:
+    """A late sample corrects a closed window, then the server's event time jumps beyond the
+    horizon and releases it; the checkpoint after that is cut short at every possible record.
+    Its tombstones come after the server records that release the windows, so a restart
+    never finds the window gone under the older record and emits one holding only the late
+    sample (a crash-and-restart run found that)."""
+    records = scripted_records([], [2202], [])
+    late = 103  # a sample from 30 s behind its server, for a window closed at 102
+    jump = 122  # past the first records of the midnight span: the 23:00 windows are released
+    assert _cut_anywhere(records, late - 1, jump) > 5
+
+
+def test_a_checkpoint_cut_short_anywhere_tells_corrections_from_duplicates() -> None:
+    """After a checkpoint: a duplicate of a closed window's sample, a correction of that
+    window, a duplicate of the correction; the next checkpoint is cut short at every record.
+    Cut after the window's record and before its server's, the restored window is newer than
+    its server's hour and day: replaying, the correction (its offset in the window's record)
+    still goes to them, and the duplicate before it, at an offset the window also covers,
+    does not."""
+    at = 100
+    records = scripted_records([], [], [])
+    old = records[at - 60]  # server 0's sample 30 s before: its window has closed
+    event = json.loads(old[1])
+    assert event["server_id"] == SERVERS[0]
+    correction = _event(0, (T0.fromisoformat(event["timestamp"]) - T0).total_seconds() + 0.5, 97)
+    records.insert(at, correction)
+    without_duplicates = list(records)
+    records.insert(at, _duplicate(old))
+    records.insert(at + 4, _duplicate(correction))
+    reference = by_window(run(records, None).outputs)
+    assert reference == by_window(run(without_duplicates, None).outputs)
+    revised = {(k[0], k[3]) for k in reference if k[3] > 0}
+    assert revised == {("5s", 1), ("1h", 1)}  # the correction, once (the day is still open)
+    assert _cut_anywhere(records, at, at + 10) > 3
 
 
 def test_the_progress_record_names_the_offset_to_replay_from() -> None:
@@ -301,8 +360,8 @@ def test_a_changelog_of_version_2_is_taken_over() -> None:
     assert (five.count, five.revision, five.network_rx, five.cpu_usage.max) == (6, 1, 42, 50.0)
     assert five.processes is not None and five.processes[0].name == "init"
     assert (hourly.count, hourly.revision, hourly.network_rx) == (101, 0, 707)
-    # Written again as version 3, named.
-    assert all(json.loads(v)["v"] == 3 for _, v in proc.checkpoint(0) if v is not None)
+    # Written again in this worker's version, named.
+    assert all(json.loads(v)["v"] == STATE_VERSION for _, v in proc.checkpoint(0) if v is not None)
 
 
 def test_a_progress_record_of_an_unknown_version_is_refused_with_its_key() -> None:

@@ -1,5 +1,5 @@
-"""Unit tests of the stream processor: DLQ reasons with original bytes, lateness, status
-changes, idle partitions closing by the wall clock, committable offsets."""
+"""Unit tests of the stream processor: DLQ reasons with original bytes, lateness, duplicates,
+status changes, idle partitions closing by the wall clock, committable offsets."""
 
 from __future__ import annotations
 
@@ -47,11 +47,24 @@ def test_late_event_beyond_the_horizon_goes_to_the_dlq_and_the_rest_goes_on() ->
     late = p.record(0, 2, None, raw(0, 2), BASE)  # 10 s behind its server: beyond 8 s
     [letter] = late.dead_letters
     assert letter.reason is DeadLetterReason.LATE and "horizon" in letter.error
-    assert p.counts() == {"late_absorbed": 0, "late_dropped": 1}
+    assert p.counts() == {"late_absorbed": 0, "late_dropped": 1, "duplicates": 0}
     ok = p.record(0, 3, None, raw(0, 13), BASE)
     assert ok.dead_letters == []
     # Another server on the partition is judged by its own event time: nothing is late.
     assert p.record(0, 4, None, raw(1, 2), BASE).dead_letters == []
+
+
+def test_a_duplicate_is_counted_not_dead_lettered() -> None:
+    p = StreamProcessor(source_topic="t")
+    p.record(0, 0, None, raw(0, 1, cpu_usage=10.0), BASE)
+    again = p.record(0, 1, None, raw(0, 1, cpu_usage=90.0), BASE)  # other values: first wins
+    assert (again.aggregates, again.dead_letters, again.statuses) == ([], [], [])
+    closed = [a.message() for a in p.idle(0, BASE + 3600).aggregates]
+    [five] = [a for a in closed if a.resolution is Resolution.FIVE_SECONDS]
+    assert (five.count, five.cpu_usage.max) == (1, 10.0)
+    assert p.counts() == {"late_absorbed": 0, "late_dropped": 0, "duplicates": 1}
+    p.revoke(0)  # counts survive a revoked partition
+    assert p.counts()["duplicates"] == 1
 
 
 def test_status_online_offline_online() -> None:
@@ -186,13 +199,13 @@ def test_a_late_sample_within_the_horizon_is_a_correction() -> None:
 
 def test_a_sample_beyond_the_horizon_goes_to_the_dlq_as_late() -> None:
     run = Run(StreamProcessor(source_topic="raw", lateness_horizon=60))
-    run.send([keyed_event(FAST, s) for s in range(100)], BASE + 100)
+    run.send([keyed_event(FAST, s) for s in range(100) if s != 45], BASE + 100)
     run.send([keyed_event(FAST, 30)], BASE + 101)  # 69 s behind: within the 60 s horizon? no
     run.send([keyed_event(FAST, 45)], BASE + 102)  # 54 s behind: corrected
     [letter] = run.out.dead_letters
     assert letter.reason is DeadLetterReason.LATE and "horizon" in letter.error
-    assert run.latest(Resolution.FIVE_SECONDS)[(FAST, 45)].count == 6
-    assert run.proc.counts() == {"late_absorbed": 1, "late_dropped": 1}
+    assert run.latest(Resolution.FIVE_SECONDS)[(FAST, 45)].count == 5
+    assert run.proc.counts() == {"late_absorbed": 1, "late_dropped": 1, "duplicates": 0}
 
 
 def test_overload_delays_windows_and_drops_nothing() -> None:

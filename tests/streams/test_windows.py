@@ -1,8 +1,8 @@
 """Unit tests (hypothesis) of the windowing math: cascade equals direct aggregation (with
 late samples absorbed as corrections), out-of-order events within grace, closing once per
-revision, the lateness horizon, packing for memory; the changelog's records (hypothesis:
-encoded, then decoded, each is what it was), their versions, and the order they are written
-in."""
+revision, the lateness horizon, duplicates (hypothesis: an input with duplicates emits what
+it emits without them), packing for memory; the changelog's records (hypothesis: encoded,
+then decoded, each is what it was), their versions, and the order they are written in."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from schemas import RESOLUTIONS, ProcessInfo, RawMetricEvent, Resolution, WindowAggregate
 from streams.windows import (
+    BASE,
     STATE_VERSION,
     ChangelogRecordError,
     ClosedWindow,
@@ -49,10 +50,11 @@ def ev(server: int, seconds: float, cpu: float = 10.0, rx: int = 100) -> RawMetr
 def aggregate_directly(
     events: Iterable[RawMetricEvent], resolution: Resolution
 ) -> dict[tuple[str, int], tuple[int, float, float, float, int, int]]:
-    """The reference: (server, window start) → (count, cpu sum, cpu min, cpu max, rx, tx)."""
+    """The reference: (server, window start) → (count, cpu sum, cpu min, cpu max, rx, tx),
+    each sample (server, timestamp) counted once, the first one given."""
     out: dict[tuple[str, int], tuple[int, float, float, float, int, int]] = {}
     size = resolution.seconds
-    for e in events:
+    for e in first_of_each(events):
         key = (e.server_id, int(e.timestamp.timestamp() // size) * size)
         c, s, lo, hi, rx, tx = out.get(key, (0, 0.0, math.inf, -math.inf, 0, 0))
         out[key] = (
@@ -63,6 +65,17 @@ def aggregate_directly(
             rx + e.network_rx,
             tx + e.network_tx,
         )
+    return out
+
+
+def first_of_each(events: Iterable[RawMetricEvent]) -> list[RawMetricEvent]:
+    """`events` without the duplicates: the first of each (server, timestamp) only."""
+    seen: set[tuple[str, datetime]] = set()
+    out = []
+    for e in events:
+        if (e.server_id, e.timestamp) not in seen:
+            seen.add((e.server_id, e.timestamp))
+            out.append(e)
     return out
 
 
@@ -175,6 +188,7 @@ def test_late_samples_are_corrections_and_the_last_revision_equals_direct(
     accepted = [e for e, ok in zip(events, taken, strict=True) if ok]
     check_equals_direct(out, accepted)
     assert w.late_dropped == taken.count(False)
+    assert w.duplicates == len(accepted) - len(first_of_each(accepted))
     # Refused only beyond the horizon behind its own server's latest sample before it.
     newest: dict[str, float] = {}
     for e, ok in zip(events, taken, strict=True):
@@ -235,7 +249,7 @@ def test_beyond_the_horizon_is_refused_and_kept_windows_are_released() -> None:
     feed(w, [ev(0, float(s)) for s in range(200)])
     emitted(w)
     assert w.kept_windows() == 11  # closed (start <= 185), ending within 60 s of 199
-    assert feed(w, [ev(0, 120.0), ev(0, 150.0)]) == [False, True]
+    assert feed(w, [ev(0, 120.5), ev(0, 150.5)]) == [False, True]
     assert (w.late_dropped, w.late_absorbed) == (1, 1)
 
 
@@ -264,7 +278,8 @@ def test_a_quiet_server_far_behind_the_clock_is_not_closed_by_the_clock_itself()
 
 def test_packed_window_round_trips() -> None:
     acc = WindowAcc.from_event(ev(0, 1.0, cpu=12.5), int(T0.timestamp()), 5, 7)
-    acc.add(ev(0, 2.0, cpu=40), 9)
+    acc.add(ev(0, 2.0, cpu=40), 9, T0.timestamp() + 2.0)
+    acc.mark(T0.timestamp() + 2.0)
     acc.revision = 2
     back = WindowAcc.unpack(acc.server_id, acc.pack())
     back.first_offset = acc.first_offset
@@ -303,6 +318,171 @@ def test_committable_offset_is_the_oldest_open_window() -> None:
     assert w.committable_offset(104) == 104
 
 
+def test_a_duplicate_in_an_open_window_is_dropped_and_the_first_wins() -> None:
+    w = PartitionWindows()
+    taken = feed(w, [ev(0, 1.0, cpu=10), ev(0, 2.0, cpu=20), ev(0, 1.0, cpu=90, rx=5)])
+    assert taken == [True, True, True]  # dropped, not refused: nothing for the DLQ
+    assert feed(w, [ev(0, 2.0, cpu=0), ev(1, 1.0, cpu=30)]) == [True, True]  # another server's
+    assert (w.duplicates, w.late_absorbed, w.late_dropped) == (2, 0, 0)
+    five = {a.server_id: a for a in emitted(w, finish=True) if a.resolution is BASE}
+    zero = five[SERVERS[0]]
+    assert (zero.count, zero.revision, zero.network_rx) == (2, 0, 200)
+    assert (zero.cpu_usage.min, zero.cpu_usage.max, zero.cpu_usage.last) == (10, 20, 20)
+    assert five[SERVERS[1]].count == 1
+
+
+def test_a_duplicate_for_a_closed_window_is_not_a_correction() -> None:
+    """A duplicate arriving after its window closed (kept for corrections) re-emits nothing,
+    and the window's next correction still has the next revision."""
+    w = PartitionWindows(Grace({"5s": 2.0}))
+    feed(w, [ev(0, float(t), cpu=10) for t in range(10)])
+    assert [(a.count, a.revision) for a in emitted(w)] == [(5, 0)]  # [0, 5), closed at 7
+    assert feed(w, [ev(0, 3.0, cpu=99)]) == [True]
+    assert emitted(w) == []
+    assert (w.duplicates, w.late_absorbed) == (1, 0)
+    assert feed(w, [ev(0, 3.5, cpu=50)]) == [True]  # a straggler: a correction
+    [again] = emitted(w)
+    assert (again.count, again.revision, again.cpu_usage.max) == (6, 1, 50)
+    assert feed(w, [ev(0, 3.5, cpu=99), ev(0, 0.0, cpu=99)]) == [True, True]
+    assert emitted(w) == []
+    assert (w.duplicates, w.late_absorbed) == (3, 1)
+    hours = latest(emitted(w, finish=True), Resolution.ONE_HOUR)
+    [hour] = hours.values()
+    assert (hour.count, hour.cpu_usage.max) == (11, 50)
+
+
+def test_fractional_timestamps_are_compared_exactly() -> None:
+    w = PartitionWindows(Grace({"5s": 2.0}))
+    taken = feed(w, [ev(0, 1.25), ev(0, 1.0), ev(0, 1.5), ev(0, 1.25, cpu=99), ev(0, 1.000001)])
+    assert taken == [True] * 5 and w.duplicates == 1
+    feed(w, [ev(0, 8.0)])  # closes [0, 5)
+    [five] = emitted(w)
+    assert (five.count, five.cpu_usage.max) == (4, 10)
+    assert feed(w, [ev(0, 1.5, cpu=99), ev(0, 1.75, cpu=99)]) == [True, True]
+    [again] = emitted(w)  # the second one only
+    assert (again.count, again.revision, w.duplicates) == (5, 1, 2)
+    packed = WindowAcc.unpack(SERVERS[0], w.servers[SERVERS[0]].kept[int(T0.timestamp())])
+    assert packed.seen == 0b10  # second 1 of the window: 1.0
+    assert packed.seen_exact is not None
+    t0 = T0.timestamp()
+    assert sorted(packed.seen_exact) == [t0 + 1.000001, t0 + 1.25, t0 + 1.5, t0 + 1.75]
+
+
+def changelog_after(w: PartitionWindows, covered: int) -> dict[bytes, bytes]:
+    """The compacted changelog of everything `w` has checkpointed, and this checkpoint."""
+    state: dict[bytes, bytes] = {}
+    for key, value in w.checkpoint(covered):
+        if value is None:
+            state.pop(key, None)
+        else:
+            state[key] = value
+    return state
+
+
+def test_duplicates_are_recognised_after_a_restore() -> None:
+    """The seen timestamps of kept windows go through the changelog: a restarted worker drops
+    a duplicate of a sample it holds, and of a correction it absorbed before the restart."""
+    w = PartitionWindows(Grace({"5s": 2.0}))
+    feed(w, [ev(0, float(t)) for t in range(20)])
+    feed(w, [ev(0, 7.5, cpu=80)])  # a correction of [5, 10)
+    emitted(w)
+    restored = PartitionWindows(Grace({"5s": 2.0}))
+    restored.restore(changelog_after(w, NEXT_OFFSET[id(w)]), 0.0)
+    NEXT_OFFSET[id(restored)] = NEXT_OFFSET[id(w)]
+    assert (
+        feed(restored, [ev(0, 3.0, cpu=99), ev(0, 7.5, cpu=99), ev(0, 12.0, cpu=99)]) == [True] * 3
+    )
+    assert emitted(restored) == []
+    assert (restored.duplicates, restored.late_absorbed) == (3, 0)
+    assert feed(restored, [ev(0, 7.25, cpu=90)]) == [True]
+    [again] = emitted(restored)
+    assert (again.count, again.revision, again.cpu_usage.max) == (7, 2, 90)
+
+
+def test_a_replayed_duplicate_is_not_counted_again() -> None:
+    """After a restart the replay (from the oldest open window's first record) goes over
+    duplicates already counted: those the restored state accounts for are not counted again,
+    whether their window is closed (skipped) or open (rebuilt)."""
+    w = PartitionWindows(Grace({"5s": 2.0}))
+    events = [ev(0, 1.0), ev(0, 2.0), ev(0, 9.0), ev(0, 1.0), ev(0, 11.0), ev(0, 11.0)]
+    feed(w, events)  # [0, 5) closes at 9; 1.0 again: a closed window's; [10, 15) is open
+    assert w.duplicates == 2
+    committed = w.committable_offset(len(events))
+    restored = PartitionWindows(Grace({"5s": 2.0}))
+    restored.restore(changelog_after(w, len(events)), 0.0)
+    for offset in range(committed, len(events)):
+        assert restored.add(events[offset], offset, 0.0, STAMP, OUT) is None
+    assert restored.duplicates == 0
+    assert restored.add(ev(0, 11.0), len(events), 0.0, STAMP, OUT) is None  # a new one
+    assert restored.duplicates == 1
+    emitted(restored, finish=True)
+
+
+def test_a_kept_window_of_version_3_restores_with_nothing_seen() -> None:
+    """A record written before windows held their timestamps: a duplicate of what it holds
+    cannot be told from a correction, and is taken as one; what comes after is deduplicated."""
+    acc = WindowAcc.from_event(ev(0, 1.0), int(T0.timestamp()), 5, 0)
+    acc.add(ev(0, 2.0), 1, T0.timestamp() + 2)
+    acc.revision, acc.first_offset = 0, None
+    record = acc.record()
+    del record["seen"]
+    w = PartitionWindows()
+    server = ServerWindows(SERVERS[0], T0.timestamp() + 20, T0.timestamp() + 20, covered=2)
+    server_record = orjson.loads(server.changelog_value()) | {"v": 3}
+    w.restore(
+        {
+            window_key(SERVERS[0], acc.start): orjson.dumps({"v": 3, **record}),
+            SERVERS[0].encode(): orjson.dumps(server_record),
+        },
+        0.0,
+    )
+    assert w.add(ev(0, 2.0, cpu=90), 2, 0.0, STAMP, OUT) is None
+    [again] = [c.message() for c in OUT if c.resolution is BASE]
+    assert (again.count, again.revision) == (3, 1)
+    assert w.add(ev(0, 2.0, cpu=90), 3, 0.0, STAMP, OUT) is None
+    assert (w.duplicates, w.late_absorbed) == (1, 1)
+
+
+#: Whole seconds mostly, some fractional ones; few enough that duplicates are common.
+times = st.integers(0, 120).map(float) | st.integers(0, 1200).map(lambda t: t / 10)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 1), times, st.floats(0, 100)), min_size=1, max_size=200),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 60)), max_size=40),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 8)), max_size=20),
+)
+def test_an_input_with_duplicates_emits_what_it_does_without_them(
+    raw: list[tuple[int, float, float]],
+    copies: list[tuple[int, int]],
+    moves: list[tuple[int, int]],
+) -> None:
+    """Samples shuffled (within grace mostly, some later), some sent again (other values,
+    some places later: while their window is open, once it has closed, or beyond the
+    horizon): the windows emitted, revision by revision, are those of the input without the
+    later copies, and each copy is counted or refused as late."""
+    events = [ev(s, t, cpu) for s, t, cpu in sorted(raw, key=lambda x: x[1])]
+    for i, by in moves:
+        i %= len(events)
+        events.insert(min(i + by, len(events)), events.pop(i))
+    unique = first_of_each(events)
+    with_copies = list(events)
+    for i, by in copies:
+        i %= len(with_copies)
+        e = with_copies[i]
+        copy = e.model_copy(update={"cpu_usage": 100 - e.cpu_usage, "network_rx": 1})
+        with_copies.insert(min(i + by, len(with_copies)), copy)
+    w, dedup = PartitionWindows(horizon=30), PartitionWindows(horizon=30)
+    taken = dict(zip(map(id, with_copies), feed(w, with_copies), strict=True))
+    got = emitted(w, finish=True)
+    feed(dedup, unique)
+    assert got == emitted(dedup, finish=True)
+    accepted = [e for e in with_copies if taken[id(e)]]
+    assert w.duplicates == len(accepted) - len(first_of_each(accepted))
+    assert w.late_absorbed == dedup.late_absorbed
+
+
 def test_grace_of_rollups_must_cover_the_five_second_grace() -> None:
     with pytest.raises(ValueError, match="at least"):
         Grace({"5s": 10, "1h": 5})
@@ -334,6 +514,9 @@ windows = st.builds(
     first_offset=st.none(),  # not recorded: only open windows have one, and replay rebuilds them
     last_offset=st.integers(-1, 2**62),
     revision=st.integers(-1, 10**4),
+    seen=st.integers(0, 31),
+    seen_exact=st.none() | st.lists(st.floats(0, 4e9), min_size=1, max_size=5),
+    late_offsets=st.none() | st.lists(st.integers(0, 2**62), min_size=1, max_size=5),
 )
 
 
@@ -408,7 +591,7 @@ def test_a_release_is_recorded_after_the_server_record_that_moved_past_it() -> N
     restored = PartitionWindows(horizon=60)
     restored.restore(changelog, 0.0)
     OUT.clear()
-    assert restored.add(ev(0, 50.0, cpu=90.0), 1000, 0.0, STAMP, OUT) is None
+    assert restored.add(ev(0, 50.5, cpu=90.0), 1000, 0.0, STAMP, OUT) is None
     [again] = [a for a in emitted(restored) if a.resolution is Resolution.FIVE_SECONDS]
     assert (again.count, again.revision, again.cpu_usage.max) == (6, 1, 90.0)
 
