@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -746,7 +747,7 @@ class Drill:
             expected[table] = len(w)
             missing = [k for k in w if k not in g]
             extra = [k for k in g if k not in w]
-            wrong = [k for k in w if k in g and g[k] != w[k]]
+            wrong = [k for k in w if k in g and not same_row(g[k], w[k])]
             # A row holding more samples than it should has some of them twice.
             twice = [k for k in wrong if g[k]["sample_count"] > w[k]["sample_count"]]
             lost[table], duplicated[table] = len(missing), len(extra) + len(twice)
@@ -761,6 +762,21 @@ class Drill:
             faults, self.options.hosts, events, reference_events, expected, lost, duplicated,
             mismatched, dead, examples, self.agent_samples,
         )  # fmt: skip
+
+
+def same_row(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal rows: every column the same, floating-point ones to 1e-9 relative (a sum of the
+    same samples added in another order, as a late one is, may differ in its last digit)."""
+    if a.keys() != b.keys():
+        return False
+    for key, x in a.items():
+        y = b[key]
+        if isinstance(x, float) and isinstance(y, float):
+            if not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9):
+                return False
+        elif x != y:
+            return False
+    return True
 
 
 def report_json(report: Report) -> str:
