@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from infra import stack
-from infra.drill import FAULTS, Drill, DrillOptions, Report
+from infra.drill import Drill, DrillOptions, Report
+from infra.faults import FAULTS
 from infra.settings import StackSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -204,7 +204,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _drill(args: argparse.Namespace) -> int:
-    from infra.drill import FAULTS, Drill, DrillOptions, report_json
+    from infra.drill import Drill, DrillOptions, report_json
+    from infra.faults import FAULTS
 
     settings = StackSettings()
     faults = list(FAULTS) if args.fault == "all" else [args.fault]
@@ -465,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.set_defaults(func=_simulate)
 
-    from infra.drill import FAULTS
+    from infra.faults import FAULTS
 
     drill = sub.add_parser(
         "drill",

@@ -41,6 +41,7 @@ import psutil
 from aiokafka import TopicPartition
 
 from infra.db.migrate import migrate
+from infra.faults import FAULTS
 from infra.lag import group_lag, partitions
 from infra.settings import StackSettings
 from infra.stack import KafkaCluster, PostgresCluster
@@ -54,16 +55,6 @@ from schemas.topics import TopicSpec, changelog_topic
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 
-#: The faults a drill can inject, in the order `all` runs them.
-FAULTS = (
-    "stream",
-    "sink",
-    "registry",
-    "broker-leader",
-    "broker-controller",
-    "postgres",
-    "agent",
-)
 PARTITIONS = 6
 #: The stream's default grace for hourly and daily windows, s (the drill does not change it).
 ROLLUP_GRACE = 5.0

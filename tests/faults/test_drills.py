@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.drill import FAULTS, Drill, DrillOptions
+from infra.drill import Drill, DrillOptions
+from infra.faults import FAULTS
 from infra.settings import StackSettings
 
 pytestmark = pytest.mark.integration
