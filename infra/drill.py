@@ -58,6 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 6
 #: The stream's default grace for hourly and daily windows, s (the drill does not change it).
 ROLLUP_GRACE = 5.0
+#: Seconds a load may take, once stopped, to deliver what it still holds.
+LOAD_FLUSH_TIMEOUT = 300
 #: The tables a drill compares, with their key columns.
 TABLES = {
     "metrics_snapshots": ("server_id", '"timestamp"'),
@@ -456,7 +458,14 @@ class Drill:
         # Midnight comes shortly after the first fault; the load runs until it is well past.
         start = midnight_lead(int((o.lead + 20) * o.speed))
         midnight = start.timestamp() + int((o.lead + 20) * o.speed)
-        load = {"FLEETPULSE_SIM_START": start.isoformat(), "FLEETPULSE_SIM_SPEED": f"{o.speed:g}"}
+        load = {
+            "FLEETPULSE_SIM_START": start.isoformat(),
+            "FLEETPULSE_SIM_SPEED": f"{o.speed:g}",
+            # Each load delivers all it emitted before it exits: the reference's emits far
+            # faster than a broker takes it, and the default 10 s gives up on the rest.
+            "FLEETPULSE_FLUSH_TIMEOUT": str(LOAD_FLUSH_TIMEOUT),
+            "FLEETPULSE_STOP_TIMEOUT": str(LOAD_FLUSH_TIMEOUT + 30),
+        }
         agent_id = str(uuid.uuid4())
         fault_run = Run(self.stack, o, "fault", agent_id)
         reference = Run(self.stack, o, "reference", agent_id)
@@ -496,6 +505,9 @@ class Drill:
             await reference.start("simulate", "--duration", str(seconds), **fast)
             if await reference.procs["simulate"].wait() != 0:
                 raise DrillError(f"the reference load failed; see {reference.log_path('simulate')}")
+            a = self.agent_samples
+            await self.check_load(fault_run, seconds, a.samples + a.resent if a else 0)
+            await self.check_load(reference, seconds, a.samples if a else 0)
             end = start.timestamp() + seconds
             report = await self.compare(fault_run, reference, results, end)
             for line in report.lines():
@@ -513,12 +525,23 @@ class Drill:
             say(f"kept for a look: topics {names}")
         return report
 
+    async def check_load(self, run: Run, seconds: int, agent: int = 0) -> None:
+        """A run compares only if every event its load emitted reached its raw topic (what
+        the load dropped is no fault of the pipeline's); `agent`: the agent's samples there."""
+        want = self.options.hosts * seconds
+        got = sum((await run.end_offsets(run.raw)).values()) - agent
+        if got < want:
+            raise DrillError(
+                f"the {run.tag} run's load delivered {got:,} of its {want:,} events; "
+                f"see {run.log_path('simulate')}"
+            )
+
     async def stop_simulator(self, run: Run) -> int:
         """Stop the load (SIGTERM: it sends what it holds, then exits) and return how many
         simulated seconds it emitted (whole seconds: a second is sent before a stop is seen)."""
         proc = run.procs["simulate"]
         proc.send_signal(signal.SIGTERM)
-        if await asyncio.wait_for(proc.wait(), 120) != 0:
+        if await asyncio.wait_for(proc.wait(), LOAD_FLUSH_TIMEOUT + 60) != 0:
             raise DrillError(f"the simulator failed; see {run.log_path('simulate')}")
         text = run.log_path("simulate").read_text()
         found = re.findall(r"simulator stopped: (\d+) seconds", text)
