@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PGLITE := infra/pglite
 
-.PHONY: demo test lint typecheck unit integration setup system-deps system-deps-test kafka-jars clean
+.PHONY: demo test lint typecheck unit integration setup bench-setup system-deps system-deps-test kafka-jars clean
 
 demo: setup
 	$(BIN)/fleetpulse demo
@@ -41,6 +41,12 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+bench-setup: setup $(VENV)/.bench-installed
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $@
 
 kafka-jars: $(VENV)/.installed

@@ -2,7 +2,7 @@
 
     benchmarks/run                 # every benchmark
     benchmarks/run agent e2e       # only some: agent, simulator, sink_write, stream, stream_delay,
-                                   # e2e, outage, backup, tls, reliability
+                                   # e2e, outage, backup, tls, reliability, profile
 
 Each benchmark's section is kept in benchmarks/results/<name>.md with the machine and date it
 ran on; BENCHMARKS.md is assembled from all of them, so running one refreshes only its own.
@@ -21,6 +21,7 @@ ALL = (
     "simulator",
     "sink_write",
     "stream",
+    "profile",
     "stream_delay",
     "e2e",
     "outage",

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,9 +199,15 @@ async def _check(bootstrap: str, outs: dict[str, str], timeout: float = 90) -> N
         )
 
 
-def throughput_run(bootstrap: str, connect: dict[str, str] | None = None) -> Run | Shortfall:
+def throughput_run(
+    bootstrap: str,
+    connect: dict[str, str] | None = None,
+    attach: Callable[[int], Callable[[], None]] | None = None,
+) -> Run | Shortfall:
     """One backlog drained: its figures, or the `Shortfall` that disqualifies it. `connect`:
-    how the worker reaches the broker, if not as the benchmark's clients do."""
+    how the worker reaches the broker, if not as the benchmark's clients do. `attach` is
+    called with the worker's pid as it starts (a profiler) and returns what to call once
+    the timed part is over."""
     raw, outs, env = _topics(uuid.uuid4().hex[:8])
     asyncio.run(
         create_topics(KafkaSettings(kafka_bootstrap=bootstrap), [TopicSpec(raw, 6, 3_600_000)])
@@ -216,8 +223,11 @@ def throughput_run(bootstrap: str, connect: dict[str, str] | None = None) -> Run
     # per host; the check then waits for those too.
     target = HOSTS * (SECONDS // WINDOW - 1)
     proc = _start_worker(bootstrap, env, connect=connect)
+    detach = attach(proc.pid) if attach else None
     try:
         figures = asyncio.run(_watch(bootstrap, outs["a5"], proc, target))
+        if detach:
+            detach()
         try:
             asyncio.run(_check(bootstrap, outs))
         except Shortfall as exc:

@@ -1,0 +1,163 @@
+"""Profiles: where a service's time goes, sampled by py-spy while it works through the stream
+benchmark's backlog (`benchmarks/stream.py`).
+
+    python -m benchmarks.profile [--rate HZ] [--keep DIR]
+
+py-spy attaches to the running worker (`--nonblocking`: the worker is never paused, so the
+run's figures stay comparable) and writes collapsed stacks; they are summed here per function
+into the share of samples it was on the stack at all (inclusive) and at the top (self). The
+run's output is checked as the benchmark's is: a run that lost data gives no profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.common import ROOT, stack_up
+from benchmarks.stream import Run, Shortfall, throughput_run
+
+#: Samples per second (py-spy's default is 100).
+RATE = 250
+#: Functions listed per profile.
+TOP = 18
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]*)(?::\d+)?\)$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    function: str
+    inclusive: float  # share of samples with it on the stack
+    own: float  # share of samples with it at the top
+
+
+def frame_name(frame: str) -> str:
+    """`function (path/to/file.py:12)` → `function (file.py)`; site-packages and the
+    standard library are shortened to their module path."""
+    m = _FRAME.match(frame)
+    if not m:
+        return frame
+    path = m["file"]
+    for marker in ("site-packages/", "lib/python3", str(ROOT) + "/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            if marker.startswith("lib/python3"):
+                path = path.split("/", 1)[1] if "/" in path else path
+            break
+    return f"{m['func']} ({path})"
+
+
+def summarise(lines: Iterable[str], top: int = TOP) -> tuple[int, list[Entry]]:
+    """From py-spy's collapsed stacks (`frame;frame;... count`): the number of samples and
+    the `top` functions by inclusive share."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in lines:
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        names = [frame_name(f) for f in stack.split(";")]
+        total += n
+        for name in set(names):
+            inclusive[name] += n
+        own[names[-1]] += n
+    if not total:
+        return 0, []
+    entries = [Entry(f, n / total, own[f] / total) for f, n in inclusive.most_common()]
+    # The event loop's and the process's own frames are on every stack: not worth a line.
+    entries = [e for e in entries if e.inclusive < 0.995 or e.own > 0.005]
+    return total, entries[:top]
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    if not Path(found).exists():
+        raise RuntimeError("py-spy is not installed: run `benchmarks/run` (it installs it)")
+    return found
+
+
+def attach_py_spy(out: Path, rate: int) -> Callable[[int], Callable[[], None]]:
+    """An `attach` for `throughput_run`: py-spy records the worker until the timed part ends."""
+
+    def attach(pid: int) -> Callable[[], None]:
+        proc = subprocess.Popen(
+            [py_spy(), "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking",
+             "--nolineno", "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+        def detach() -> None:
+            proc.send_signal(signal.SIGINT)  # py-spy writes what it has, then exits
+            proc.wait(timeout=60)
+
+        return detach
+
+    return attach
+
+
+def table(title: str, total: int, entries: list[Entry]) -> list[str]:
+    lines = [
+        f"{title} ({total:,} samples):",
+        "",
+        "| Function | On the stack, % | At the top, % |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| `{e.function}` | {100 * e.inclusive:.1f} | {100 * e.own:.1f} |" for e in entries]
+    return [*lines, ""]
+
+
+def profile_stream(bootstrap: str, rate: int, keep: Path | None) -> tuple[Run, list[str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "stream.txt"
+        result = throughput_run(bootstrap, attach=attach_py_spy(out, rate))
+        if isinstance(result, Shortfall):
+            raise RuntimeError(f"the profiled stream run lost data: {result}")
+        if not out.exists():
+            raise RuntimeError("py-spy wrote no profile (is ptrace allowed here?)")
+        if keep:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(out, keep / "stream.txt")
+        total, entries = summarise(out.read_text().splitlines())
+    return result, table("Stream worker, through the backlog", total, entries)
+
+
+def run(rate: int = RATE, keep: Path | None = None) -> str:
+    settings = stack_up()
+    figures, stream = profile_stream(settings.kafka_bootstrap, rate, keep)
+    return "\n".join(
+        [
+            "## Profiles",
+            "",
+            f"py-spy {rate} Hz, `--nonblocking`, attached to the worker of one stream "
+            f"benchmark run (its output checked: every window whole, DLQ empty); it ran at "
+            f"{figures.sustained:,.0f} events/s sustained, {figures.cpu:.0f} % of a core. "
+            "A function's share counts the samples with it anywhere on the stack; idle "
+            "samples (the worker waiting) are not counted. Reproduce: "
+            "`python -m benchmarks.profile --keep DIR` (DIR gets the collapsed stacks, "
+            "for a flame graph).",
+            "",
+            *stream,
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Profile the stream worker with py-spy.")
+    parser.add_argument("--rate", type=int, default=RATE, help=f"samples/s (default {RATE})")
+    parser.add_argument("--keep", type=Path, help="a folder to keep the collapsed stacks in")
+    args = parser.parse_args()
+    print(run(args.rate, args.keep))
+
+
+if __name__ == "__main__":
+    main()
