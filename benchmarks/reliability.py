@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from infra import stack
-from infra.drill import Drill, DrillOptions, Report
+from infra.drill import RECOVERY_TIMEOUT, Drill, DrillError, DrillOptions, Report
 from infra.faults import FAULTS
 from infra.settings import StackSettings
 
@@ -57,11 +57,18 @@ def one(s: StackSettings, fault: str, hosts: int, speed: float) -> Report:
     return asyncio.run(Drill(s, options).run([fault], say=lambda line: print(f"  {line}")))
 
 
-def row(fault: str, hosts: int, speed: float, r: Report, cmd: str) -> str:
+def row(fault: str, hosts: int, speed: float, r: Report | DrillError, cmd: str) -> str:
+    load = f"{hosts:,} hosts, {hosts * speed:,.0f} events/s"
+    if isinstance(r, DrillError):  # no verdict at all: say why
+        return f"| {fault} | {load} | drill failed: {r} | | | | | | `{cmd}` |"
     expected = sum(r.expected.values())
     lost, dup, wrong = (sum(d.values()) for d in (r.lost, r.duplicated, r.mismatched))
-    recovery = f"{r.faults[0].recovery:.1f}" if r.passed else "failed"
-    load = f"{hosts:,} hosts, {hosts * speed:,.0f} events/s"
+    if not r.passed:
+        recovery = "data differs"
+    elif not r.recovered:
+        recovery = f"not within {RECOVERY_TIMEOUT:.0f}"
+    else:
+        recovery = f"{r.faults[0].recovery:.1f}"
     return (
         f"| {fault} | {load} | {expected:,} | {lost} | {dup} | {wrong} | {r.dead_letters} | "
         f"{recovery} | `{cmd}` |"
@@ -90,7 +97,12 @@ def measure(faults: tuple[str, ...], large: tuple[str, ...]) -> str:
     runs = [(f, HOSTS, SPEED) for f in faults] + [(f, LARGE_HOSTS, LARGE_SPEED) for f in large]
     for fault, hosts, speed in runs:
         print(f"drill {fault} at {hosts} hosts", flush=True)
-        report = one(s, fault, hosts, speed)
+        report: Report | DrillError
+        try:
+            report = one(s, fault, hosts, speed)
+        except DrillError as exc:  # the next drills still run
+            print(f"  drill failed: {exc}", flush=True)
+            report = exc
         lines.append(row(fault, hosts, speed, report, command(s, fault, hosts, speed)))
     lines.append("")
     return "\n".join(lines)

@@ -216,7 +216,7 @@ def _drill(args: argparse.Namespace) -> int:
     report = asyncio.run(Drill(settings, options).run(faults))
     if args.json:
         args.json.write_text(report_json(report) + "\n")
-    return 0 if report.passed else 1
+    return 0 if report.passed and report.recovered else 1
 
 
 def _lag(args: argparse.Namespace) -> int:

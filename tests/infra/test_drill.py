@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infra.drill import AgentSamples, same_row
+from infra.drill import RECOVERY_TIMEOUT, AgentSamples, FaultResult, Report, same_row
 
 
 def test_rows_are_equal_column_for_column_floats_to_their_last_digits() -> None:
@@ -24,3 +24,25 @@ def test_an_agent_missing_nothing_but_its_own_downtime_passes() -> None:
         stamps[:40] + stamps[50:], sent=len(stamps) - 10, killed=killed, restarted=restarted
     )
     assert lossy.missing == 22 and lossy.before_kill == 0  # seconds 990-1011 all count
+
+
+def _report(*faults: FaultResult, lost: int = 0) -> Report:
+    tables = ("metrics_snapshots", "metrics_hourly", "metrics_daily")
+    return Report(
+        list(faults), 10, 100, 100, dict.fromkeys(tables, 20),
+        {"metrics_snapshots": lost, "metrics_hourly": 0, "metrics_daily": 0},
+        dict.fromkeys(tables, 0), dict.fromkeys(tables, 0), 0,
+    )  # fmt: skip
+
+
+def test_a_slow_recovery_is_reported_apart_from_the_data() -> None:
+    quick = FaultResult("sink", "pid 1", 0.0, 12.5)
+    slow = FaultResult("broker-leader", "kafka-2", 0.0, RECOVERY_TIMEOUT, recovered=False)
+    assert "after   12.5 s" in quick.describe()
+    assert slow.describe() == f"not back under 1 s of lag within {RECOVERY_TIMEOUT:.0f} s"
+    whole_but_slow = _report(quick, slow)
+    assert whole_but_slow.passed and not whole_but_slow.recovered
+    assert whole_but_slow.lines()[-1] == "FAIL"
+    assert _report(quick).lines()[-1] == "PASS"
+    lossy = _report(quick, lost=1)
+    assert lossy.recovered and not lossy.passed and lossy.lines()[-1] == "FAIL"
