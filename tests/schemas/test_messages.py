@@ -176,9 +176,12 @@ def test_round_trip_through_json(
         network_rx=rx,
         network_tx=tx,
     )
-    back = decode_raw_event(e.to_json_bytes())
+    back = RawMetricEvent.model_validate_json(e.to_json_bytes())
     assert back == e
     assert back.timestamp.tzinfo == UTC
+    fast = decode_raw_event(e.to_json_bytes())  # the stream's path: the same values
+    assert {k: getattr(fast, k) for k in RawMetricEvent.model_fields} == dict(e)
+    assert fast.timestamp.tzinfo == UTC
 
 
 def test_window_aggregate_and_status_validate() -> None:
