@@ -1,8 +1,8 @@
 """Runs the benchmarks and writes BENCHMARKS.md (not part of `make test`).
 
     benchmarks/run                 # every benchmark
-    benchmarks/run agent e2e       # only some: agent, simulator, sink_write, stream, stream_delay,
-                                   # e2e, outage, backup, tls, reliability, profile
+    benchmarks/run agent e2e       # only some: agent, simulator, sink_write, sink, stream,
+                                   # profile, stream_delay, e2e, outage, backup, tls, reliability
 
 Each benchmark's section is kept in benchmarks/results/<name>.md with the machine and date it
 ran on; BENCHMARKS.md is assembled from all of them, so running one refreshes only its own.
@@ -20,6 +20,7 @@ ALL = (
     "agent",
     "simulator",
     "sink_write",
+    "sink",
     "stream",
     "profile",
     "stream_delay",

@@ -13,6 +13,7 @@ from schemas.messages import (
     ServerStatusChange,
     WindowAggregate,
     decode_raw_event,
+    decode_window_aggregate,
 )
 from schemas.resolutions import RESOLUTIONS, Resolution, ResolutionSpec
 from schemas.topics import (
@@ -52,4 +53,5 @@ __all__ = [
     "TopicSpec",
     "WindowAggregate",
     "decode_raw_event",
+    "decode_window_aggregate",
 ]

@@ -15,6 +15,7 @@ reproduce fails at import, never silently.
 
 from __future__ import annotations
 
+import enum
 import types
 import typing
 from collections.abc import Callable
@@ -47,10 +48,14 @@ def _after(info: FieldInfo) -> list[Callable[[Any], Any]]:
     return [m.func for m in info.metadata if isinstance(m, AfterValidator)]  # type: ignore[misc]
 
 
-def _meta(model: type[BaseModel], name: str, info: FieldInfo, base: Any) -> dict[str, Any]:
+def _meta(model: type[BaseModel], name: str, metadata: list[Any], base: Any) -> dict[str, Any]:
+    """msgspec `Meta` arguments of a field's constraints (and the model's `str_max_length`)."""
     meta: dict[str, Any] = {}
-    for m in info.metadata:
+    for m in metadata:
         if isinstance(m, AfterValidator):
+            continue
+        if isinstance(m, FieldInfo):  # an Annotated[..., Field(...)] inside a union
+            meta |= _meta(model, name, list(m.metadata), base)
             continue
         key = _BOUNDS.get(type(m))
         if key is not None:
@@ -67,29 +72,36 @@ def _meta(model: type[BaseModel], name: str, info: FieldInfo, base: Any) -> dict
     return meta
 
 
-def _type(model: type[BaseModel], name: str, annotation: Any) -> Any:
-    """The msgspec type of a field's (un-annotated) type."""
-    if annotation in (str, int, float, bool):
-        return annotation
-    if annotation is AwareDatetime:
-        # Read as text of the one common form, parsed after (`_aware`): msgspec's own
-        # datetimes round a seventh fractional digit where pydantic cuts it.
-        return Annotated[str, msgspec.Meta(pattern=_RFC3339)]
-    if annotation is datetime:
-        raise UnsupportedModel(f"{model.__name__}.{name}: a naive-or-aware datetime")
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return _struct(annotation, nested=True)
+def _type(model: type[BaseModel], name: str, annotation: Any, metadata: list[Any]) -> Any:
+    """The msgspec type of a field's type with its constraints `metadata`."""
+    if get_origin(annotation) is Annotated:
+        base, *extra = get_args(annotation)
+        if any(isinstance(m, AfterValidator) for m in extra):
+            raise UnsupportedModel(f"{model.__name__}.{name}: a validator inside a type")
+        return _type(model, name, base, [*metadata, *extra])
     origin, args = get_origin(annotation), get_args(annotation)
-    if origin is list and len(args) == 1:
-        item = args[0]
-        if get_origin(item) is Annotated:
-            raise UnsupportedModel(f"{model.__name__}.{name}: constraints on list items")
-        return list[_type(model, name, item)]  # type: ignore[misc]
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1:
-            return _type(model, name, rest[0]) | None
-    raise UnsupportedModel(f"{model.__name__}.{name}: type {annotation!r}")
+            return _type(model, name, rest[0], metadata) | None
+        raise UnsupportedModel(f"{model.__name__}.{name}: a union {annotation!r}")
+    kind: Any
+    if annotation in (str, int, float, bool):
+        kind = annotation
+    elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        kind = annotation  # by value, as the model reads it
+    elif annotation is AwareDatetime:
+        # Read as text of the one common form, parsed after (`_aware`): msgspec's own
+        # datetimes round a seventh fractional digit where pydantic cuts it.
+        kind = Annotated[str, msgspec.Meta(pattern=_RFC3339)]
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        kind = _struct(annotation, nested=True)
+    elif origin is list and len(args) == 1:
+        kind = list[_type(model, name, args[0], [])]  # type: ignore[misc]
+    else:
+        raise UnsupportedModel(f"{model.__name__}.{name}: type {annotation!r}")
+    meta = _meta(model, name, metadata, annotation)
+    return Annotated[kind, msgspec.Meta(**meta)] if meta else kind
 
 
 _STRUCTS: dict[type[BaseModel], type[msgspec.Struct]] = {}
@@ -120,16 +132,19 @@ def _struct(model: type[BaseModel], nested: bool = False) -> type[msgspec.Struct
         raise UnsupportedModel(f"{model.__name__}: only strict models that ignore extra fields")
     if config.get("allow_inf_nan", True):
         raise UnsupportedModel(f"{model.__name__}: infinite and NaN floats allowed")
+    decorators = model.__pydantic_decorators__
+    if any(
+        getattr(decorators, kind)
+        for kind in ("validators", "field_validators", "root_validators", "model_validators")
+    ):
+        raise UnsupportedModel(f"{model.__name__}: validators of its own")
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for name, info in model.model_fields.items():
         if info.alias not in (None, name):
             raise UnsupportedModel(f"{model.__name__}.{name}: an alias")
         if nested and (_after(info) or info.annotation is AwareDatetime):
             raise UnsupportedModel(f"{model.__name__}.{name}: a conversion in a nested model")
-        kind = _type(model, name, info.annotation)
-        meta = _meta(model, name, info, info.annotation)
-        if meta:
-            kind = Annotated[kind, msgspec.Meta(**meta)]
+        kind = _type(model, name, info.annotation, list(info.metadata))
         if info.default_factory is not None:
             fields.append((name, kind, msgspec.field(default_factory=info.default_factory)))  # type: ignore[arg-type]
         elif not info.is_required():
@@ -158,7 +173,9 @@ class FastDecoder(Generic[M]):
         ]
         self.fallbacks = 0  # input msgspec refused (then the model decided)
 
-    def __call__(self, data: bytes) -> M:
+    def __call__(self, data: bytes | None) -> M:
+        if not data:  # a tombstone, or nothing: the model says what is wrong
+            return self.fallback(b"")
         try:
             value = self._decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError):

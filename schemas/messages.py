@@ -275,8 +275,19 @@ def decode_raw_event(data: bytes) -> RawMetricEvent:
     return _decode_raw(data)
 
 
-#: The stream's hot path: msgspec first, the model for whatever msgspec refuses.
+#: The hot paths (stream, sink): msgspec first, the model for whatever msgspec refuses.
 _decode_raw: Final = FastDecoder(RawMetricEvent, lambda data: decode_message(RawMetricEvent, data))
+_decode_window: Final = FastDecoder(
+    WindowAggregate, lambda data: decode_message(WindowAggregate, data)
+)
+
+
+def decode_window_aggregate(data: bytes | None) -> WindowAggregate:
+    """Validate a record from an aggregate topic (into `WindowAggregate`, or into its msgspec
+    struct: the same attributes, see `schemas.fast`). Raises `InvalidMessage` with reason
+    `invalid_json` or `validation`."""
+    return _decode_window(data)
+
 
 #: Every message model, by the file stem of its JSON Schema under `schemas/json/`.
 MESSAGE_MODELS: Final[dict[str, type[_Message]]] = {
@@ -303,5 +314,6 @@ __all__ = [
     "ServerStatusChange",
     "WindowAggregate",
     "decode_raw_event",
+    "decode_window_aggregate",
     "describe_validation_error",
 ]

@@ -28,8 +28,7 @@ from runtime.errors import Disposition, describe
 from runtime.postgres import POSTGRES_ERRORS
 from runtime.service import Service
 from runtime.telemetry import telemetry
-from schemas import DeadLetter, DeadLetterReason, InvalidMessage, WindowAggregate
-from schemas.messages import decode_message
+from schemas import DeadLetter, DeadLetterReason, InvalidMessage, decode_window_aggregate
 from sinks.maintenance import maintain
 from sinks.rows import TABLES, TableSpec, to_row
 from sinks.settings import SinkSettings
@@ -175,7 +174,7 @@ class Sink(Service):
             self._first_at = time.monotonic()
         source = Source(record.topic, record.partition, record.offset, record.key, record.value)
         try:
-            agg = decode_message(WindowAggregate, record.value)
+            agg = decode_window_aggregate(record.value)
         except InvalidMessage as exc:
             await self._dead_letter(source, exc.reason, exc.detail)
             return

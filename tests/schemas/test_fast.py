@@ -13,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
-from schemas import DeadLetterReason, InvalidMessage, RawMetricEvent, decode_raw_event
+from schemas import (
+    DeadLetterReason,
+    InvalidMessage,
+    RawMetricEvent,
+    WindowAggregate,
+    decode_raw_event,
+    decode_window_aggregate,
+)
 from schemas.fast import UnsupportedModel, fast_decoder
 from schemas.messages import decode_message
 
@@ -207,3 +214,72 @@ def test_msgspec_accepts_only_what_the_model_accepts_with_its_values(data: bytes
         return  # ... or taken
     model = RawMetricEvent.model_validate_json(data)  # raises if the fast path was laxer
     assert plain(got) == plain(model)
+
+
+# -- the same for the aggregates the sink reads ---------------------------------------------
+
+WINDOW = fast_decoder(WindowAggregate)
+WINDOW_STRICT = msgspec.json.Decoder(WINDOW.struct)
+STATS = {"avg": 10.0, "min": 9.0, "max": 11.0, "last": 10.0}
+AGGREGATE: dict[str, Any] = {
+    "server_id": SERVER,
+    "resolution": "5s",
+    "window_start": "2026-12-01T10:00:00Z",
+    "window_end": "2026-12-01T10:00:05Z",
+    "revision": 0,
+    "count": 5,
+    "cpu_usage": STATS,
+    "memory_usage": STATS,
+    "disk_usage": STATS,
+    "network_rx": 1,
+    "network_tx": 2,
+    "processes": VALID["processes"],
+    "last_event_at": "2026-12-01T10:00:04Z",
+    "emitted_at": "2026-12-01T10:00:10Z",
+}
+_stats = st.fixed_dictionaries(
+    {}, optional={"avg": _numbers, "min": _numbers, "max": _numbers, "last": _numbers}
+)
+_aggregates = st.fixed_dictionaries(
+    {},
+    optional={
+        "server_id": _strings,
+        "resolution": st.one_of(st.sampled_from(["5s", "1h", "1d", "5S", "1m", ""]), _numbers),
+        "window_start": _stamps,
+        "emitted_at": _stamps,
+        "revision": _numbers,
+        "count": _numbers,
+        "cpu_usage": st.one_of(_stats, _numbers),
+        "disk_usage": _stats,
+        "network_tx": _numbers,
+        "processes": st.one_of(st.lists(_process(), max_size=52), st.none(), _numbers),
+    },
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_aggregates)
+def test_the_aggregates_fast_path_accepts_only_what_the_model_accepts(
+    change: dict[str, Any],
+) -> None:
+    data = json.dumps(AGGREGATE | change).encode()
+    try:
+        WINDOW_STRICT.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return
+    try:
+        got = WINDOW(data)
+    except InvalidMessage:
+        return
+    if isinstance(got, WindowAggregate):
+        return
+    assert plain(got) == plain(WindowAggregate.model_validate_json(data))
+
+
+def test_a_tombstone_is_refused_with_the_models_reason() -> None:
+    with pytest.raises(InvalidMessage) as fast:
+        decode_window_aggregate(None)
+    with pytest.raises(InvalidMessage) as model:
+        decode_message(WindowAggregate, None)
+    assert (fast.value.reason, fast.value.detail) == (model.value.reason, model.value.detail)
+    assert isinstance(decode_window_aggregate(json.dumps(AGGREGATE).encode()), msgspec.Struct)
