@@ -2,9 +2,11 @@
 
 Lifecycle: `run()` consumes `metrics.agg.5s.v1`, `.1h.v1` and `.1d.v1` in one consumer group
 and collects rows until `batch_rows`, `batch_age_ms`, or until it has read all there is (waiting
-longer would only add delay); `flush()` writes them in one transaction and only then commits
-the Kafka offsets. While the database is down the sink pauses its partitions, retries with
-capped exponential backoff (polling Kafka so the group keeps it), and resumes. A message that
+longer would only add delay); then it writes them in one transaction, and only then commits
+the Kafka offsets. The write runs in the background while the next batch is read and decoded
+(one write at a time, offsets committed in order; at most two batches in memory). While the
+database is down the sink pauses its partitions, retries with capped exponential backoff
+(polling Kafka so the group keeps it), and resumes. A message that
 is not a valid aggregate, or a row the database rejects, goes alone to `metrics.dlq.v1` with
 the reason; the rest lands. `stop()` finishes the batch in hand (bounded) and leaves the group.
 """
@@ -96,6 +98,8 @@ class Sink(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: AIOKafkaProducer | None = None
         self._flush_lock = asyncio.Lock()
+        #: The batch being written in the background (`_hand_off`), if any.
+        self._writing: asyncio.Task[None] | None = None
         self._next_maintenance = 0.0
         self._database = TELEMETRY.outage("postgres", log)
         self._backoff = Backoff(
@@ -162,9 +166,36 @@ class Sink(Service):
             lag = self._update_lag()
             # Caught up (nothing more fetched or known to the broker): no reason to wait.
             if self._pending >= s.batch_rows or due or (self._first_at is not None and lag == 0):
-                await self.flush()
+                await self._hand_off()
             await self._maybe_maintain()
         await self.flush()
+
+    async def _hand_off(self) -> None:
+        """Write the batch in hand in the background, once the previous write is done; while
+        it is not (a slow or absent database), stop fetching and keep the group's membership."""
+        consumer = self._consumer
+        assert consumer is not None
+        writing = self._writing
+        if writing is not None:
+            paused = False
+            try:
+                while True:
+                    done, _ = await asyncio.wait({writing}, timeout=1.0)
+                    if done:
+                        break
+                    if not paused:
+                        # Memory stays at the two batches: the one written, the one in hand.
+                        consumer.pause(*consumer.assignment())
+                        paused = True
+                    await consumer.getmany(timeout_ms=0)  # keeps max.poll.interval
+            finally:
+                if paused:
+                    consumer.resume(*consumer.assignment())
+            if self._writing is writing:  # (else a rebalance's flush took it over)
+                self._writing = None
+            writing.result()  # a permanent failure ends the sink, as an inline write did
+        if self._offsets:
+            self._writing = asyncio.create_task(self.flush(background=True))
 
     # -- consuming ---------------------------------------------------------------------------
     async def _take(self, tp: TopicPartition, record: ConsumerRecord) -> None:
@@ -187,30 +218,39 @@ class Sink(Service):
     def flushing(self) -> bool:
         return self._flush_lock.locked()
 
-    async def flush(self) -> None:
-        """Write what is held in one transaction, dead-letter rejected rows, commit offsets."""
+    async def flush(self, background: bool = False) -> None:
+        """Write what is held in one transaction, dead-letter rejected rows, commit offsets.
+        Inline (a stop, a rebalance) it first waits for the write in the background; in the
+        `background` write itself, `run()` keeps the group's membership meanwhile."""
+        if not background and self._writing is not None:
+            writing, self._writing = self._writing, None
+            await writing
         async with self._flush_lock:
             if not self._offsets:
                 return
+            # What is read from here on goes into the next batch.
+            items, offsets, pending = self._items, self._offsets, self._pending
+            self._items, self._offsets, self._pending = {}, {}, 0
+            self._first_at = None
             with TELEMETRY.batch_seconds.time():
-                rejected = await self._write_with_retry()
+                rejected = await self._write_with_retry(items, pending, poll=not background)
             for item, exc in rejected:
                 await self._dead_letter(item.source, DeadLetterReason.DB_REJECTED, describe(exc))
             assert self._consumer is not None
             try:
-                await self._consumer.commit(dict(self._offsets))
+                await self._consumer.commit(offsets)
             except (CommitFailedError, IllegalStateError) as exc:
                 # The group rebalanced meanwhile: the rows are written, and the partitions' new
                 # owner replays from the last commit; upserts make the replay harmless.
                 log.warning(
                     "offsets not committed after a rebalance (%s); the new owner replays", exc
                 )
-            self._items.clear()
-            self._offsets.clear()
-            self._pending = 0
-            self._first_at = None
 
-    async def _write_with_retry(self) -> list[tuple[Item[Source], BaseException]]:
+    async def _write_with_retry(
+        self, items: dict[str, list[Item[Source]]], pending: int, poll: bool
+    ) -> list[tuple[Item[Source], BaseException]]:
+        """Write `items` until the database takes them. `poll`: pause the consumer and poll
+        it meanwhile (else `run()` does, in `_hand_off`)."""
         paused = False
         consumer = self._consumer
         assert consumer is not None
@@ -218,7 +258,8 @@ class Sink(Service):
 
         async def keep_membership() -> bool:
             # Polling the paused consumer keeps the group membership (max.poll.interval).
-            await consumer.getmany(timeout_ms=0)
+            if poll:
+                await consumer.getmany(timeout_ms=0)
             return False
 
         async def probe() -> bool:
@@ -230,7 +271,7 @@ class Sink(Service):
                 try:
                     if self._conn is None or self._conn.is_closed():
                         self._conn = await postgres.connect(self.settings)
-                    rejected = await self._write_once(self._conn)
+                    rejected = await self._write_once(self._conn, items)
                     self._database.ok()
                     self._backoff.reset()
                     return rejected
@@ -238,9 +279,9 @@ class Sink(Service):
                     if postgres.disposition(exc) is Disposition.PERMANENT:
                         raise
                     self._errors.inc()
-                    self._database.failed(exc, detail=f"{self._pending} rows held")
+                    self._database.failed(exc, detail=f"{pending} rows held")
                     await self._drop_connection()
-                    if not paused:
+                    if poll and not paused:
                         # Stop fetching: memory stays at the batch in hand.
                         consumer.pause(*consumer.assignment())
                         paused = True
@@ -255,14 +296,14 @@ class Sink(Service):
                 consumer.resume(*consumer.assignment())
 
     async def _write_once(
-        self, conn: asyncpg.Connection
+        self, conn: asyncpg.Connection, batch: dict[str, list[Item[Source]]]
     ) -> list[tuple[Item[Source], BaseException]]:
         rejected: list[tuple[Item[Source], BaseException]] = []
         by_name = {t.name: t for t in self.tables.values()}
         async with conn.transaction():
-            for name, items in self._items.items():
+            for name, items in batch.items():
                 rejected += await write_isolating(self.writer, conn, by_name[name], items)
-        for name, items in self._items.items():
+        for name, items in batch.items():
             n = len(items) - sum(1 for i, _ in rejected if i in items)
             self._sent[name].inc(n)
             self.rows_written += n
@@ -316,6 +357,8 @@ class Sink(Service):
         now = time.monotonic()
         if now < self._next_maintenance or self._conn is None:
             return
+        if self._writing is not None and not self._writing.done():
+            return  # the connection is the write's; the next pass does it
         self._next_maintenance = now + self.settings.maintain_every
         try:
             report = await maintain(self._conn, self.settings)
