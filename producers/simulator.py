@@ -262,9 +262,15 @@ class Simulator(Service):
         )  # fmt: skip
         wall0 = time.time()
         k = 0
+        room = max(0, self.settings.buffer_size - len(self.hosts))
         while seconds is None or k < seconds:
             if await self._wait_until(wall0 + k / speed):
                 break
+            # A history replayed is never cut: the next second waits for room in the buffer
+            # (at a speed the broker cannot take, the broker sets the pace).
+            while self.producer.stats.buffered > room:
+                if await self._wait_until(time.time() + 0.05):
+                    return self.stats
             await self._emit(t0 + k)
             k += 1
             if k % max(1, int(10 * speed)) == 0:

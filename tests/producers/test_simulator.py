@@ -1,16 +1,30 @@
-"""Unit tests of the fleet simulator: reproducible, realistic, always valid events."""
+"""The fleet simulator: reproducible, realistic, always valid events; a time-lapse paced by
+the broker."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import time
+from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producers.simulator import SimulatedHost, fleet, simulated_server_id, tick_events
+from infra.settings import StackSettings
+from producers import SimulatorSettings
+from producers.simulator import (
+    SimulatedHost,
+    Simulator,
+    fleet,
+    simulated_server_id,
+    tick_events,
+)
 from schemas import decode_raw_event
+from schemas.topics import TopicSpec
+from tests.kafka import read_all
 
 T0 = 1_795_600_000
 
@@ -54,3 +68,31 @@ def test_generation_is_fast_enough_for_20k_hosts() -> None:
     assert len(events) == 2000
     assert time.process_time() - start < 2.0
     assert json.loads(events[0][1])["server_id"] == hosts[0].server_id
+
+
+@pytest.mark.integration
+async def test_a_time_lapse_faster_than_the_broker_waits_for_it_and_drops_nothing(
+    stack_settings: StackSettings, new_topic: TopicSpec
+) -> None:
+    """A replayed history far faster than Kafka takes it, through a buffer of two seconds'
+    events: every simulated second arrives whole, none dropped."""
+    hosts, seconds = 200, 40
+    settings = SimulatorSettings(
+        kafka_bootstrap=stack_settings.kafka_bootstrap,
+        raw_topic=new_topic.name,
+        hosts=hosts,
+        buffer_size=2 * hosts,
+        sim_start=datetime.fromtimestamp(T0, UTC),
+        sim_speed=100_000,
+    )
+    simulator = Simulator(settings)
+    await simulator.start()
+    try:
+        stats = await simulator.emit(seconds)
+        assert await simulator.producer.flush(60)
+    finally:
+        await simulator.producer.stop()
+    assert stats.events == hosts * seconds and simulator.producer.stats.dropped == 0
+    records = await read_all(stack_settings.kafka_bootstrap, new_topic.name, hosts * seconds)
+    stamps = collections.Counter(decode_raw_event(v).timestamp.timestamp() for _, v in records)
+    assert stamps == {float(T0 + s): hosts for s in range(seconds)}
