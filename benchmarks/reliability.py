@@ -44,7 +44,8 @@ def settings() -> StackSettings:
 
 def command(s: StackSettings, fault: str, hosts: int, speed: float) -> str:
     env = (
-        f"FLEETPULSE_HOME={s.home} FLEETPULSE_KAFKA_BOOTSTRAP={s.kafka_bootstrap.split(',')[0]} "
+        f"FLEETPULSE_HOME={s.home.relative_to(ROOT)} "
+        f"FLEETPULSE_KAFKA_BOOTSTRAP={s.kafka_bootstrap.split(',')[0]} "
         f"FLEETPULSE_KAFKA_CONTROLLER_PORT={s.kafka_controller_port} "
         f"FLEETPULSE_KAFKA_INTERNAL_PORT={s.kafka_internal_port} FLEETPULSE_PG_PORT={s.pg_port}"
     )
@@ -75,20 +76,25 @@ def row(fault: str, hosts: int, speed: float, r: Report | DrillError, cmd: str) 
     )
 
 
-def measure(faults: tuple[str, ...], large: tuple[str, ...]) -> str:
+INTRO = (
+    "Each fault drill (`fleetpulse drill`, README *Fault drills*) on its own: the stream "
+    "worker, the sink and the registry on a 3-broker cluster (RF 3, min.insync.replicas 2) "
+    "under a time-lapse of simulated hosts across midnight; the part killed with -9 "
+    "mid-window and started again after 5 s; then the same load through an uninterrupted "
+    "reference run. Rows: the 5 s rows and the hourly and daily rows the load closed, "
+    "compared column for column. Recovery: seconds from the kill until the newest row is "
+    "back within one second of the undisturbed pipeline's delay. The `agent` drill kills "
+    "every broker, and the agent during that outage."
+)
+
+
+def measure(faults: tuple[str, ...], large: tuple[str, ...], title: str = "Reliability") -> str:
     s = settings()
     stack.up(s)
     lines = [
-        "## Reliability",
+        f"## {title}",
         "",
-        "Each fault drill (`fleetpulse drill`, README *Fault drills*) on its own: the stream "
-        "worker, the sink and the registry on a 3-broker cluster (RF 3, min.insync.replicas 2) "
-        "under a time-lapse of simulated hosts across midnight; the part killed with -9 "
-        "mid-window and started again after 5 s; then the same load through an uninterrupted "
-        "reference run. Rows: the 5 s rows and the hourly and daily rows the load closed, "
-        "compared column for column. Recovery: seconds from the kill until the newest row is "
-        "back within one second of the undisturbed pipeline's delay. The `agent` drill kills "
-        "every broker, and the agent during that outage.",
+        INTRO,
         "",
         "| Fault | Load | Rows expected | Lost | Duplicated | Wrong | Dead letters | "
         "Recovery, s | Reproduce |",
@@ -109,7 +115,13 @@ def measure(faults: tuple[str, ...], large: tuple[str, ...]) -> str:
 
 
 def run() -> str:
-    return measure(FAULTS, LARGE_FAULTS)
+    """The drills at `HOSTS` (`benchmarks/run reliability`; `reliability_large` runs the
+    largest fleet)."""
+    return measure(FAULTS, ())
+
+
+def run_large() -> str:
+    return measure((), LARGE_FAULTS, "Reliability at the largest fleet")
 
 
 def main() -> None:

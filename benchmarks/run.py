@@ -2,7 +2,8 @@
 
     benchmarks/run                 # every benchmark
     benchmarks/run agent e2e       # only some: agent, simulator, sink_write, sink, stream,
-                                   # profile, stream_delay, e2e, outage, backup, tls, reliability
+                                   # profile, stream_delay, e2e, outage, backup, tls, reliability,
+                                   # reliability_large
 
 Each benchmark's section is kept in benchmarks/results/<name>.md with the machine and date it
 ran on; BENCHMARKS.md is assembled from all of them, so running one refreshes only its own.
@@ -29,6 +30,7 @@ ALL = (
     "backup",
     "tls",
     "reliability",
+    "reliability_large",
 )
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
