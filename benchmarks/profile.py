@@ -29,6 +29,8 @@ from benchmarks.stream import Run, Shortfall, throughput_run
 RATE = 250
 #: Functions listed per profile.
 TOP = 18
+#: A function on at least this share of the stacks, doing nothing itself, is the trunk.
+TRUNK = 0.7
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]*)(?::\d+)?\)$")
 
 
@@ -57,7 +59,8 @@ def frame_name(frame: str) -> str:
 
 def summarise(lines: Iterable[str], top: int = TOP) -> tuple[int, list[Entry]]:
     """From py-spy's collapsed stacks (`frame;frame;... count`): the number of samples and
-    the `top` functions by inclusive share."""
+    the `top` functions by inclusive share, without the trunk (the frames most stacks pass
+    through and that do nothing themselves: the event loop, the process's entry)."""
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
@@ -74,9 +77,14 @@ def summarise(lines: Iterable[str], top: int = TOP) -> tuple[int, list[Entry]]:
     if not total:
         return 0, []
     entries = [Entry(f, n / total, own[f] / total) for f, n in inclusive.most_common()]
-    # The event loop's and the process's own frames are on every stack: not worth a line.
-    entries = [e for e in entries if e.inclusive < 0.995 or e.own > 0.005]
+    entries = [e for e in entries if e.inclusive < TRUNK or e.own > 0.005]
     return total, entries[:top]
+
+
+def by_own(lines: Iterable[str], top: int = TOP) -> list[Entry]:
+    """The `top` functions by the share of samples at the top of the stack (their own time)."""
+    _, entries = summarise(lines, top=10**6)
+    return sorted(entries, key=lambda e: e.own, reverse=True)[:top]
 
 
 def py_spy() -> str:
@@ -105,15 +113,19 @@ def attach_py_spy(out: Path, rate: int) -> Callable[[int], Callable[[], None]]:
     return attach
 
 
-def table(title: str, total: int, entries: list[Entry]) -> list[str]:
-    lines = [
-        f"{title} ({total:,} samples):",
-        "",
-        "| Function | On the stack, % | At the top, % |",
-        "| --- | ---: | ---: |",
-    ]
+def table(title: str, entries: list[Entry]) -> list[str]:
+    lines = [title, "", "| Function | On the stack, % | At the top, % |", "| --- | ---: | ---: |"]
     lines += [f"| `{e.function}` | {100 * e.inclusive:.1f} | {100 * e.own:.1f} |" for e in entries]
     return [*lines, ""]
+
+
+def tables(name: str, text: str) -> list[str]:
+    lines = text.splitlines()
+    total, entries = summarise(lines)
+    return [
+        *table(f"{name}, by time on the stack ({total:,} samples; the trunk left out):", entries),
+        *table(f"{name}, by its own time:", by_own(lines)),
+    ]
 
 
 def profile_stream(bootstrap: str, rate: int, keep: Path | None) -> tuple[Run, list[str]]:
@@ -127,8 +139,8 @@ def profile_stream(bootstrap: str, rate: int, keep: Path | None) -> tuple[Run, l
         if keep:
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copy(out, keep / "stream.txt")
-        total, entries = summarise(out.read_text().splitlines())
-    return result, table("Stream worker, through the backlog", total, entries)
+        text = out.read_text()
+    return result, tables("Stream worker, through the backlog", text)
 
 
 def run(rate: int = RATE, keep: Path | None = None) -> str:

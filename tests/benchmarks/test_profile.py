@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.profile import Entry, frame_name, summarise
+from benchmarks.profile import Entry, by_own, frame_name, summarise
 
 
 def test_a_frame_is_named_by_function_and_file() -> None:
@@ -41,3 +41,8 @@ def test_inclusive_counts_a_function_once_per_stack_and_self_only_at_the_top() -
 @pytest.mark.parametrize("lines", [[], ["garbage"], ["x (a.py) notanumber"]])
 def test_no_samples_no_entries(lines: list[str]) -> None:
     assert summarise(lines) == (0, [])
+
+
+def test_own_time_ranks_the_functions_at_the_top() -> None:
+    lines = ["m (a.py);x (b.py) 3", "m (a.py);y (c.py) 5", "m (a.py) 2"]
+    assert [e.function for e in by_own(lines)] == ["y (c.py)", "x (b.py)", "m (a.py)"]
