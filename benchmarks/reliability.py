@@ -101,15 +101,18 @@ def measure(faults: tuple[str, ...], large: tuple[str, ...], title: str = "Relia
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     runs = [(f, HOSTS, SPEED) for f in faults] + [(f, LARGE_HOSTS, LARGE_SPEED) for f in large]
-    for fault, hosts, speed in runs:
-        print(f"drill {fault} at {hosts} hosts", flush=True)
-        report: Report | DrillError
-        try:
-            report = one(s, fault, hosts, speed)
-        except DrillError as exc:  # the next drills still run
-            print(f"  drill failed: {exc}", flush=True)
-            report = exc
-        lines.append(row(fault, hosts, speed, report, command(s, fault, hosts, speed)))
+    try:
+        for fault, hosts, speed in runs:
+            print(f"drill {fault} at {hosts} hosts", flush=True)
+            report: Report | DrillError
+            try:
+                report = one(s, fault, hosts, speed)
+            except DrillError as exc:  # the next drills still run
+                print(f"  drill failed: {exc}", flush=True)
+                report = exc
+            lines.append(row(fault, hosts, speed, report, command(s, fault, hosts, speed)))
+    finally:
+        stack.down(s)  # three brokers would weigh on the benchmarks that follow
     lines.append("")
     return "\n".join(lines)
 
