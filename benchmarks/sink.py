@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,7 +78,7 @@ class Run:
     rss: float  # MiB, peak
 
 
-def _values() -> list[tuple[bytes, bytes]]:
+def backlog() -> list[tuple[bytes, bytes]]:
     """(key, value) of every row, oldest window first."""
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     start -= timedelta(seconds=start.second % WINDOW)
@@ -175,7 +176,13 @@ async def _dead_letters(settings: StackSettings, topic: str) -> int:
         await consumer.stop()
 
 
-def sink_run(settings: StackSettings, values: list[tuple[bytes, bytes]]) -> Run | Shortfall:
+def sink_run(
+    settings: StackSettings,
+    values: list[tuple[bytes, bytes]],
+    attach: Callable[[int], Callable[[], None]] | None = None,
+) -> Run | Shortfall:
+    """One backlog drained: its figures, or the `Shortfall` that disqualifies it. `attach`
+    (a profiler) is called with the sink's pid, and what it returns once the rows are in."""
     tag = uuid.uuid4().hex[:8]
     topics = {k: f"bench.sink.{k}.{tag}" for k in ("5S", "1H", "1D", "DLQ")}
     specs = [TopicSpec(t, 6, 3_600_000) for t in topics.values()]
@@ -196,11 +203,14 @@ def sink_run(settings: StackSettings, values: list[tuple[bytes, bytes]]) -> Run 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    detach = attach(proc.pid) if attach else None
     try:
         try:
             figures = asyncio.run(_watch(settings, database, proc))
         except Shortfall as exc:
             return exc
+        if detach:
+            detach()
         landed = asyncio.run(_count(settings, database))
         dead = asyncio.run(_dead_letters(settings, topics["DLQ"]))
         if landed != ROWS or dead:
@@ -253,7 +263,7 @@ def psql_copy(settings: StackSettings, values: list[tuple[bytes, bytes]]) -> flo
 
 def measure(runs: int = RUNS) -> str:
     settings = stack_up()
-    values = _values()
+    values = backlog()
     results: list[Run | Shortfall] = []
     copies: list[float] = []
     for _ in range(runs):  # interleaved: the sink, then psql, round by round

@@ -87,13 +87,28 @@ def feed(w: PartitionWindows, events: Iterable[RawMetricEvent], wall: float = 0.
     refused."""
     taken = []
     for e in events:
-        offset = NEXT_OFFSET.setdefault(id(w), 0)
-        NEXT_OFFSET[id(w)] = offset + 1
+        offset = NEXT_OFFSET.get(w, 0)
+        NEXT_OFFSET[w] = offset + 1
         taken.append(w.add(e, offset, wall, STAMP, OUT) is None)
     return taken
 
 
-NEXT_OFFSET: dict[int, int] = {}
+class _ByIdentity(dict[int, tuple[PartitionWindows, int]]):
+    """Each partition's next offset, by the object itself (an `id` alone is reused once
+    its object is gone, and a new partition would start at an old one's offset)."""
+
+    def get(self, w: PartitionWindows, default: int = 0) -> int:  # type: ignore[override]
+        held = super().get(id(w))
+        return held[1] if held is not None and held[0] is w else default
+
+    def __getitem__(self, w: PartitionWindows) -> int:  # type: ignore[override]
+        return self.get(w)
+
+    def __setitem__(self, w: PartitionWindows, offset: int) -> None:  # type: ignore[override]
+        super().__setitem__(id(w), (w, offset))
+
+
+NEXT_OFFSET = _ByIdentity()
 
 
 OUT: list[ClosedWindow] = []
@@ -387,8 +402,8 @@ def test_duplicates_are_recognised_after_a_restore() -> None:
     feed(w, [ev(0, 7.5, cpu=80)])  # a correction of [5, 10)
     emitted(w)
     restored = PartitionWindows(Grace({"5s": 2.0}))
-    restored.restore(changelog_after(w, NEXT_OFFSET[id(w)]), 0.0)
-    NEXT_OFFSET[id(restored)] = NEXT_OFFSET[id(w)]
+    restored.restore(changelog_after(w, NEXT_OFFSET[w]), 0.0)
+    NEXT_OFFSET[restored] = NEXT_OFFSET[w]
     assert (
         feed(restored, [ev(0, 3.0, cpu=99), ev(0, 7.5, cpu=99), ev(0, 12.0, cpu=99)]) == [True] * 3
     )
