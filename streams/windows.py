@@ -590,6 +590,10 @@ class ServerWindows:
     five: dict[int, WindowAcc] = field(default_factory=dict)  # open 5 s windows
     kept: dict[int, bytes] = field(default_factory=dict)  # closed 5 s windows, packed
     rollups: dict[RollupKey, WindowAcc] = field(default_factory=dict)  # open or emitted
+    #: No window of the server closes before event time reaches this (end plus grace of its
+    #: earliest open window): a sample below it closes nothing. Not state: -inf (unknown)
+    #: after a restore, recomputed by every `_close`; never above the true value.
+    next_due: float = -math.inf
 
     def changelog_value(self) -> bytes:
         """The server's record: its clocks and its open and emitted rollups, named."""
@@ -713,11 +717,17 @@ class PartitionWindows:
             # A slot the wall clock passed while the server was quiet is not closed for a
             # sample newer than any it sent: an agent's outage buffer lands in open windows.
             s.five[start] = WindowAcc.from_event(e, start, SIZE, offset)
+            due = start + SIZE + self.grace.base
+            if due < s.next_due:
+                s.next_due = due
         if not replayed:
             s.arrived = wall
         if ts > s.event_time:
             s.event_time = ts
-            self._close(s, ts, stamp, out)
+            if ts >= s.next_due:
+                self._close(s, ts, stamp, out)
+            elif ts > s.closed_time:  # (all `_close` would have done)
+                s.closed_time = ts
         return None
 
     def _duplicate(self, replayed: bool) -> None:
@@ -780,6 +790,7 @@ class PartitionWindows:
             r = s.rollups.get(key)
             if r is None:
                 r = s.rollups[key] = WindowAcc.from_event(e, key[1], size, offset, rollup=True)
+                s.next_due = -math.inf  # (rare: the next sample recomputes it)
             else:
                 r.add(e, offset, ts)
             if r.revision >= 0 or r.end + self.grace.of(resolution) <= s.event_time:
@@ -811,9 +822,18 @@ class PartitionWindows:
                         if r.revision >= 0:
                             self._emit(r, resolution, stamp, out)
             self._release(s)  # what falls behind the horizon moves with closing windows
+        next_due = math.inf
         for (resolution, _), r in s.rollups.items():
-            if r.revision < 0 and r.end + self.grace.of(resolution) <= t:
-                self._emit(r, resolution, stamp, out)
+            if r.revision < 0:
+                end = r.end + self.grace.of(resolution)
+                if end <= t:
+                    self._emit(r, resolution, stamp, out)
+                elif end < next_due:
+                    next_due = end
+        for start in s.five:
+            if start + SIZE + g5 < next_due:
+                next_due = start + SIZE + g5
+        s.next_due = next_due
 
     def _emit(
         self, w: WindowAcc, resolution: Resolution, stamp: str, out: list[ClosedWindow]
