@@ -568,13 +568,27 @@ class Drill:
             )
         return int(found[-1])
 
-    async def settle(self, run: Run, timeout: float = 180) -> None:
-        """Wait until both groups have consumed everything."""
+    async def settle(self, run: Run, stall: float = 180) -> None:
+        """Wait until both groups have consumed everything, as long as they keep going: a
+        large run's reference has minutes of backlog; one that does not shrink for `stall`
+        seconds is an error."""
+        best: int | None = None
+        progress = time.monotonic()
 
         async def caught_up() -> bool:
-            return await run.lag() == 0
+            nonlocal best, progress
+            lag = await run.lag()
+            if lag is not None and (best is None or lag < best):
+                best, progress = lag, time.monotonic()
+            if time.monotonic() - progress > stall:
+                behind = "nothing committed" if best is None else f"{best:,} records behind"
+                raise WaitTimeout(
+                    f"the {run.tag} run's consumers stopped catching up ({behind} "
+                    f"for {stall:.0f} s)"
+                )
+            return lag == 0
 
-        await wait_for(f"the {run.tag} run's consumers catching up", caught_up, timeout)
+        await wait_for(f"the {run.tag} run's consumers catching up", caught_up, 24 * 3600)
 
     async def inject(self, run: Run, fault: str) -> FaultResult:
         o = self.options
