@@ -72,8 +72,11 @@ def _meta(model: type[BaseModel], name: str, metadata: list[Any], base: Any) -> 
     return meta
 
 
-def _type(model: type[BaseModel], name: str, annotation: Any, metadata: list[Any]) -> Any:
-    """The msgspec type of a field's type with its constraints `metadata`."""
+def _type(
+    model: type[BaseModel], name: str, annotation: Any, metadata: list[Any], top: bool = False
+) -> Any:
+    """The msgspec type of a field's type with its constraints `metadata`. A timestamp only
+    as the `top` type of a top-level field (where `FastDecoder` parses it)."""
     if get_origin(annotation) is Annotated:
         base, *extra = get_args(annotation)
         if any(isinstance(m, AfterValidator) for m in extra):
@@ -90,7 +93,7 @@ def _type(model: type[BaseModel], name: str, annotation: Any, metadata: list[Any
         kind = annotation
     elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         kind = annotation  # by value, as the model reads it
-    elif annotation is AwareDatetime:
+    elif annotation is AwareDatetime and top:
         # Read as text of the one common form, parsed after (`_aware`): msgspec's own
         # datetimes round a seventh fractional digit where pydantic cuts it.
         kind = Annotated[str, msgspec.Meta(pattern=_RFC3339)]
@@ -144,7 +147,7 @@ def _struct(model: type[BaseModel], nested: bool = False) -> type[msgspec.Struct
             raise UnsupportedModel(f"{model.__name__}.{name}: an alias")
         if nested and (_after(info) or info.annotation is AwareDatetime):
             raise UnsupportedModel(f"{model.__name__}.{name}: a conversion in a nested model")
-        kind = _type(model, name, info.annotation, list(info.metadata))
+        kind = _type(model, name, info.annotation, list(info.metadata), top=not nested)
         if info.default_factory is not None:
             fields.append((name, kind, msgspec.field(default_factory=info.default_factory)))  # type: ignore[arg-type]
         elif not info.is_required():

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from schemas import (
     DeadLetterReason,
@@ -283,3 +283,12 @@ def test_a_tombstone_is_refused_with_the_models_reason() -> None:
         decode_message(WindowAggregate, None)
     assert (fast.value.reason, fast.value.detail) == (model.value.reason, model.value.detail)
     assert isinstance(decode_window_aggregate(json.dumps(AGGREGATE).encode()), msgspec.Struct)
+
+
+def test_a_timestamp_it_would_not_parse_is_refused() -> None:
+    class Maybe(BaseModel):
+        model_config = {"strict": True, "allow_inf_nan": False, "extra": "ignore"}
+        at: AwareDatetime | None = None
+
+    with pytest.raises(UnsupportedModel, match=r"Maybe\.at"):
+        fast_decoder(Maybe)
