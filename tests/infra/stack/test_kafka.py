@@ -87,7 +87,7 @@ async def test_produce_and_consume_keeps_per_server_order(
 
     got = await _consume(kafka_bootstrap, new_topic.name, len(sent))
     assert len(got) == len(sent)
-    received = [decode_raw_event(v) for _, v in got]
+    received = [RawMetricEvent.model_validate_json(v) for _, v in got]
     assert sorted(received, key=lambda e: (e.server_id, e.timestamp)) == sorted(
         sent, key=lambda e: (e.server_id, e.timestamp)
     )
