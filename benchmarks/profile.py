@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from benchmarks.common import ROOT, stack_up
 from benchmarks.sink import Run as SinkRun
@@ -133,41 +134,39 @@ def tables(name: str, text: str) -> list[str]:
     ]
 
 
-def profile_stream(bootstrap: str, rate: int, keep: Path | None) -> tuple[Run, list[str]]:
+R = TypeVar("R")
+
+
+def profiled(
+    name: str, rate: int, keep: Path | None, run: Callable[[Callable[[int], Callable[[], None]]], R]
+) -> tuple[R, str]:
+    """`run(attach)` with py-spy attached through `attach`: its result and the collapsed
+    stacks (kept in `keep`/`name`.txt if given). A run that lost data gives no profile."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "stream.txt"
-        result = throughput_run(bootstrap, attach=attach_py_spy(out, rate))
-        if isinstance(result, Shortfall):
-            raise RuntimeError(f"the profiled stream run lost data: {result}")
+        out = Path(tmp) / f"{name}.txt"
+        result = run(attach_py_spy(out, rate))
+        if isinstance(result, (Shortfall, SinkShortfall)):
+            raise RuntimeError(f"the profiled {name} run lost data: {result}")
         if not out.exists():
             raise RuntimeError("py-spy wrote no profile (is ptrace allowed here?)")
         if keep:
             keep.mkdir(parents=True, exist_ok=True)
-            shutil.copy(out, keep / "stream.txt")
-        text = out.read_text()
-    return result, tables("Stream worker, through the backlog", text)
-
-
-def profile_sink(rate: int, keep: Path | None) -> tuple[SinkRun, list[str]]:
-    settings = stack_up()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "sink.txt"
-        result = sink_run(settings, sink_values(), attach=attach_py_spy(out, rate))
-        if isinstance(result, SinkShortfall):
-            raise RuntimeError(f"the profiled sink run lost data: {result}")
-        if not out.exists():
-            raise RuntimeError("py-spy wrote no profile (is ptrace allowed here?)")
-        if keep:
-            keep.mkdir(parents=True, exist_ok=True)
-            shutil.copy(out, keep / "sink.txt")
-        text = out.read_text()
-    return result, tables("Sink, through the backlog", text)
+            shutil.copy(out, keep / out.name)
+        return result, out.read_text()
 
 
 def run(rate: int = RATE, keep: Path | None = None) -> str:
     settings = stack_up()
-    figures, stream = profile_stream(settings.kafka_bootstrap, rate, keep)
-    sink_figures, sink = profile_sink(rate, keep)
+    bootstrap, values = settings.kafka_bootstrap, sink_values()
+    figures, stream_text = profiled(
+        "stream", rate, keep, lambda attach: throughput_run(bootstrap, attach=attach)
+    )
+    sink_figures, sink_text = profiled(
+        "sink", rate, keep, lambda attach: sink_run(settings, values, attach=attach)
+    )
+    assert isinstance(figures, Run) and isinstance(sink_figures, SinkRun)
+    stream = tables("Stream worker, through the backlog", stream_text)
+    sink = tables("Sink, through the backlog", sink_text)
     return "\n".join(
         [
             "## Profiles",
