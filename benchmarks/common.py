@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import psutil
 
 from infra import stack
 from infra.settings import StackSettings
 from infra.stack import PostgresCluster
+from producers.simulator import simulated_server_id
 from runtime.settings import LazySecurity
 from runtime.topics import create_topics
 from schemas.resolutions import BASE
@@ -86,6 +88,16 @@ async def bench_database(settings: StackSettings) -> str:
     finally:
         await admin.close()
     return name
+
+
+async def register_servers(conn: asyncpg.Connection, seed: int, n: int) -> None:
+    """Register the `n` simulated servers of `seed` (their metric rows need them)."""
+    records = [
+        (simulated_server_id(seed, i), f"sim-{i}", f"sim-{i}.bench", 22, "bench", "v1:unused")
+        for i in range(n)
+    ]
+    columns = ["id", "name", "hostname", "port", "username", "encrypted_password"]
+    await conn.copy_records_to_table("servers", records=records, columns=columns)
 
 
 async def drop_database(settings: StackSettings, name: str) -> None:

@@ -50,6 +50,7 @@ from benchmarks.common import (
     drop_topics,
     median,
     percentile,
+    register_servers,
     row,
     stack_up,
 )
@@ -59,7 +60,6 @@ from infra.db import migrate
 from infra.demo import Child, DemoPaths, start_children, stop_children
 from infra.settings import StackSettings
 from infra.stack.process import free_port
-from producers.simulator import simulated_server_id
 from runtime.topics import create_topics
 from schemas import RESOLUTIONS
 from schemas.resolutions import BASE
@@ -197,12 +197,7 @@ async def _prepare(settings: StackSettings, hosts: int) -> str:
         await conn.execute(
             f"ALTER TABLE {BASE.table} ADD COLUMN landed_at timestamptz DEFAULT clock_timestamp()"
         )
-        records = [
-            (simulated_server_id(SEED, i), f"sim-{i}", f"sim-{i}.bench", 22, "bench", "v1:unused")
-            for i in range(hosts)
-        ]
-        columns = ["id", "name", "hostname", "port", "username", "encrypted_password"]
-        await conn.copy_records_to_table("servers", records=records, columns=columns)
+        await register_servers(conn, SEED, hosts)
     finally:
         await conn.close()
     return name

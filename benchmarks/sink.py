@@ -38,6 +38,7 @@ from benchmarks.common import (
     drop_database,
     drop_topics,
     median,
+    register_servers,
     row,
     stack_up,
 )
@@ -109,12 +110,7 @@ async def _prepare(settings: StackSettings) -> str:
     conn = await asyncpg.connect(**settings.connect_kwargs(database=name))
     try:
         await migrate(conn, storage="postgres")
-        records = [
-            (simulated_server_id(SEED, i), f"s-{i}", f"s-{i}.bench", 22, "bench", "v1:unused")
-            for i in range(SERVERS)
-        ]
-        columns = ["id", "name", "hostname", "port", "username", "encrypted_password"]
-        await conn.copy_records_to_table("servers", records=records, columns=columns)
+        await register_servers(conn, SEED, SERVERS)
     finally:
         await conn.close()
     return name
