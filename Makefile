@@ -53,7 +53,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-bench-setup: setup $(VENV)/.bench-installed
+# The benchmarks' extras: py-spy, the peer agents (Debian), and Quix Streams in a virtualenv
+# of its own (it pins an older confluent-kafka than ours).
+QUIX_VENV := benchmarks/quix/.venv
+
+bench-setup: setup $(VENV)/.bench-installed $(QUIX_VENV)/.installed
+	@infra/scripts/system-deps.sh --bench
+
+$(QUIX_VENV)/.installed: benchmarks/quix/requirements.txt
+	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/python -m pip install -q -r benchmarks/quix/requirements.txt
+	touch $@
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'

@@ -3,6 +3,7 @@
 #   usage: infra/scripts/system-deps.sh [--monitoring] [--test]
 #     --monitoring adds Prometheus and its PostgreSQL exporter (`fleetpulse stack up --monitoring`)
 #     --test adds what only the tests use (the monitoring's packages among them)
+#     --bench adds the agents the agent benchmark measures ours against
 set -euo pipefail
 
 need=()
@@ -14,12 +15,13 @@ check maven mvn
 check postgresql-15 /usr/lib/postgresql/15/bin/initdb
 check postgresql-client-15 psql
 check pgbackrest pgbackrest
-monitoring=0 test=0
+monitoring=0 test=0 bench=0
 for arg in "$@"; do
   case "$arg" in
     --monitoring) monitoring=1 ;;
     --test) test=1 monitoring=1 ;;
-    *) echo "usage: $0 [--monitoring] [--test]" >&2; exit 2 ;;
+    --bench) bench=1 ;;
+    *) echo "usage: $0 [--monitoring] [--test] [--bench]" >&2; exit 2 ;;
   esac
 done
 if ((monitoring)); then
@@ -31,6 +33,11 @@ if ((test)); then
   check nodejs node
   check npm npm
   check chromium chromium  # the chart page's test renders it headless
+fi
+
+if ((bench)); then
+  check prometheus-node-exporter /usr/bin/prometheus-node-exporter
+  check collectd /usr/sbin/collectd
 fi
 
 if ((${#need[@]} == 0)); then
