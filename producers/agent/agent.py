@@ -22,7 +22,10 @@ def sample_once(settings: AgentSettings, server_id: str) -> RawMetricEvent:
     sampler = HostSampler(disk_mount=settings.disk_mount, top_processes=settings.top_processes)
     tick = next_tick(time.time(), settings.interval)
     time.sleep(max(0.0, tick - time.time()))
-    return sampler.sample(server_id, datetime.fromtimestamp(tick, UTC))
+    try:
+        return sampler.sample(server_id, datetime.fromtimestamp(tick, UTC))
+    finally:
+        sampler.close()
 
 
 class Agent(Service):
@@ -68,6 +71,7 @@ class Agent(Service):
 
     async def close(self) -> None:
         """Flush the buffer (bounded by `flush_timeout`)."""
+        self.sampler.close()
         await self.producer.stop()
         stats = self.producer.stats
         log.info(

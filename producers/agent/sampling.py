@@ -95,6 +95,22 @@ def top_n(deltas: Iterable[ProcessCpu], n: int) -> list[ProcessCpu]:
     return heapq.nsmallest(n, deltas, key=lambda p: (-p.cpu_ns, p.pid))
 
 
+def busiest(previous: Mapping[int, int], current: Mapping[int, int], n: int) -> list[ProcessCpu]:
+    """`top_n(cpu_deltas(previous, current), n)` in one pass, without an object per process:
+    the agent runs it every second over every process on the host."""
+    get = previous.get
+    # (minus the delta, pid): the smallest first is the busiest, ties by lower pid.
+    ranked = heapq.nsmallest(
+        n,
+        (
+            (before - now_ns, pid)
+            for pid, now_ns in current.items()
+            if (before := get(pid)) is not None and now_ns >= before
+        ),
+    )
+    return [ProcessCpu(pid, -negative) for negative, pid in ranked]
+
+
 def cpu_percent(cpu_ns: int, elapsed_s: float) -> float:
     """CPU use in percent of one core over `elapsed_s` seconds."""
     if elapsed_s <= 0:

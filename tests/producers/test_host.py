@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from datetime import UTC, datetime
 
 import pytest
 
-from producers.agent.host import HostSampler, read_cpu_ns_psutil, read_cpu_ns_schedstat
+from producers.agent.host import (
+    HostSampler,
+    SchedstatReader,
+    read_cpu_ns_psutil,
+    read_cpu_ns_schedstat,
+)
 from tests.factories import SERVER_ID
 
 
@@ -40,3 +46,43 @@ def test_both_cpu_readers_see_this_process() -> None:
     me = os.getpid()
     by_schedstat, by_psutil = read_cpu_ns_schedstat(), read_cpu_ns_psutil()
     assert by_schedstat[me] > 0 and by_psutil[me] > 0
+
+
+def test_the_kept_open_reader_reads_what_opening_each_file_reads() -> None:
+    reader = SchedstatReader()
+    try:
+        reader()
+        me = os.getpid()
+        before = reader()[me]
+        deadline = time.process_time() + 0.05
+        while time.process_time() < deadline:
+            pass
+        kept, fresh = reader(), read_cpu_ns_schedstat()
+        assert kept[me] > before  # a re-read file gives the time now, not the first reading
+        assert fresh[me] >= kept[me]
+        assert {me, 1} <= set(kept)
+    finally:
+        reader.close()
+
+
+def test_the_file_of_a_process_that_exited_is_closed() -> None:
+    reader = SchedstatReader()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert child.pid in reader()
+        child.kill()
+        child.wait()
+        assert child.pid not in reader()
+        assert child.pid not in reader._fds
+    finally:
+        reader.close()
+    assert reader._fds == {}
+
+
+def test_past_the_limit_files_are_opened_and_closed_each_time() -> None:
+    reader = SchedstatReader(max_open=3)
+    assert os.getpid() in reader() and len(reader._fds) == 3
+    before = len(os.listdir("/proc/self/fd"))
+    reader()
+    assert len(os.listdir("/proc/self/fd")) == before
+    reader.close()

@@ -10,6 +10,7 @@ from producers.agent.sampling import (
     NetTotals,
     NetworkDeltas,
     ProcessCpu,
+    busiest,
     counter_delta,
     cpu_deltas,
     cpu_percent,
@@ -92,6 +93,16 @@ def test_top_n_busiest_first_ties_by_pid() -> None:
     assert top_n(procs, 3) == [ProcessCpu(3, 50), ProcessCpu(9, 50), ProcessCpu(5, 10)]
     assert top_n(procs, 10) == sorted(procs, key=lambda p: (-p.cpu_ns, p.pid))
     assert top_n(procs, 0) == []
+
+
+_readings = st.dictionaries(st.integers(1, 60), st.integers(0, 1_000), max_size=40)
+
+
+@given(_readings, _readings, st.integers(0, 12))
+def test_busiest_is_top_n_of_the_deltas(
+    previous: dict[int, int], current: dict[int, int], n: int
+) -> None:
+    assert busiest(previous, current, n) == top_n(cpu_deltas(previous, current), n)
 
 
 def test_cpu_percent_of_one_core() -> None:
