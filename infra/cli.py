@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infra.backup.cli import add_commands as add_backup_commands
-from infra.settings import StackSettings
 from runtime.errors import FleetPulseError
 from runtime.logs import configure_logging
 from schemas import RESOLUTIONS
 
 if TYPE_CHECKING:
+    from infra.settings import StackSettings
     from registry.settings import RegistrySettings
 
 Handler = Callable[[argparse.Namespace], int]
@@ -29,13 +29,20 @@ class CommandError(FleetPulseError):
     """An expected failure: printed as one line, exit status 1, no traceback."""
 
 
+def _stack_settings(**options: Any) -> StackSettings:
+    # Imported here: the services' commands (`fleetpulse agent` above all) never need it.
+    from infra.settings import StackSettings
+
+    return StackSettings(**options)
+
+
 def _stack_up(args: argparse.Namespace) -> int:
     from infra import stack
 
     if args.brokers is not None:
         # For everything this command builds, the services it starts included.
         os.environ["FLEETPULSE_KAFKA_BROKERS"] = str(args.brokers)
-    settings = StackSettings(**_given(monitoring=args.monitoring or None))
+    settings = _stack_settings(**_given(monitoring=args.monitoring or None))
     results = stack.up(settings)
     width = max(9, *(len(st.name) for st, _ in results))
     for st, started in results:
@@ -50,7 +57,7 @@ def _stack_up(args: argparse.Namespace) -> int:
 def _stack_install(args: argparse.Namespace) -> int:
     from infra.stack import KafkaCluster
 
-    KafkaCluster(StackSettings()).install()
+    KafkaCluster(_stack_settings()).install()
     print("Kafka jars resolved")
     return 0
 
@@ -58,7 +65,7 @@ def _stack_install(args: argparse.Namespace) -> int:
 def _stack_down(args: argparse.Namespace) -> int:
     from infra import stack
 
-    results = stack.down(StackSettings())
+    results = stack.down(_stack_settings())
     width = max(9, *(len(name) for name, _ in results))
     for name, was_running in results:
         print(f"{name:{width}} {'stopped' if was_running else 'was not running'}")
@@ -68,7 +75,7 @@ def _stack_down(args: argparse.Namespace) -> int:
 def _stack_status(args: argparse.Namespace) -> int:
     from infra import stack
 
-    statuses = stack.status(StackSettings())
+    statuses = stack.status(_stack_settings())
     width = max(9, *(len(st.name) for st in statuses))
     for st in statuses:
         if st.name in ("quorum", "replicas"):  # the cluster's health, not a process
@@ -82,7 +89,7 @@ def _stack_status(args: argparse.Namespace) -> int:
 def _stack_rotate_certs(args: argparse.Namespace) -> int:
     from infra import stack
 
-    for line in stack.rotate_certs(StackSettings()):
+    for line in stack.rotate_certs(_stack_settings()):
         print(line)
     return 0
 
@@ -90,7 +97,7 @@ def _stack_rotate_certs(args: argparse.Namespace) -> int:
 def _stack_rotate_password(args: argparse.Namespace) -> int:
     from infra import stack
 
-    what = stack.rotate_password(StackSettings(), args.principal)
+    what = stack.rotate_password(_stack_settings(), args.principal)
     print(f"{what}: new password in effect (never printed; the file under secrets/ holds it)")
     return 0
 
@@ -99,7 +106,7 @@ def _db_migrate(args: argparse.Namespace) -> int:
     from infra.db import migrate
     from runtime.postgres import connect
 
-    settings = StackSettings()
+    settings = _stack_settings()
     storage = args.storage or settings.pg_storage
 
     async def run() -> None:
@@ -123,7 +130,7 @@ def _topics_create(args: argparse.Namespace) -> int:
     from runtime.topics import create_contract_topics
     from streams.settings import StreamSettings
 
-    settings = StackSettings()
+    settings = _stack_settings()
     results = asyncio.run(create_contract_topics(settings, StreamSettings().changelog_topic))
     for r in results:
         verb = "created" if r.created else "exists"
@@ -207,7 +214,7 @@ def _drill(args: argparse.Namespace) -> int:
     from infra.drill import Drill, DrillOptions, report_json
     from infra.faults import FAULTS
 
-    settings = StackSettings()
+    settings = _stack_settings()
     faults = list(FAULTS) if args.fault == "all" else [args.fault]
     logs = args.logs or settings.home_dir / "drills" / time.strftime("%Y%m%dT%H%M%S")
     options = DrillOptions(
@@ -330,7 +337,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     sim = SimulatorSettings(**_given(hosts=args.hosts, seed=args.seed))
     return run_demo(
-        StackSettings(), DemoOptions(hosts=sim.hosts, seed=sim.seed, seconds=args.seconds)
+        _stack_settings(), DemoOptions(hosts=sim.hosts, seed=sim.seed, seconds=args.seconds)
     )
 
 
