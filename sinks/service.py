@@ -40,18 +40,18 @@ log = logging.getLogger(__name__)
 
 COMPONENT = "sink"
 TELEMETRY = telemetry(COMPONENT)
+#: Records decoded between two turns of the write in the background.
+_SLICE = 500
 _RETRIED: tuple[type[BaseException], ...] = (*POSTGRES_ERRORS, postgres.DatabaseUnavailable)
 
 
 @dataclass(frozen=True, slots=True)
-class Source:
-    """Where a row came from."""
+class _Batch:
+    """Rows read and not yet written, by table, and the offsets to commit after them."""
 
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
+    items: dict[str, list[Item[ConsumerRecord]]]
+    offsets: dict[TopicPartition, int]
+    pending: int
 
 
 class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -89,7 +89,7 @@ class Sink(Service):
         self.writer = BatchWriter(settings.write_method)
         self.rows_written = 0
         self.dead_letters = 0
-        self._items: dict[str, list[Item[Source]]] = {}
+        self._items: dict[str, list[Item[ConsumerRecord]]] = {}
         self._pending = 0
         self._offsets: dict[TopicPartition, int] = {}  # to commit after the next write
         self._positions: dict[TopicPartition, int] = {}  # next offset read, for the lag
@@ -157,11 +157,14 @@ class Sink(Service):
             )
             batch = await self._consumer.getmany(  # a second at most: stop() is seen soon
                 timeout_ms=int(min(wait, 1.0) * 1000),
-                max_records=max(1, s.batch_rows - self._pending),
+                max_records=max(1, min(_SLICE, s.batch_rows - self._pending)),
             )
             for tp, records in batch.items():
                 for record in records:
                     await self._take(tp, record)
+            # Buffered records come back without a pause: yield, so the write in the
+            # background takes its next step while this loop decodes.
+            await asyncio.sleep(0)
             due = self._first_at is not None and time.monotonic() - self._first_at >= age
             lag = self._update_lag()
             # Caught up (nothing more fetched or known to the broker): no reason to wait.
@@ -195,7 +198,9 @@ class Sink(Service):
                 self._writing = None
             writing.result()  # a permanent failure ends the sink, as an inline write did
         if self._offsets:
-            self._writing = asyncio.create_task(self.flush(background=True))
+            # Taken now, not when the task first runs: the loop reads on until it yields, and
+            # what it reads from here on belongs to the next batch.
+            self._writing = asyncio.create_task(self._write(self._detach(), background=True))
 
     # -- consuming ---------------------------------------------------------------------------
     async def _take(self, tp: TopicPartition, record: ConsumerRecord) -> None:
@@ -203,14 +208,13 @@ class Sink(Service):
         self._offsets[tp] = self._positions[tp] = record.offset + 1
         if self._first_at is None:
             self._first_at = time.monotonic()
-        source = Source(record.topic, record.partition, record.offset, record.key, record.value)
         try:
             agg = decode_window_aggregate(record.value)
         except InvalidMessage as exc:
-            await self._dead_letter(source, exc.reason, exc.detail)
+            await self._dead_letter(record, exc.reason, exc.detail)
             return
         table = self.tables[record.topic]
-        self._items.setdefault(table.name, []).append(Item(to_row(agg), source))
+        self._items.setdefault(table.name, []).append(Item(to_row(agg), record))
         self._pending += 1
 
     # -- writing -----------------------------------------------------------------------------
@@ -218,27 +222,36 @@ class Sink(Service):
     def flushing(self) -> bool:
         return self._flush_lock.locked()
 
-    async def flush(self, background: bool = False) -> None:
-        """Write what is held in one transaction, dead-letter rejected rows, commit offsets.
-        Inline (a stop, a rebalance) it first waits for the write in the background; in the
-        `background` write itself, `run()` keeps the group's membership meanwhile."""
-        if not background and self._writing is not None:
+    async def flush(self) -> None:
+        """Write what is held in one transaction, dead-letter rejected rows, commit offsets
+        (a stop, a rebalance): first waits for the write in the background, if any."""
+        if self._writing is not None:
             writing, self._writing = self._writing, None
             await writing
+        await self._write(self._detach(), background=False)
+
+    def _detach(self) -> _Batch:
+        """The batch in hand, leaving an empty one for what is read next."""
+        batch = _Batch(self._items, self._offsets, self._pending)
+        self._items, self._offsets, self._pending = {}, {}, 0
+        self._first_at = None
+        return batch
+
+    async def _write(self, batch: _Batch, background: bool) -> None:
+        """Write `batch`, dead-letter its rejected rows, commit its offsets. In the
+        `background`, `run()` keeps the group's membership meanwhile; else this does."""
+        if not batch.offsets:
+            return
         async with self._flush_lock:
-            if not self._offsets:
-                return
-            # What is read from here on goes into the next batch.
-            items, offsets, pending = self._items, self._offsets, self._pending
-            self._items, self._offsets, self._pending = {}, {}, 0
-            self._first_at = None
             with TELEMETRY.batch_seconds.time():
-                rejected = await self._write_with_retry(items, pending, poll=not background)
+                rejected = await self._write_with_retry(
+                    batch.items, batch.pending, poll=not background
+                )
             for item, exc in rejected:
                 await self._dead_letter(item.source, DeadLetterReason.DB_REJECTED, describe(exc))
             assert self._consumer is not None
             try:
-                await self._consumer.commit(offsets)
+                await self._consumer.commit(batch.offsets)
             except (CommitFailedError, IllegalStateError) as exc:
                 # The group rebalanced meanwhile: the rows are written, and the partitions' new
                 # owner replays from the last commit; upserts make the replay harmless.
@@ -247,8 +260,8 @@ class Sink(Service):
                 )
 
     async def _write_with_retry(
-        self, items: dict[str, list[Item[Source]]], pending: int, poll: bool
-    ) -> list[tuple[Item[Source], BaseException]]:
+        self, items: dict[str, list[Item[ConsumerRecord]]], pending: int, poll: bool
+    ) -> list[tuple[Item[ConsumerRecord], BaseException]]:
         """Write `items` until the database takes them. `poll`: pause the consumer and poll
         it meanwhile (else `run()` does, in `_hand_off`)."""
         paused = False
@@ -296,9 +309,9 @@ class Sink(Service):
                 consumer.resume(*consumer.assignment())
 
     async def _write_once(
-        self, conn: asyncpg.Connection, batch: dict[str, list[Item[Source]]]
-    ) -> list[tuple[Item[Source], BaseException]]:
-        rejected: list[tuple[Item[Source], BaseException]] = []
+        self, conn: asyncpg.Connection, batch: dict[str, list[Item[ConsumerRecord]]]
+    ) -> list[tuple[Item[ConsumerRecord], BaseException]]:
+        rejected: list[tuple[Item[ConsumerRecord], BaseException]] = []
         by_name = {t.name: t for t in self.tables.values()}
         async with conn.transaction():
             for name, items in batch.items():
@@ -309,7 +322,9 @@ class Sink(Service):
             self.rows_written += n
         return rejected
 
-    async def _dead_letter(self, source: Source, reason: DeadLetterReason, error: str) -> None:
+    async def _dead_letter(
+        self, source: ConsumerRecord, reason: DeadLetterReason, error: str
+    ) -> None:
         assert self._dlq is not None
         letter = DeadLetter.for_payload(
             source.value,
