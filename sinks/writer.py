@@ -3,7 +3,12 @@
 Two ways to move a batch, both ending in `INSERT … ON CONFLICT (server_id, time) DO UPDATE`
 so that writing the same aggregate twice changes nothing, and a correction of a window (more
 samples) replaces its row while an earlier revision (fewer) never does:
-- `copy`: COPY the rows into a session-private staging table, then upsert from it;
+- `copy`: COPY the rows into a session-private staging table, then upsert from it. Most
+  batches hold only new keys (a window is written once unless corrected or replayed), so the
+  rows are first COPYed straight into the table under a savepoint, half the database's work;
+  a key already there makes that COPY fail whole, and the batch goes the staging way. After
+  such a conflict (a replay, a run of corrections) the staging way is taken for
+  `CONFLICT_PAUSE` seconds before trying straight again.
 - `unnest`: one `INSERT … SELECT FROM unnest($1::type[], …)` with an array per column.
 Which is faster is measured by `benchmarks/sink_write.py` (BENCHMARKS.md); `auto` uses that
 one and falls back to `unnest` for good where COPY is not available (the TimescaleDB test
@@ -13,6 +18,7 @@ stand-in, for one).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Generic, Literal, TypeVar
 
@@ -30,6 +36,9 @@ Method = Literal["copy", "unnest"]
 #: The faster method on this project's benchmark (BENCHMARKS.md, "Sink write path": COPY took
 #: 0.68x and 0.76x the time of unnest for 5,000 new rows in two runs).
 FASTEST: Method = "copy"
+
+#: Seconds of staging-only writes after a straight COPY met a key already in the table.
+CONFLICT_PAUSE = 30.0
 
 
 def _upsert_sql(table: TableSpec, source: str) -> str:
@@ -57,9 +66,18 @@ def _stage_name(table: TableSpec) -> str:
 class BatchWriter:
     """Upserts batches of rows over one connection, with the chosen method."""
 
-    def __init__(self, method: Literal["auto", "copy", "unnest"] = "auto") -> None:
+    def __init__(
+        self, method: Literal["auto", "copy", "unnest"] = "auto", straight: bool = True
+    ) -> None:
+        """`straight`: with `copy`, first try each batch as a COPY into the table itself."""
         self.auto = method == "auto"
+        self.try_straight = straight
         self.method: Method = FASTEST if method == "auto" else method
+        #: Batches COPYed straight into their table, and those that met a key already there.
+        self.straight = 0
+        self.conflicts = 0
+        #: Monotonic time from which a straight COPY is tried again.
+        self.straight_after = 0.0
 
     async def upsert(
         self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple[Any, ...]]
@@ -72,7 +90,8 @@ class BatchWriter:
         if self.method == "copy":
             try:
                 async with conn.transaction():  # a savepoint: a failed COPY leaves no trace
-                    await self._copy(conn, table, rows)
+                    if not await self._copy_straight(conn, table, rows):
+                        await self._copy(conn, table, rows)
                 return
             except asyncpg.FeatureNotSupportedError:
                 if not self.auto:
@@ -82,6 +101,23 @@ class BatchWriter:
                 )
                 self.method = "unnest"
         await conn.execute(_unnest_sql(table), *[list(col) for col in zip(*rows, strict=True)])
+
+    async def _copy_straight(
+        self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple[Any, ...]]
+    ) -> bool:
+        """COPY `rows` into the table itself, if none of their keys is there yet: whether it
+        did (a conflict leaves nothing behind, under its savepoint)."""
+        if not self.try_straight or time.monotonic() < self.straight_after:
+            return False
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(table.name, records=rows, columns=table.names)
+        except asyncpg.UniqueViolationError:
+            self.conflicts += 1
+            self.straight_after = time.monotonic() + CONFLICT_PAUSE
+            return False
+        self.straight += 1
+        return True
 
     async def _copy(
         self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple[Any, ...]]

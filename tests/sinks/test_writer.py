@@ -77,3 +77,26 @@ async def test_a_rejected_row_is_isolated_and_the_rest_lands(
     assert [item.source for item, _ in rejected] == [6]
     assert isinstance(rejected[0][1], asyncpg.ForeignKeyViolationError)
     assert len(await _rows(conn)) == 15
+
+
+async def test_copy_goes_straight_to_the_table_until_a_key_is_there(
+    db: asyncpg.Connection,
+) -> None:
+    conn = db
+    await add_server(conn, SERVER_ID)
+    writer = BatchWriter("copy")
+    at = [ROW_T0 + timedelta(seconds=5 * i) for i in range(4)]
+    await writer.upsert(conn, SNAPSHOTS, [to_row(aggregate(SERVER_ID, at[0], count=3))])
+    assert (writer.straight, writer.conflicts) == (1, 0)
+    # A batch with a key already there: the straight COPY leaves nothing, the upsert lands it.
+    replay = [to_row(aggregate(SERVER_ID, t, count=5, cpu=20.0)) for t in at[:2]]
+    await writer.upsert(conn, SNAPSHOTS, replay)
+    assert (writer.straight, writer.conflicts) == (1, 1)
+    assert await _rows(conn) == {at[0]: (5, 20.0), at[1]: (5, 20.0)}
+    # For a while after a conflict, batches take the staging way without trying.
+    await writer.upsert(conn, SNAPSHOTS, [to_row(aggregate(SERVER_ID, at[2]))])
+    assert (writer.straight, writer.conflicts) == (1, 1)
+    writer.straight_after = 0.0  # the pause over
+    await writer.upsert(conn, SNAPSHOTS, [to_row(aggregate(SERVER_ID, at[3]))])
+    assert (writer.straight, writer.conflicts) == (2, 1)
+    assert len(await _rows(conn)) == 4
