@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
 import orjson
 
 from schemas import RESOLUTIONS, ResolutionSpec, WindowAggregate
@@ -75,11 +76,17 @@ TABLES: Final = {r.name: table_of(r) for r in RESOLUTIONS}
 _PROCESS_FIELDS: Final = tuple(ProcessInfo.model_fields)
 
 
+_encode_structs = msgspec.json.Encoder().encode
+
+
 def processes_json(processes: list[ProcessInfo] | None) -> str:
-    """The `processes` column: the list as JSON (from the model or its msgspec struct)."""
-    return orjson.dumps(
-        [{k: getattr(p, k) for k in _PROCESS_FIELDS} for p in processes or ()]
-    ).decode()
+    """The `processes` column: the list as JSON (from the model or its msgspec struct, which
+    msgspec writes directly, its fields in the model's order)."""
+    if not processes:
+        return "[]"
+    if isinstance(processes[0], msgspec.Struct):
+        return _encode_structs(processes).decode()
+    return orjson.dumps([{k: getattr(p, k) for k in _PROCESS_FIELDS} for p in processes]).decode()
 
 
 def to_row(agg: WindowAggregate) -> tuple[Any, ...]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from schemas import RESOLUTIONS, Resolution
-from sinks.rows import TABLES, table_of, to_row
+import orjson
+
+from schemas import RESOLUTIONS, Resolution, WindowAggregate, decode_window_aggregate
+from sinks.rows import TABLES, processes_json, table_of, to_row
 from tests.factories import ROW_T0, SERVER_ID, aggregate
 
 
@@ -33,3 +35,17 @@ def test_a_rollup_row_follows_its_columns() -> None:
     assert row["bucket"] == start and row["sample_count"] == 3600
     assert (row["cpu_usage_avg"], row["cpu_usage_min"], row["cpu_usage_max"]) == (20.0, 19.0, 21.0)
     assert "processes" not in row
+
+
+def test_a_decoded_struct_gives_the_row_of_its_model() -> None:
+    agg = aggregate(SERVER_ID, ROW_T0, cpu=12.0, mem=40.0, disk=70.0, rx=1000, tx=500)
+    fast = decode_window_aggregate(agg.to_json_bytes())
+    assert not isinstance(fast, WindowAggregate)  # the msgspec struct of the fast path
+    model_row, fast_row = to_row(agg), to_row(fast)
+    assert fast_row[:-1] == model_row[:-1]
+    assert orjson.loads(fast_row[-1]) == orjson.loads(model_row[-1])
+    assert fast_row[-1] == model_row[-1]  # the same text, keys in the model's order
+
+
+def test_no_processes_is_an_empty_list() -> None:
+    assert processes_json(None) == processes_json([]) == "[]"
