@@ -16,6 +16,7 @@ reproduce fails at import, never silently.
 from __future__ import annotations
 
 import enum
+import functools
 import types
 import typing
 from collections.abc import Callable
@@ -159,6 +160,25 @@ def _struct(model: type[BaseModel], nested: bool = False) -> type[msgspec.Struct
     return struct
 
 
+def _chain(funcs: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    def convert(v: Any) -> Any:
+        for f in funcs:
+            v = f(v)
+        return v
+
+    return funcs[0] if len(funcs) == 1 else convert
+
+
+def _conversion(info: FieldInfo) -> Callable[[Any], Any] | None:
+    """What turns a field's decoded value into the model's: its after-validators, after
+    parsing a timestamp's text. A timestamp's are cached by the text (parsing and the
+    validators are pure; the events of one second share their timestamp)."""
+    if info.annotation is AwareDatetime:
+        return functools.lru_cache(maxsize=4096)(_chain([_aware, *_after(info)]))
+    after = _after(info)
+    return _chain(after) if after else None
+
+
 class FastDecoder(Generic[M]):
     """Decodes `model`'s JSON into its msgspec struct (attributes as the model's; its
     methods are not there), or, for what msgspec refuses, with `fallback` (the model's own
@@ -170,9 +190,7 @@ class FastDecoder(Generic[M]):
         self.struct = _struct(model)
         self._decode = msgspec.json.Decoder(self.struct).decode
         self._convert = [
-            (n, [_aware, *_after(i)] if i.annotation is AwareDatetime else _after(i))
-            for n, i in model.model_fields.items()
-            if _after(i) or i.annotation is AwareDatetime
+            (n, _conversion(i)) for n, i in model.model_fields.items() if _conversion(i)
         ]
         self.fallbacks = 0  # input msgspec refused (then the model decided)
 
@@ -185,11 +203,8 @@ class FastDecoder(Generic[M]):
             self.fallbacks += 1
             return self.fallback(data)
         try:
-            for name, funcs in self._convert:
-                v = getattr(value, name)
-                for f in funcs:
-                    v = f(v)
-                setattr(value, name, v)
+            for name, convert in self._convert:
+                setattr(value, name, convert(getattr(value, name)))
         except ValueError:
             self.fallbacks += 1
             return self.fallback(data)
