@@ -189,9 +189,8 @@ class FastDecoder(Generic[M]):
         self.fallback = fallback
         self.struct = _struct(model)
         self._decode = msgspec.json.Decoder(self.struct).decode
-        self._convert = [
-            (n, _conversion(i)) for n, i in model.model_fields.items() if _conversion(i)
-        ]
+        conversions = ((n, _conversion(i)) for n, i in model.model_fields.items())
+        self._convert = [(n, c) for n, c in conversions if c is not None]
         self.fallbacks = 0  # input msgspec refused (then the model decided)
 
     def __call__(self, data: bytes | None) -> M:
