@@ -225,12 +225,10 @@ class StreamWorker:
                 return
             now = time.time()
             out = Outputs()
-            record = self.processor.record
+            take = self.processor.records
             started = time.perf_counter()
             for tp, records in batch.items():
-                p = tp.partition
-                for r in records:
-                    record(p, r.offset, r.key, r.value, now, out)
+                take(tp.partition, records, now, out)
                 self.events_in += len(records)
                 TELEMETRY.received.inc(len(records))
             await self._publish_or_recover(out)

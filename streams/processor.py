@@ -14,10 +14,10 @@ everything here is tested without a broker.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, NamedTuple, Protocol
 
 import orjson
 
@@ -44,6 +44,23 @@ from streams.windows import (
 COMPONENT = "stream"
 #: Changelog key of a partition's progress record (server keys are UUIDs, never this).
 PROGRESS_KEY: Final = b"progress"
+
+
+class RecordLike(Protocol):
+    """What the processor reads of a raw record (an aiokafka `ConsumerRecord` is one)."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes: ...
+
+
+class Record(NamedTuple):
+    offset: int
+    key: bytes | None
+    value: bytes
 
 
 @dataclass
@@ -168,29 +185,45 @@ class StreamProcessor:
         wall: float,
         out: Outputs | None = None,
     ) -> Outputs:
-        """Take one raw record; add the windows it closes or corrects, its dead letter or
-        its status change to `out` (a new `Outputs` if none) and return it."""
+        """Take one raw record (see `records`); return `out` (a new `Outputs` if none)."""
         if out is None:
             out = Outputs()
-        self.next_offsets[partition] = offset + 1
-        windows = self._windows(partition)
-        try:
-            event = decode_raw_event(value)
-        except InvalidMessage as exc:
-            if offset >= self.replay_until.get(partition, 0):  # else it went out before
-                out.dead_letters.append(
-                    self._letter(exc.reason, exc.detail, partition, offset, key, value)
-                )
-            return out
-        late = windows.add(event, offset, wall, self._stamp_of(wall), out.aggregates)
-        if late is not None:
-            out.dead_letters.append(
-                self._letter(DeadLetterReason.LATE, late.detail, partition, offset, key, value)
-            )
-        change = self.status.saw(event, wall, partition)
-        if change is not None:
-            out.statuses.append(change)
+        self.records(partition, (Record(offset, key, value),), wall, out)
         return out
+
+    def records(
+        self, partition: int, records: Sequence[RecordLike], wall: float, out: Outputs
+    ) -> None:
+        """Take `partition`'s records, in offset order, all at wall time `wall`; add the
+        windows they close or correct, their dead letters and the status changes to `out`.
+        One loop per partition: what every record of it shares is looked up once."""
+        if not records:
+            return
+        windows = self._windows(partition)
+        stamp = self._stamp_of(wall)
+        replayed_below = self.replay_until.get(partition, 0)
+        add, saw, aggregates = windows.add, self.status.saw, out.aggregates
+        for r in records:
+            offset = r.offset
+            try:
+                event = decode_raw_event(r.value)
+            except InvalidMessage as exc:
+                if offset >= replayed_below:  # else it went out before
+                    out.dead_letters.append(
+                        self._letter(exc.reason, exc.detail, partition, offset, r.key, r.value)
+                    )
+                continue
+            late = add(event, offset, wall, stamp, aggregates)
+            if late is not None:
+                out.dead_letters.append(
+                    self._letter(
+                        DeadLetterReason.LATE, late.detail, partition, offset, r.key, r.value
+                    )
+                )
+            change = saw(event, wall, partition)
+            if change is not None:
+                out.statuses.append(change)
+        self.next_offsets[partition] = records[-1].offset + 1
 
     def idle(self, partition: int, wall: float) -> Outputs:
         """`partition` has nothing fetched and unprocessed: the wall clock carries its quiet
