@@ -75,9 +75,11 @@ TARGET_HOSTS = 5_000
 TARGET_P99 = 3.0
 RUNS = 3
 #: Fleet sizes tried after the target, one run each, up to the first that does not hold.
-LADDER = (7_500, 10_000, 12_500, 15_000, 17_500, 20_000)
+LADDER = (7_500, 10_000, 12_500, 15_000, 17_500, 20_000, 22_500, 25_000)
+#: The fleet this machine is meant to hold (the performance goal).
+GOAL_HOSTS = 25_000
 #: One run far past what this machine holds: windows must land late, and complete.
-OVERLOAD_HOSTS = 17_500
+OVERLOAD_HOSTS = 30_000
 COMPONENTS = ("simulate", "stream", "sink", "registry", "kafka", "postgres")
 LABELS = {
     "simulate": "simulator (`fleetpulse simulate`)",
@@ -489,7 +491,9 @@ def _report(target: list[Result], reference: Result, ladder: list[Result], overl
         "load generator itself, on the same cores, could not produce every second.",
         "",
         f"Largest fleet that holds: {largest(1)} with one stream worker and one sink; "
-        f"{largest(2)} with two of each.",
+        f"{largest(2)} with two of each. Goal: {GOAL_HOSTS:,} hosts, "
+        + ("held." if any(r.holds and r.hosts >= GOAL_HOSTS for r in ladder) else "not held.")
+        + saturation(ladder),
         "",
         f"Past saturation, {overload.hosts:,} hosts with one worker and one sink, one run: "
         f"the pipeline falls behind and windows land later (p50 {overload.p50:.1f} s, p99 "
@@ -501,6 +505,20 @@ def _report(target: list[Result], reference: Result, ladder: list[Result], overl
         "",
     ]
     return "\n".join(lines)
+
+
+def saturation(ladder: list[Result]) -> str:
+    """What saturates first: the busiest component of the first run that did not hold."""
+    failed = next((r for r in ladder if not r.holds and r.replicas == 1), None)
+    if failed is None:
+        return ""
+    name = max(failed.cpu, key=lambda n: failed.cpu[n])
+    return (
+        f" First to saturate, at {failed.hosts:,} hosts: the {LABELS[name]} at "
+        f"{failed.cpu[name]:.0f} % of a core (machine {failed.busy:.0f} % busy; "
+        + ", ".join(f"{n} {failed.cpu[n]:.0f} %" for n in COMPONENTS if n != name)
+        + ")."
+    )
 
 
 def median_run(runs: list[Result]) -> Result:
