@@ -484,8 +484,7 @@ class StreamWorker:
             return
         self.last_checkpoint = time.monotonic()
         pending, self.pending = self.pending, []
-        if pending:
-            await asyncio.gather(*pending)  # a failed send raises: nothing is committed
+        await _acknowledged(pending)  # a failed send raises: nothing is committed
         topic = self.settings.changelog_topic
         sends: list[asyncio.Future[object]] = []
         offsets: dict[TopicPartition, int] = {}
@@ -500,8 +499,7 @@ class StreamWorker:
             upto = self.processor.committable(p)
             if upto is not None:
                 offsets[tp] = upto
-        if sends:
-            await asyncio.gather(*sends)
+        await _acknowledged(sends)
         if offsets:
             try:
                 await consumer.commit(offsets)
@@ -517,6 +515,17 @@ class StreamWorker:
         """Run the worker until SIGTERM/SIGINT (Faust handles the signals; exits the process)."""
         worker = faust.Worker(self.app, loglevel="INFO", quiet=True)
         worker.execute_from_commandline()
+
+
+async def _acknowledged(sends: list[asyncio.Future[object]]) -> None:
+    """Wait until every send is acknowledged; the first failure raises. One by one, not with
+    `gather`: the futures of a batch resolve together, and `gather` would hang a callback
+    on each of the tens of thousands a checkpoint waits for."""
+    for f in sends:
+        if f.done():
+            f.result()
+        else:
+            await f
 
 
 def _faust_credentials(settings: StreamSettings) -> faust.auth.Credentials | None:
