@@ -169,3 +169,19 @@ def database_env(settings: StackSettings, code: Path) -> dict[str, str]:
     if (code / "infra" / "db" / "sql" / "0005_roles.postgres.sql").exists():
         return {}
     return {"FLEETPULSE_PG_PASSWORD_FILE": str(settings.password_path)}
+
+
+def postgres_usage(postmaster: psutil.Process) -> tuple[float, float]:
+    """CPU seconds of the postmaster, its live backends and those it has reaped, and the sum of
+    their proportional set sizes (shared buffers counted once), bytes."""
+    t = postmaster.cpu_times()
+    seconds = t.user + t.system + t.children_user + t.children_system
+    mem = float(postmaster.memory_full_info().pss)
+    for kid in postmaster.children(recursive=True):
+        try:
+            k = kid.cpu_times()
+            seconds += k.user + k.system
+            mem += kid.memory_full_info().pss
+        except psutil.NoSuchProcess:
+            pass
+    return seconds, mem

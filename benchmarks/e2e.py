@@ -50,6 +50,7 @@ from benchmarks.common import (
     drop_topics,
     median,
     percentile,
+    postgres_usage,
     register_servers,
     row,
     stack_up,
@@ -154,7 +155,7 @@ class Meter:
             for proc in procs:
                 try:
                     if name == "postgres":
-                        s, m = _postgres_usage(proc)
+                        s, m = postgres_usage(proc)
                     else:
                         t = proc.cpu_times()
                         s, m = t.user + t.system, proc.memory_info().rss
@@ -165,20 +166,6 @@ class Meter:
             cpu[name] = seconds
             self.peak[name] = max(self.peak[name], mem / 2**20)
         return cpu
-
-
-def _postgres_usage(postmaster: psutil.Process) -> tuple[float, float]:
-    t = postmaster.cpu_times()
-    seconds = t.user + t.system + t.children_user + t.children_system
-    mem = float(postmaster.memory_full_info().pss)
-    for kid in postmaster.children(recursive=True):
-        try:
-            k = kid.cpu_times()
-            seconds += k.user + k.system
-            mem += kid.memory_full_info().pss
-        except psutil.NoSuchProcess:
-            pass
-    return seconds, mem
 
 
 def _topics(tag: str) -> tuple[list[TopicSpec], dict[str, str]]:

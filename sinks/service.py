@@ -23,6 +23,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError
+from prometheus_client import Counter
 
 from runtime import kafka, postgres
 from runtime.backoff import Backoff
@@ -42,6 +43,12 @@ COMPONENT = "sink"
 TELEMETRY = telemetry(COMPONENT)
 #: Records decoded between two turns of the write in the background.
 _SLICE = 500
+WRITE_WAIT = Counter(
+    "fleetpulse_sink_write_wait_seconds",
+    "Seconds the sink held its next batch, read and decoded, waiting for the database to "
+    "finish the write before it (growing by about a second a second: the database is the "
+    "limit).",
+)
 _RETRIED: tuple[type[BaseException], ...] = (*POSTGRES_ERRORS, postgres.DatabaseUnavailable)
 
 
@@ -89,6 +96,9 @@ class Sink(Service):
         self.writer = BatchWriter(settings.write_method)
         self.rows_written = 0
         self.dead_letters = 0
+        #: Seconds spent writing batches, and those the reader waited for a write to end.
+        self.write_time = 0.0
+        self.write_wait = 0.0
         self._items: dict[str, list[Item[ConsumerRecord]]] = {}
         self._pending = 0
         self._offsets: dict[TopicPartition, int] = {}  # to commit after the next write
@@ -142,7 +152,12 @@ class Sink(Service):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._conn.close(), 5)
         log.info(
-            "sink closed: %d rows written, %d dead letters", self.rows_written, self.dead_letters
+            "sink closed: %d rows written, %d dead letters; %.1f s writing batches, the "
+            "reader waiting %.1f s of it for a write to end",
+            self.rows_written,
+            self.dead_letters,
+            self.write_time,
+            self.write_wait,
         )
 
     async def run(self) -> None:
@@ -180,6 +195,7 @@ class Sink(Service):
         assert consumer is not None
         writing = self._writing
         if writing is not None:
+            waited_from = time.monotonic()
             paused = False
             try:
                 while True:
@@ -197,6 +213,9 @@ class Sink(Service):
             if self._writing is writing:  # (else a rebalance's flush took it over)
                 self._writing = None
             writing.result()  # a permanent failure ends the sink, as an inline write did
+            waited = time.monotonic() - waited_from
+            self.write_wait += waited
+            WRITE_WAIT.inc(waited)
         if self._offsets:
             # Taken now, not when the task first runs: the loop reads on until it yields, and
             # what it reads from here on belongs to the next batch.
@@ -243,10 +262,12 @@ class Sink(Service):
         if not batch.offsets:
             return
         async with self._flush_lock:
+            started = time.monotonic()
             with TELEMETRY.batch_seconds.time():
                 rejected = await self._write_with_retry(
                     batch.items, batch.pending, poll=not background
                 )
+            self.write_time += time.monotonic() - started
             for item, exc in rejected:
                 await self._dead_letter(item.source, DeadLetterReason.DB_REJECTED, describe(exc))
             assert self._consumer is not None
