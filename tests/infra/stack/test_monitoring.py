@@ -117,10 +117,15 @@ def test_each_alert_fires_when_it_should_and_only_then(tmp_path: Path) -> None:
             {
                 "interval": "1m",
                 "input_series": [
-                    # The stream group falls 100 messages a minute further behind from 1,000 on;
-                    # the sink's is steady at 5,000. Growing for 10 minutes fires.
-                    {"series": 'fleetpulse_stream_lag{instance="w1"}', "values": "1000+50x40"},
-                    {"series": 'fleetpulse_stream_lag{instance="w2"}', "values": "0+50x40"},
+                    # The stream group falls 100 messages a minute further behind from 1,000 on,
+                    # to 3,300 at 23 min, then holds there (so the value the alert reads at 25
+                    # min is the same whichever group promtool evaluates first); the sink's is
+                    # steady at 5,000. Growing for 10 minutes fires.
+                    {
+                        "series": 'fleetpulse_stream_lag{instance="w1"}',
+                        "values": "1000+50x23 2150x17",
+                    },
+                    {"series": 'fleetpulse_stream_lag{instance="w2"}', "values": "0+50x23 1150x17"},
                     {"series": 'fleetpulse_sink_lag{instance="s1"}', "values": "5000x40"},
                 ],
                 "alert_rule_test": [
@@ -130,7 +135,7 @@ def test_each_alert_fires_when_it_should_and_only_then(tmp_path: Path) -> None:
                         "25m",
                         (
                             {"component": "stream", **warning},
-                            "the stream group is 3500 messages behind and falling further behind",
+                            "the stream group is 3300 messages behind and falling further behind",
                         ),
                     ),
                 ],
