@@ -49,6 +49,7 @@ from infra.stack.kafka_security import KafkaSecurity
 from infra.stack.process import free_port
 from runtime import kafka
 from runtime.errors import FleetPulseError
+from runtime.postgres import POSTGRES_ERRORS
 from runtime.topics import create_topics
 from schemas.topics import TopicSpec, changelog_topic
 
@@ -656,7 +657,11 @@ class Drill:
             if restarting.done():
                 restarting.result()  # a failed restart is the drill's failure
             run.check_alive(but=() if restarting.done() else (fault,))
-            late = await self.delay(run) > self.baseline + 1.0
+            try:
+                late = await self.delay(run) > self.baseline + 1.0
+            except POSTGRES_ERRORS:
+                disturbed = True  # the database is away: no row lands meanwhile
+                raise
             disturbed = disturbed or late
             past_pause = time.monotonic() >= killed_at + o.pause
             back = restarting.done() or not needs_restart
