@@ -66,8 +66,8 @@ class Figure:
     fmt: str = "{:,.0f}"
 
 
-_STREAM = "BENCHMARKS.md *Stream worker* (2026-12-02 03:14 UTC)"
-_SINK = "BENCHMARKS.md *Sink service* (2026-12-02 03:07 UTC)"
+_STREAM = "BENCHMARKS.md *Stream worker* (2026-12-02 06:52 UTC)"
+_SINK = "BENCHMARKS.md *Sink service* (2026-12-02 06:41 UTC)"
 _TLS = "BENCHMARKS.md *TLS and SCRAM: what they cost*, pipeline (2026-12-01 21:33 UTC)"
 _BYTES = "`python -m benchmarks.sizing measure` (2026-12-02 05:31 UTC, other load present)"
 
@@ -76,7 +76,7 @@ _BYTES = "`python -m benchmarks.sizing measure` (2026-12-02 05:31 UTC, other loa
 #: SCRAM throughout.
 FIGURES: dict[str, Figure] = {
     "stream": Figure(
-        17_761,
+        30_042,
         "Stream worker, events/s (sustained through a backlog, all resolutions)",
         _STREAM,
     ),
@@ -87,8 +87,8 @@ FIGURES: dict[str, Figure] = {
         "README *Lateness* (3 processes per event)",
         "{:.2f}",
     ),
-    "sink": Figure(15_146, "Sink, 5 s rows/s (sustained through a backlog)", _SINK),
-    "copy": Figure(37_298, "PostgreSQL bulk load (`psql \\copy`, no upsert), rows/s", _SINK),
+    "sink": Figure(21_884, "Sink, 5 s rows/s (sustained through a backlog)", _SINK),
+    "copy": Figure(42_286, "PostgreSQL bulk load (`psql \\copy`, no upsert), rows/s", _SINK),
     "broker": Figure(
         9.58,
         "Broker CPU, % of one core, at 5,000 events/s through the whole pipeline "
