@@ -201,7 +201,13 @@ def _children(paths: DemoPaths, hosts: int, env: dict[str, str], replicas: int) 
         "simulate": ["simulate", "--hosts", str(hosts), "--seed", str(SEED),
                      "--duration", str(SECONDS)],
     }  # fmt: skip
-    return [Child(n, a, paths.logs / f"bench-e2e-{n}.log", env=env) for n, a in args.items()]
+    # Past saturation the broker takes the events more slowly than the simulator makes them:
+    # its stop waits for every one (the default 10 s flush would give up on a backlog).
+    flush = {"FLEETPULSE_FLUSH_TIMEOUT": "300", "FLEETPULSE_STOP_TIMEOUT": "330"}
+    return [
+        Child(n, a, paths.logs / f"bench-e2e-{n}.log", env=env | flush if n == "simulate" else env)
+        for n, a in args.items()
+    ]
 
 
 async def _dead_letters(bootstrap: str, topic: str) -> int:

@@ -53,16 +53,20 @@ def paced_run() -> dict[str, float]:
 
 
 def summary(log_text: str) -> dict[str, float]:
-    """The counts in `fleetpulse simulate`'s closing log line."""
-    m = re.search(
+    """The counts in `fleetpulse simulate`'s last closing log line (a log appended to by
+    several runs holds one per run). Events left undelivered at its stop count as dropped."""
+    found = re.findall(
         r"(\d+) seconds, (\d+) events, (\d+) late seconds, (\d+) skipped; "
-        r"(\d+) sent, (\d+) dropped",
+        r"(\d+) sent, (\d+) dropped(?:, (\d+) undelivered)?",
         log_text,
     )
-    if m is None:
+    if not found:
         raise RuntimeError(f"the simulator did not report its counts:\n{log_text[-3000:]}")
+    *counts, undelivered = found[-1]
     names = ("ticks", "events", "late", "skipped", "sent", "dropped")
-    return dict(zip(names, map(float, m.groups()), strict=True))
+    result = dict(zip(names, map(float, counts), strict=True))
+    result["dropped"] += float(undelivered or 0)
+    return result
 
 
 async def _unpaced(events_target: int) -> float:

@@ -205,13 +205,15 @@ class Simulator(Service):
         stats, p = self.stats, self.producer.stats
         log.info(
             "simulator stopped: %d seconds, %d events, %d late seconds, %d skipped; "
-            "%d sent, %d dropped",
+            "%d sent, %d dropped, %d undelivered",
             stats.ticks,
             stats.events,
             stats.ticks_late,
             stats.ticks_skipped,
             p.sent,
             p.dropped,
+            # Still buffered when the stop's flush ran out of time: never sent.
+            max(0, p.accepted - p.sent - p.dropped),
         )
 
     async def emit(self, duration: float | None = None) -> SimulatorStats:
