@@ -164,6 +164,19 @@ def _sink_row(acc: WindowAcc, resolution: Resolution, emitted: str) -> tuple[obj
     return to_row(decode_window_aggregate(acc.to_json_bytes(resolution, emitted)))
 
 
+def _window(h: SimulatedHost, start: int) -> WindowAcc:
+    """Host `h`'s 5 s window from `start`, as the stream worker builds it from its events."""
+    acc: WindowAcc | None = None
+    for t in range(start, start + WINDOW):
+        e = decode_raw_event(h.event_json(t, iso_second(t)))
+        if acc is None:
+            acc = WindowAcc.from_event(e, start, WINDOW, 0)
+        else:
+            acc.add(e, 0, float(t))
+    assert acc is not None
+    return acc
+
+
 def _five_second_rows(hosts: list[SimulatedHost], t0: int) -> list[tuple[object, ...]]:
     """Each host's 5 s windows from `t0`, in time order (a window of all hosts, then the next),
     as the stream worker builds them from the simulator's events and the sink writes them."""
@@ -172,15 +185,7 @@ def _five_second_rows(hosts: list[SimulatedHost], t0: int) -> list[tuple[object,
     for w in range(MEASURE_WINDOWS):
         start = t0 + w * WINDOW
         for h in hosts:
-            acc: WindowAcc | None = None
-            for t in range(start, start + WINDOW):
-                e = decode_raw_event(h.event_json(t, iso_second(t)))
-                if acc is None:
-                    acc = WindowAcc.from_event(e, start, WINDOW, 0)
-                else:
-                    acc.add(e, 0, float(t))
-            assert acc is not None
-            rows.append(_sink_row(acc, Resolution.FIVE_SECONDS, emitted))
+            rows.append(_sink_row(_window(h, start), Resolution.FIVE_SECONDS, emitted))
     return rows
 
 
@@ -303,15 +308,7 @@ async def _measure_kafka(settings: StackSettings) -> dict[str, tuple[int, int]]:
             for w in range(20):
                 start = t0 + w * WINDOW
                 for h in hosts:
-                    acc: WindowAcc | None = None
-                    for t in range(start, start + WINDOW):
-                        e = decode_raw_event(h.event_json(t, iso_second(t)))
-                        if acc is None:
-                            acc = WindowAcc.from_event(e, start, WINDOW, 0)
-                        else:
-                            acc.add(e, 0, float(t))
-                    assert acc is not None
-                    value = acc.to_json_bytes(Resolution.FIVE_SECONDS, emitted)
+                    value = _window(h, start).to_json_bytes(Resolution.FIVE_SECONDS, emitted)
                     await producer5.send(topics["agg5s"], value, key=h.server_id.encode())
                     n += 1
             await producer5.flush()
