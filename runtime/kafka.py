@@ -6,8 +6,9 @@ failure or a record too large are not)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
@@ -67,6 +68,58 @@ class KeyPartitioner:
         return p
 
 
+class RecordBatches:
+    """Records for one producer, built into one record batch per topic partition and sent
+    with `send_batch`: `send()` costs a future, a partitioner call and a metadata look-up per
+    record. A key lands where `send()` (and every stock client) would put it; records keep
+    their order per partition. Open it with the topics it may take, `add` records, then
+    `send()`: the futures it returns resolve when each batch is acknowledged."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        partitions: dict[str, list[int]],
+        partitioner: KeyPartitioner,
+    ) -> None:
+        self._producer = producer
+        self._partitions = partitions
+        self._partition = partitioner
+        self._open: dict[tuple[str, int], Any] = {}
+        self._full: list[tuple[str, int, Any]] = []
+        self.records = 0
+
+    @classmethod
+    async def open(
+        cls, producer: AIOKafkaProducer, topics: Iterable[str], partitioner: KeyPartitioner
+    ) -> RecordBatches:
+        """Batches for `topics` (their partitions are looked up once, here)."""
+        partitions = {t: sorted(await producer.partitions_for(t)) for t in topics}
+        return cls(producer, partitions, partitioner)
+
+    def add(self, topic: str, key: bytes | None, value: bytes) -> None:
+        partitions = self._partitions[topic]
+        tp = (topic, self._partition(key, partitions, partitions))
+        batch = self._open.get(tp)
+        if batch is None:
+            batch = self._open[tp] = self._producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full
+            self._full.append((*tp, batch))
+            batch = self._open[tp] = self._producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+        self.records += 1
+
+    async def send(self) -> list[asyncio.Future[Any]]:
+        """Hand every batch to the producer, in order per partition; empties this."""
+        batches = self._full + [(t, p, b) for (t, p), b in self._open.items()]
+        self._full, self._open = [], {}
+        send = self._producer.send_batch
+        futures = []
+        for topic, partition, batch in batches:
+            batch.close()  # nothing else joins it through `send()`
+            futures.append(await send(batch, topic, partition=partition))
+        return futures
+
+
 def consumer(
     settings: KafkaSettings,
     role: str,
@@ -87,6 +140,7 @@ def consumer(
         auto_offset_reset="earliest",
         max_poll_records=max_poll_records,
         fetch_max_bytes=s.kafka_fetch_max_bytes,
+        max_partition_fetch_bytes=s.kafka_partition_fetch_max_bytes,
         session_timeout_ms=s.kafka_session_timeout_ms,
         heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
         request_timeout_ms=max(s.kafka_request_timeout_ms, s.kafka_session_timeout_ms + 5000),

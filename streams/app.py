@@ -49,7 +49,7 @@ from prometheus_client import Counter, Gauge
 from runtime import kafka
 from runtime.backoff import Backoff
 from runtime.errors import describe
-from runtime.kafka import KAFKA_ERRORS
+from runtime.kafka import KAFKA_ERRORS, KeyPartitioner, RecordBatches
 from runtime.logs import configure_logging
 from runtime.telemetry import health_body, metrics_body, telemetry
 from runtime.topics import create_topics
@@ -128,6 +128,8 @@ class StreamWorker:
             lateness_horizon=s.lateness_horizon,
         )
         self.agg_topics = s.agg_topics
+        self._out_topics = [*self.agg_topics.values(), s.status_topic, s.dlq_topic]
+        self._partitioner = KeyPartitioner()
         TELEMETRY.declare(
             outputs=[r.value for r in Resolution],
             reasons=[r.value for r in DeadLetterReason],
@@ -461,19 +463,22 @@ class StreamWorker:
         if producer is None:
             return
         s = self.settings
-        send = producer.send
-        pending = self.pending
+        batches = await RecordBatches.open(producer, self._out_topics, self._partitioner)
+        add, topics = batches.add, self.agg_topics
+        sent = dict.fromkeys(self._sent, 0)
         for a in out.aggregates:
-            topic = self.agg_topics[a.resolution]
-            pending.append(await send(topic, a.value, key=a.server_id.encode()))
-            self._sent[a.resolution].inc()
+            add(topics[a.resolution], a.server_id.encode(), a.value)
+            sent[a.resolution] += 1
+        for resolution, n in sent.items():
+            if n:
+                self._sent[resolution].inc(n)
         for c in out.statuses:
-            pending.append(await send(s.status_topic, c.to_json_bytes(), key=c.server_id.encode()))
+            add(s.status_topic, c.server_id.encode(), c.to_json_bytes())
             self._sent_status.inc()
         for d in out.dead_letters:
-            key = d.key.encode() if d.key is not None else None
-            pending.append(await send(s.dlq_topic, d.to_json_bytes(), key=key))
+            add(s.dlq_topic, d.key.encode() if d.key is not None else None, d.to_json_bytes())
             TELEMETRY.dropped.labels(reason=d.reason.value).inc()
+        self.pending += await batches.send()
         if time.monotonic() - self.last_checkpoint >= s.stream_checkpoint_interval:
             await self._checkpoint()
 
