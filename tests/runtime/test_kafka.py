@@ -7,11 +7,13 @@ from runtime.settings import KafkaSettings
 
 SETTINGS = KafkaSettings(
     kafka_bootstrap="127.0.0.1:9",  # never connected here
+    kafka_security_protocol="PLAINTEXT",  # no TLS material needed
     kafka_client_id="fp-test",
     compression="zstd",
     linger_ms=17,
     kafka_max_batch_bytes=65536,
     kafka_fetch_max_bytes=2_000_000,
+    kafka_partition_fetch_max_bytes=3_000_000,
     kafka_session_timeout_ms=12_000,
     kafka_heartbeat_interval_ms=1_500,
     kafka_request_timeout_ms=45_000,
@@ -47,6 +49,7 @@ async def test_consumer_applies_the_settings() -> None:
         assert consumer._group_id == "g" and consumer._enable_auto_commit is False
         assert consumer._auto_offset_reset == "earliest"
         assert consumer._fetch_max_bytes == 2_000_000 and consumer._max_poll_records == 99
+        assert consumer._max_partition_fetch_bytes == 3_000_000
         assert consumer._session_timeout_ms == 12_000
         assert consumer._heartbeat_interval_ms == 1_500
         # A request outlives a session timeout (a join waits that long).
