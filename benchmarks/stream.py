@@ -604,7 +604,8 @@ def catch_up(runs: int) -> int:
         else:
             print(
                 f"run {i + 1}/{runs}: complete ({HOSTS * SECONDS // WINDOW:,} windows of "
-                f"{WINDOW} samples, DLQ empty), {result.sustained:,.0f} events/s sustained",
+                f"{WINDOW} samples, DLQ empty), {result.sustained:,.0f} events/s sustained, "
+                f"worker {result.cpu:.0f} % of a core",
                 flush=True,
             )
     print(f"{runs - failed} of {runs} catch-ups complete")
