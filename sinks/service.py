@@ -104,7 +104,8 @@ class Sink(Service):
         self._offsets: dict[TopicPartition, int] = {}  # to commit after the next write
         self._positions: dict[TopicPartition, int] = {}  # next offset read, for the lag
         self._first_at: float | None = None
-        self._conn: asyncpg.Connection | None = None
+        #: One per write lane; lane i writes the partitions p with p % lanes == i.
+        self._conns: list[asyncpg.Connection | None] = [None] * settings.write_connections
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: AIOKafkaProducer | None = None
         self._flush_lock = asyncio.Lock()
@@ -137,7 +138,7 @@ class Sink(Service):
             listener=_FlushOnRevoke(self),
         )
         await self._consumer.start()
-        self._conn = await postgres.connect_retrying(
+        self._conns[0] = await postgres.connect_retrying(
             s, self._backoff, self._database, self.stopping
         )
 
@@ -148,9 +149,10 @@ class Sink(Service):
         if self._dlq is not None:
             with contextlib.suppress(Exception):
                 await self._dlq.stop()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._conn.close(), 5)
+        for conn in self._conns:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)
         log.info(
             "sink closed: %d rows written, %d dead letters; %.1f s writing batches, the "
             "reader waiting %.1f s of it for a write to end",
@@ -303,9 +305,7 @@ class Sink(Service):
         try:
             while True:
                 try:
-                    if self._conn is None or self._conn.is_closed():
-                        self._conn = await postgres.connect(self.settings)
-                    rejected = await self._write_once(self._conn, items)
+                    rejected = await self._write_once(items)
                     self._database.ok()
                     self._backoff.reset()
                     return rejected
@@ -330,17 +330,45 @@ class Sink(Service):
                 consumer.resume(*consumer.assignment())
 
     async def _write_once(
-        self, conn: asyncpg.Connection, batch: dict[str, list[Item[ConsumerRecord]]]
+        self, batch: dict[str, list[Item[ConsumerRecord]]]
     ) -> list[tuple[Item[ConsumerRecord], BaseException]]:
+        """Write `batch` over the lanes' connections at once, each lane in one transaction.
+        A lane that fails leaves the others committed: the retry writes the batch again, and
+        upserting a row twice leaves it as once."""
+        lanes = len(self._conns)
+        parts: list[dict[str, list[Item[ConsumerRecord]]]] = [{} for _ in range(lanes)]
+        for name, items in batch.items():
+            if lanes == 1:
+                parts[0][name] = items
+                continue
+            for item in items:
+                parts[item.source.partition % lanes].setdefault(name, []).append(item)
+        results = await asyncio.gather(
+            *(self._write_lane(i, part) for i, part in enumerate(parts) if part),
+            return_exceptions=True,
+        )
+        rejected: list[tuple[Item[ConsumerRecord], BaseException]] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            rejected += result
+        for name, items in batch.items():
+            n = len(items) - sum(1 for i, _ in rejected if i in items)
+            self._sent[name].inc(n)
+            self.rows_written += n
+        return rejected
+
+    async def _write_lane(
+        self, lane: int, batch: dict[str, list[Item[ConsumerRecord]]]
+    ) -> list[tuple[Item[ConsumerRecord], BaseException]]:
+        conn = self._conns[lane]
+        if conn is None or conn.is_closed():
+            conn = self._conns[lane] = await postgres.connect(self.settings)
         rejected: list[tuple[Item[ConsumerRecord], BaseException]] = []
         by_name = {t.name: t for t in self.tables.values()}
         async with conn.transaction():
             for name, items in batch.items():
                 rejected += await write_isolating(self.writer, conn, by_name[name], items)
-        for name, items in batch.items():
-            n = len(items) - sum(1 for i, _ in rejected if i in items)
-            self._sent[name].inc(n)
-            self.rows_written += n
         return rejected
 
     async def _dead_letter(
@@ -371,9 +399,10 @@ class Sink(Service):
 
     # -- database connection -----------------------------------------------------------------
     async def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.terminate()
-            self._conn = None
+        for i, conn in enumerate(self._conns):
+            if conn is not None:
+                conn.terminate()
+                self._conns[i] = None
 
     # -- upkeep ------------------------------------------------------------------------------
     def _update_lag(self) -> int:
@@ -391,13 +420,14 @@ class Sink(Service):
 
     async def _maybe_maintain(self) -> None:
         now = time.monotonic()
-        if now < self._next_maintenance or self._conn is None:
+        conn = self._conns[0]
+        if now < self._next_maintenance or conn is None:
             return
         if self._writing is not None and not self._writing.done():
             return  # the connection is the write's; the next pass does it
         self._next_maintenance = now + self.settings.maintain_every
         try:
-            report = await maintain(self._conn, self.settings)
+            report = await maintain(conn, self.settings)
             log.info("maintenance: %s", report.summary())
         except POSTGRES_ERRORS as exc:
             log.warning(

@@ -42,13 +42,26 @@ class SinkSettings(KafkaSettings, PostgresSettings, ServiceSettings):
         default="fleetpulse-sink", description="Kafka consumer group of the sink workers."
     )
     batch_rows: int = Field(
-        default=5000, ge=1, le=100_000, description="Rows per database transaction (at most)."
+        default=50_000,
+        ge=1,
+        le=100_000,
+        description="Rows per database transaction, at most (a catching-up sink writes "
+        "50,000 at a time: per-batch costs, the commits and the offset commits, weigh on "
+        "smaller ones; a live sink writes what its batch age brings).",
     )
     batch_age_ms: int = Field(
         default=500,
         ge=1,
         description="Longest a row waits before its batch is written while more keep coming "
         "(a sink that has read all there is writes at once).",
+    )
+    write_connections: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Database connections a batch is written over, its partitions split "
+        "between them (a partition always on the same one, so a key's rows stay in order). "
+        "With two, the database works on one part while the other's rows are sent.",
     )
     write_method: Literal["auto", "copy", "unnest"] = Field(
         default="auto",

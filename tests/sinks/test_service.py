@@ -294,6 +294,36 @@ async def test_unknown_server_and_junk_go_to_the_dlq_alone(rig: Rig) -> None:
     assert len(letters) == 3
 
 
+@pytest.mark.parametrize("connections", [1, 3])
+async def test_a_batch_split_over_connections_lands_whole_and_rejects_alone(
+    rig: Rig, connections: int
+) -> None:
+    # Every known server on every partition lane; each lane gets its own unknown server's row.
+    servers = [str(uuid.uuid4()) for _ in range(24)]
+    for sid in servers:
+        await add_server(rig.conn, sid)
+    unknown = [str(uuid.uuid4()) for _ in range(4)]
+    aggs = [aggregate(sid, T0 + timedelta(seconds=5 * i)) for sid in servers for i in range(10)]
+    aggs += [aggregate(sid, T0) for sid in unknown]
+    await rig.produce(aggs)
+
+    async def landed() -> bool:
+        return await count(rig.conn, "metrics_snapshots") == 240
+
+    sink = rig.sink(write_connections=connections)
+    await run_until(sink, landed)
+    letters = await rig.dead_letters(4)
+    assert sorted(WindowAggregate.model_validate_json(d.payload()).server_id for d in letters) == (
+        sorted(unknown)
+    )
+    assert {d.reason.value for d in letters} == {"db_rejected"}
+    assert sink.rows_written == 240 and sink.dead_letters == 4
+    used = await rig.conn.fetchval(
+        "SELECT count(DISTINCT server_id) FROM metrics_snapshots WHERE sample_count = 5"
+    )
+    assert used == 24
+
+
 async def test_postgres_restart_mid_stream_loses_nothing(
     rig: Rig, stack_settings: StackSettings
 ) -> None:
