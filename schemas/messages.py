@@ -7,6 +7,7 @@ consumers; a field's meaning never changes within a `.v1` topic.
 from __future__ import annotations
 
 import base64
+import itertools
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Final, TypeVar
@@ -28,6 +29,8 @@ from schemas.resolutions import RESOLUTIONS, Resolution
 MAX_RAW_EVENT_BYTES: Final = 64 * 1024
 #: Longest `processes` list accepted in a raw event.
 MAX_PROCESSES: Final = 50
+#: Most buckets in a quantile sketch (every positive float at 1 % needs about 35,500).
+MAX_SKETCH_BUCKETS: Final = 40_000
 #: Longest original payload kept in a dead letter; longer ones are cut and flagged.
 MAX_DEAD_LETTER_PAYLOAD_BYTES: Final = 256 * 1024
 
@@ -109,6 +112,23 @@ class RawMetricEvent(_Message):
 _RESOLUTION_NAMES: Final = f"{', '.join(_FINER)} or {_COARSEST}" if _FINER else _COARSEST
 
 
+class QuantileSketch(_Message):
+    """The samples of a window as a mergeable quantile sketch (DDSketch's logarithmic mapping,
+    relative accuracy 1 %): how many samples fell in each bucket. A sample x > 0 is in bucket
+    ceil(ln(x) / ln(gamma)), gamma = 1.01 / 0.99; zero in bucket -2147483648. Sketches merge by
+    adding the counts of equal keys; the quantile q is the bucket of the sample of rank
+    floor(q * (n - 1)), valued 2 gamma^k / (gamma + 1) (`schemas/sketch.py`)."""
+
+    keys: list[int] = Field(
+        max_length=MAX_SKETCH_BUCKETS, description="Bucket keys, ascending, each once."
+    )
+    counts: list[Annotated[int, Field(ge=1)]] = Field(
+        max_length=MAX_SKETCH_BUCKETS,
+        description="Samples in each bucket, in the order of `keys`; they add up to the "
+        "window's `count`.",
+    )
+
+
 class MetricStats(_Message):
     """Summary of one percentage metric over a window."""
 
@@ -118,10 +138,30 @@ class MetricStats(_Message):
     last: Percent | None = Field(
         default=None, description="The window's latest sample (5 s windows only)."
     )
+    p50: Percent | None = Field(
+        default=None,
+        description="Median of the samples, within 1 % of the exact one (hourly and daily "
+        "windows; since schema 1.1).",
+    )
+    p90: Percent | None = Field(default=None, description="90th percentile, as `p50`.")
+    p95: Percent | None = Field(default=None, description="95th percentile, as `p50`.")
+    p99: Percent | None = Field(default=None, description="99th percentile, as `p50`.")
+    sketch: QuantileSketch | None = Field(
+        default=None,
+        description="The samples' quantile sketch, from which the percentiles come and with "
+        "which windows merge (hourly and daily windows; since schema 1.1). Absent when a "
+        "part of the window was restored from a worker's state without one.",
+    )
 
 
 class WindowAggregate(_Message):
-    """A closed event-time window for one server, on `metrics.agg.<resolution>.v1`."""
+    """A closed event-time window for one server, on `metrics.agg.<resolution>.v1`.
+
+    Schema 1.1 added the percentiles and the quantile sketch of each metric of the hourly and
+    daily windows (`MetricStats.p50` … `p99`, `sketch`): optional fields that a 1.0 consumer
+    ignores, as it ignores every field it does not know."""
+
+    model_config = ConfigDict(json_schema_extra={"version": "1.1"})
 
     server_id: ServerId
     resolution: Resolution = Field(description=f"Window size: {_RESOLUTION_NAMES}.")
@@ -285,8 +325,31 @@ _decode_window: Final = FastDecoder(
 def decode_window_aggregate(data: bytes | None) -> WindowAggregate:
     """Validate a record from an aggregate topic (into `WindowAggregate`, or into its msgspec
     struct: the same attributes, see `schemas.fast`). Raises `InvalidMessage` with reason
-    `invalid_json` or `validation`."""
-    return _decode_window(data)
+    `invalid_json` or `validation` (also for a quantile sketch whose keys are not ascending,
+    whose arrays differ in length, or whose counts do not add up to the window's `count`)."""
+    agg = _decode_window(data)
+    for name in _SKETCHED:
+        sk = getattr(agg, name).sketch
+        if sk is not None:
+            problem = sketch_problem(sk.keys, sk.counts, agg.count)
+            if problem is not None:
+                raise InvalidMessage(DeadLetterReason.VALIDATION, f"{name}.sketch: {problem}")
+    return agg
+
+
+_SKETCHED: Final = ("cpu_usage", "memory_usage", "disk_usage")
+
+
+def sketch_problem(keys: list[int], counts: list[int], count: int) -> str | None:
+    """What is wrong with a window's sketch (None: nothing)."""
+    if len(keys) != len(counts):
+        return f"{len(keys)} keys but {len(counts)} counts"
+    if any(a >= b for a, b in itertools.pairwise(keys)):
+        return "keys not strictly ascending"
+    total = sum(counts)
+    if total != count:
+        return f"counts add up to {total}, not the window's count {count}"
+    return None
 
 
 #: Every message model, by the file stem of its JSON Schema under `schemas/json/`.
@@ -307,6 +370,7 @@ __all__ = [
     "InvalidMessage",
     "MetricStats",
     "ProcessInfo",
+    "QuantileSketch",
     "RawMetricEvent",
     "Resolution",
     "ServerId",

@@ -11,6 +11,7 @@ import orjson
 from schemas import RESOLUTIONS, ResolutionSpec, WindowAggregate
 from schemas.messages import ProcessInfo
 from schemas.resolutions import BASE
+from schemas.sketch import QUANTILES
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,15 @@ _SNAPSHOT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("network_tx", "int8"),
     ("processes", "jsonb"),
 )
-#: Columns after the key of every rollup table (hourly, daily).
+#: Columns after the key of every rollup table (hourly, daily): then, per metric, its
+#: percentiles and its quantile sketch as two arrays (keys, counts; `schemas/sketch.py`).
 _ROLLUP_COLUMNS: tuple[tuple[str, str], ...] = (
     ("sample_count", "int4"),
     *((f"{m}_{s}", "float8") for m in _STATS for s in ("avg", "min", "max")),
     ("network_rx", "int8"),
     ("network_tx", "int8"),
+    *((f"{m}_{q}", "float8") for m in _STATS for q in QUANTILES),
+    *((f"{m}_sketch_{part}", "int4[]") for m in _STATS for part in ("keys", "counts")),
 )
 
 
@@ -111,6 +115,7 @@ def to_row(agg: WindowAggregate) -> tuple[Any, ...]:
             processes,
         )
     stats = [getattr(agg, m) for m in _STATS]
+    sketches = [s.sketch for s in stats]
     return (
         agg.server_id,
         agg.window_start,
@@ -118,4 +123,6 @@ def to_row(agg: WindowAggregate) -> tuple[Any, ...]:
         *(v for s in stats for v in (s.avg, s.min, s.max)),
         agg.network_rx,
         agg.network_tx,
+        *(getattr(s, q) for s in stats for q in QUANTILES),
+        *(v for sk in sketches for v in ((None, None) if sk is None else (sk.keys, sk.counts))),
     )

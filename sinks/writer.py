@@ -55,8 +55,24 @@ def _upsert_sql(table: TableSpec, source: str) -> str:
 
 
 def _unnest_sql(table: TableSpec) -> str:
-    args = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(table.columns, start=1))
-    return _upsert_sql(table, f"SELECT * FROM unnest({args})")
+    # An array column travels as the text of each array (unnest would flatten an array of
+    # arrays), cast back per row.
+    args = ", ".join(
+        f"${i}::{'text' if t.endswith('[]') else t}[]"
+        for i, (_, t) in enumerate(table.columns, start=1)
+    )
+    names = ", ".join(f'"{c}"' for c in table.names)
+    select = ", ".join(f'"{c}"::{t}' if t.endswith("[]") else f'"{c}"' for c, t in table.columns)
+    return _upsert_sql(table, f"SELECT {select} FROM unnest({args}) AS u({names})")
+
+
+def _unnest_args(table: TableSpec, rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """One array per column, for `_unnest_sql` (array values as their text)."""
+    columns = [list(col) for col in zip(*rows, strict=True)]
+    for i, (_, t) in enumerate(table.columns):
+        if t.endswith("[]"):
+            columns[i] = [None if v is None else f"{{{','.join(map(str, v))}}}" for v in columns[i]]
+    return columns
 
 
 def _stage_name(table: TableSpec) -> str:
@@ -100,7 +116,7 @@ class BatchWriter:
                     "COPY is not available on this database; writing with unnest from now on"
                 )
                 self.method = "unnest"
-        await conn.execute(_unnest_sql(table), *[list(col) for col in zip(*rows, strict=True)])
+        await conn.execute(_unnest_sql(table), *_unnest_args(table, rows))
 
     async def _copy_straight(
         self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple[Any, ...]]

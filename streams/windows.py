@@ -58,7 +58,14 @@ from typing import Any, Final
 import orjson
 
 from runtime.errors import FleetPulseError
-from schemas import MetricStats, ProcessInfo, RawMetricEvent, Resolution, WindowAggregate
+from schemas import (
+    MetricStats,
+    ProcessInfo,
+    RawMetricEvent,
+    Resolution,
+    WindowAggregate,
+    sketch,
+)
 from schemas.resolutions import BASE as _BASE_ROW
 from schemas.resolutions import RESOLUTIONS, per_resolution
 
@@ -71,14 +78,22 @@ ROLLUPS: Final = tuple((Resolution(r.name), r.seconds) for r in RESOLUTIONS[1:])
 #: Version of the changelog records this worker writes (`"v"` in each); bumped whenever a
 #: record's shape changes, so old state is never misread. Versions 2 and 3 are read too (and
 #: the release before them, version 1, see `restore_v1`); any other version is refused.
-#: Version 4 added the timestamps a kept 5 s window holds (`WindowAcc.seen`).
-STATE_VERSION: Final = 4
+#: Version 4 added the timestamps a kept 5 s window holds (`WindowAcc.seen`), version 5 the
+#: quantile sketch of each metric.
+STATE_VERSION: Final = 5
 #: The versions whose records have named fields (version 3 is version 4 without the seen
-#: timestamps, read the same way).
-NAMED_VERSIONS: Final = (3, STATE_VERSION)
+#: timestamps, version 4 is 5 without the sketches, read the same way: a window restored
+#: from one has no sketch, and its rollups emit no quantiles).
+NAMED_VERSIONS: Final = (3, 4, STATE_VERSION)
 #: The last version whose records were positional JSON arrays; its window array is the form
 #: closed windows are held in memory (`WindowAcc.pack`).
 POSITIONAL_VERSION: Final = 2
+_ZERO_KEY: Final = sketch.ZERO_KEY
+_MIN_INDEXABLE: Final = sketch.MIN_INDEXABLE
+_MULT: Final = sketch.MULTIPLIER
+_log, _ceil = math.log, math.ceil
+_Q_NAMES: Final = tuple(sketch.QUANTILES)
+_QS: Final = tuple(sketch.QUANTILES.values())
 #: Changelog keys of kept closed 5 s windows start with this (server keys are UUIDs).
 WINDOW_KEY_PREFIX: Final = b"w|"
 
@@ -103,10 +118,14 @@ class MetricAcc:
     lo: float
     hi: float
     last: float
+    #: The samples' quantile sketch (bucket → count, `schemas.sketch`); None once a part of
+    #: the window was restored from a record without one (its quantiles are then unknown).
+    sketch: dict[int, int] | None = None
 
     @classmethod
     def of(cls, v: float) -> MetricAcc:
-        return cls(v, v, v, v)
+        k = _ZERO_KEY if v < _MIN_INDEXABLE else _ceil(_log(v) * _MULT)
+        return cls(v, v, v, v, {k: 1})
 
     def add(self, v: float, is_latest: bool) -> None:
         self.total += v
@@ -116,6 +135,10 @@ class MetricAcc:
             self.hi = v
         if is_latest:
             self.last = v
+        sk = self.sketch
+        if sk is not None:  # `sketch.add`, inline: this runs for every sample
+            k = _ZERO_KEY if v < _MIN_INDEXABLE else _ceil(_log(v) * _MULT)
+            sk[k] = sk.get(k, 0) + 1
 
     def merge(self, other: MetricAcc, other_is_latest: bool) -> None:
         self.total += other.total
@@ -123,30 +146,65 @@ class MetricAcc:
         self.hi = max(self.hi, other.hi)
         if other_is_latest:
             self.last = other.last
+        if self.sketch is not None:
+            if other.sketch is None:
+                self.sketch = None
+            else:
+                sketch.merge(self.sketch, other.sketch)
 
     def copy(self) -> MetricAcc:
-        return MetricAcc(self.total, self.lo, self.hi, self.last)
+        sk = None if self.sketch is None else dict(self.sketch)
+        return MetricAcc(self.total, self.lo, self.hi, self.last, sk)
 
     def as_row(self) -> tuple[float, float, float, float]:
         return self.total, self.lo, self.hi, self.last
 
-    def record(self) -> dict[str, float]:
-        return {"sum": self.total, "min": self.lo, "max": self.hi, "last": self.last}
+    def sketch_row(self) -> list[int] | None:
+        """The sketch as a flat array, key, count, key, count… (None: unknown)."""
+        if self.sketch is None:
+            return None
+        return [x for kc in self.sketch.items() for x in kc]
+
+    @staticmethod
+    def sketch_of_row(row: list[int] | None) -> dict[int, int] | None:
+        if row is None:
+            return None
+        return dict(zip(row[::2], row[1::2], strict=True))
+
+    def record(self) -> dict[str, Any]:
+        r: dict[str, Any] = {"sum": self.total, "min": self.lo, "max": self.hi, "last": self.last}
+        if self.sketch is not None:
+            r["sketch"] = self.sketch_row()
+        return r
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> MetricAcc:
-        return cls(float(r["sum"]), float(r["min"]), float(r["max"]), float(r["last"]))
+        # A record of version 4 or before has no sketch: unknown, not empty.
+        return cls(
+            float(r["sum"]),
+            float(r["min"]),
+            float(r["max"]),
+            float(r["last"]),
+            cls.sketch_of_row(r.get("sketch")),
+        )
 
-    def stats_json(self, count: int, with_last: bool) -> dict[str, float | None]:
-        """`stats()` as the JSON object, without building the model."""
+    def stats_json(self, count: int, with_last: bool) -> dict[str, Any]:
+        """`stats()` as the JSON object, without building the model. A rollup's (no `last`)
+        has the quantiles and the sketch, when its sketch is known."""
         # Clamp: a mean of values in 0..100 can leave the range by a rounding error.
         avg = min(100.0, max(0.0, self.total / count))
-        return {
+        out: dict[str, Any] = {
             "avg": avg,
             "min": self.lo,
             "max": self.hi,
             "last": self.last if with_last else None,
         }
+        if not with_last and self.sketch is not None:
+            qs = sketch.quantiles(self.sketch, _QS, self.lo, self.hi)
+            out.update(zip(_Q_NAMES, qs, strict=True))
+            keys, counts = sketch.to_arrays(self.sketch)
+            out["sketch"] = {"keys": keys, "counts": counts}
+        return out
 
     def stats(self, count: int, with_last: bool) -> MetricStats:
         return MetricStats.model_validate(self.stats_json(count, with_last))
@@ -360,6 +418,9 @@ class WindowAcc:
             self.seen,
             self.seen_exact,
             self.late_offsets,
+            self.cpu.sketch_row(),
+            self.mem.sketch_row(),
+            self.disk.sketch_row(),
         ]
 
     @classmethod
@@ -374,14 +435,19 @@ class WindowAcc:
         # duplicate of a sample it holds is taken as a correction. That is the best that can
         # be done; the record did not say which timestamps it held.
         seen = row[21:24] if len(row) > 21 else (0, None, None)
+        sketches = row[24:27] if len(row) > 24 else (None, None, None)
+        cpu, mem, disk = (
+            MetricAcc(row[i], row[i + 1], row[i + 2], row[i + 3], MetricAcc.sketch_of_row(sk))
+            for i, sk in zip((3, 7, 11), sketches, strict=True)
+        )
         return cls(
             server_id=server_id,
             start=int(row[0]),
             size=int(row[1]),
             count=int(row[2]),
-            cpu=MetricAcc(*row[3:7]),
-            mem=MetricAcc(*row[7:11]),
-            disk=MetricAcc(*row[11:15]),
+            cpu=cpu,
+            mem=mem,
+            disk=disk,
             rx=int(row[15]),
             tx=int(row[16]),
             last_ts=float(row[17]),
@@ -618,7 +684,7 @@ class ServerWindows:
 
     @classmethod
     def from_changelog(cls, key: bytes, value: bytes) -> ServerWindows:
-        """The server of a record (version 4 or 3, or 2: rollups as positional arrays). Raises
+        """The server of a record (version 5, 4 or 3, or 2: rollups as positional arrays). Raises
         `ChangelogRecordError` for any other version, or a record it cannot read."""
         server_id = key.decode()
         try:
@@ -921,7 +987,7 @@ class PartitionWindows:
     def restore(self, records: dict[bytes, bytes], wall: float) -> None:
         """Start from the changelog (latest value per key, tombstones removed) at `wall`:
         a restored server is quiet from then on, not since its last sample. Records of
-        versions 2 to 4 are read; any other raises `ChangelogRecordError` with its key, and
+        versions 2 to 5 are read; any other raises `ChangelogRecordError` with its key, and
         nothing of the partition is restored (a server record written before an unreadable
         window record would otherwise miss it)."""
         windows: list[tuple[str, int, bytes]] = []

@@ -18,8 +18,10 @@ from registry.settings import RegistrySettings
 from schemas import (
     MetricStats,
     ProcessInfo,
+    QuantileSketch,
     Resolution,
     WindowAggregate,
+    sketch,
 )
 
 SERVER_ID = "6f1c2a8e-4b7d-4e0a-9c35-0d2f5b8e91a4"
@@ -122,19 +124,30 @@ def aggregate(
     disk: float = 70.0,
     rx: int = 1000,
     tx: int = 500,
+    samples: dict[str, list[float]] | None = None,
 ) -> WindowAggregate:
+    """A window; with `samples` (a rollup's), the named metrics' statistics, percentiles and
+    sketches are those of these raw samples, and `count` is their number."""
     five = resolution is Resolution.FIVE_SECONDS
+    stats = {
+        "cpu_usage": MetricStats(
+            avg=cpu, min=max(cpu - 1, 0), max=min(cpu + 1, 100), last=cpu if five else None
+        ),
+        "memory_usage": MetricStats(avg=mem, min=mem - 1, max=mem + 1, last=mem if five else None),
+        "disk_usage": MetricStats(avg=disk, min=disk, max=disk, last=disk if five else None),
+    }
+    for name, values in (samples or {}).items():
+        count = len(values)
+        stats[name] = sketched_stats(values)
     return WindowAggregate(
         server_id=server_id,
         resolution=resolution,
         window_start=start,
         window_end=start + timedelta(seconds=resolution.seconds),
         count=count,
-        cpu_usage=MetricStats(
-            avg=cpu, min=max(cpu - 1, 0), max=min(cpu + 1, 100), last=cpu if five else None
-        ),
-        memory_usage=MetricStats(avg=mem, min=mem - 1, max=mem + 1, last=mem if five else None),
-        disk_usage=MetricStats(avg=disk, min=disk, max=disk, last=disk if five else None),
+        cpu_usage=stats["cpu_usage"],
+        memory_usage=stats["memory_usage"],
+        disk_usage=stats["disk_usage"],
         network_rx=rx,
         network_tx=tx,
         processes=[ProcessInfo(pid=1, name="init", cpu_usage=0.5, memory_usage=0.1)]
@@ -142,6 +155,21 @@ def aggregate(
         else None,
         last_event_at=start + timedelta(seconds=resolution.seconds - 1),
         emitted_at=start + timedelta(seconds=resolution.seconds + 5),
+    )
+
+
+def sketched_stats(values: list[float]) -> MetricStats:
+    """A rollup's statistics of raw `values`, with their percentiles and sketch."""
+    counts = sketch.of(values)
+    lo, hi = min(values), max(values)
+    qs = sketch.quantiles(counts, sketch.QUANTILES.values(), lo, hi)
+    keys, ns = sketch.to_arrays(counts)
+    return MetricStats(
+        avg=min(100.0, sum(values) / len(values)),
+        min=lo,
+        max=hi,
+        **dict(zip(sketch.QUANTILES, qs, strict=True)),
+        sketch=QuantileSketch(keys=keys, counts=ns),
     )
 
 

@@ -19,13 +19,15 @@ from schemas import (
     DeadLetterReason,
     InvalidMessage,
     RawMetricEvent,
+    Resolution,
     ServerState,
     ServerStatusChange,
     WindowAggregate,
     decode_raw_event,
+    decode_window_aggregate,
 )
 from schemas.messages import MAX_DEAD_LETTER_PAYLOAD_BYTES
-from tests.factories import SERVER_ID, event_dict
+from tests.factories import SERVER_ID, aggregate, event_dict
 
 
 def decode(d: dict[str, Any]) -> RawMetricEvent:
@@ -238,3 +240,44 @@ def test_dead_letter_keeps_original_bytes_and_cuts_huge_ones() -> None:
     )
     assert dl.payload_truncated and dl.payload_size == len(huge)
     assert len(base64.b64decode(dl.payload_b64)) == MAX_DEAD_LETTER_PAYLOAD_BYTES
+
+
+def _hourly_with_sketch(**sketch_fields: Any) -> bytes:
+    """An hourly aggregate of 4 samples whose CPU sketch is replaced by `sketch_fields`."""
+    doc = json.loads(
+        aggregate(
+            SERVER_ID,
+            datetime(2026, 11, 25, 10, tzinfo=UTC),
+            Resolution.ONE_HOUR,
+            samples={"cpu_usage": [0.0, 10.0, 10.0, 100.0]},
+        ).to_json_bytes()
+    )
+    doc["cpu_usage"]["sketch"] = sketch_fields
+    return json.dumps(doc).encode()
+
+
+def test_a_rollup_carries_its_percentiles_and_sketch_through_json() -> None:
+    data = _hourly_with_sketch(keys=[-(2**31), 117, 231], counts=[1, 2, 1])
+    agg = decode_window_aggregate(data)
+    assert agg.cpu_usage.sketch is not None and agg.cpu_usage.sketch.counts == [1, 2, 1]
+    assert agg.cpu_usage.p50 is not None and abs(agg.cpu_usage.p50 - 10.0) <= 0.1
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"keys": [1, 2], "counts": [4]}, "2 keys but 1 counts"),
+        ({"keys": [2, 1], "counts": [2, 2]}, "keys not strictly ascending"),
+        ({"keys": [1, 1], "counts": [2, 2]}, "keys not strictly ascending"),
+        ({"keys": [1, 2], "counts": [2, 3]}, "counts add up to 5, not the window's count 4"),
+        ({"keys": [1], "counts": [0]}, "counts.0"),
+        ({"keys": ["a"], "counts": [4]}, "keys.0"),
+    ],
+)
+def test_a_sketch_of_the_wrong_shape_is_refused_with_what_is_wrong(
+    fields: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        decode_window_aggregate(_hourly_with_sketch(**fields))
+    assert info.value.reason is DeadLetterReason.VALIDATION
+    assert problem in info.value.detail

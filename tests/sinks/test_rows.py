@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import orjson
 
-from schemas import RESOLUTIONS, Resolution, WindowAggregate, decode_window_aggregate
+from schemas import RESOLUTIONS, Resolution, WindowAggregate, decode_window_aggregate, sketch
 from sinks.rows import TABLES, processes_json, table_of, to_row
 from tests.factories import ROW_T0, SERVER_ID, aggregate
 
@@ -35,6 +35,22 @@ def test_a_rollup_row_follows_its_columns() -> None:
     assert row["bucket"] == start and row["sample_count"] == 3600
     assert (row["cpu_usage_avg"], row["cpu_usage_min"], row["cpu_usage_max"]) == (20.0, 19.0, 21.0)
     assert "processes" not in row
+
+
+def test_a_rollup_row_holds_its_percentiles_and_its_sketch() -> None:
+    start = ROW_T0 - timedelta(minutes=ROW_T0.minute)
+    cpu = [float(i % 100) for i in range(3600)]
+    agg = aggregate(SERVER_ID, start, Resolution.ONE_HOUR, samples={"cpu_usage": cpu})
+    row = dict(zip(TABLES[Resolution.ONE_HOUR.value].names, to_row(agg), strict=True))
+    assert row["sample_count"] == 3600
+    assert row["cpu_usage_p50"] == agg.cpu_usage.p50 and row["cpu_usage_p99"] is not None
+    assert abs(row["cpu_usage_p99"] - 98.0) <= 0.98
+    keys, counts = row["cpu_usage_sketch_keys"], row["cpu_usage_sketch_counts"]
+    assert sketch.from_arrays(keys, counts) == sketch.of(cpu)
+    # A metric without a sketch (restored from older state) has NULLs, not zeros.
+    assert row["memory_usage_p95"] is None and row["memory_usage_sketch_keys"] is None
+    # The struct the sink decodes into gives the same row.
+    assert to_row(decode_window_aggregate(agg.to_json_bytes())) == to_row(agg)
 
 
 def test_a_decoded_struct_gives_the_row_of_its_model() -> None:

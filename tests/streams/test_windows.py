@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import RESOLUTIONS, ProcessInfo, RawMetricEvent, Resolution, WindowAggregate
+from schemas import RESOLUTIONS, ProcessInfo, RawMetricEvent, Resolution, WindowAggregate, sketch
 from streams.windows import (
     BASE,
     STATE_VERSION,
@@ -162,16 +162,34 @@ moves_strategy = st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 300)),
 
 
 def check_equals_direct(emitted_: list[WindowAggregate], accepted: list[RawMetricEvent]) -> None:
+    """Every window's highest revision equals aggregating `accepted` directly; a rollup's
+    sketch is the sketch of its raw samples, and its percentiles within 1 % of theirs."""
     for resolution in Resolution:
         expected = aggregate_directly(accepted, resolution)
         got = latest(emitted_, resolution)
         assert set(got) == set(expected)
+        samples: dict[tuple[str, int], list[float]] = {}
+        for e in first_of_each(accepted):
+            start = int(e.timestamp.timestamp() // resolution.seconds) * resolution.seconds
+            samples.setdefault((e.server_id, start), []).append(e.cpu_usage)
         for key, (count, total, lo, hi, rx, tx) in expected.items():
             a = got[key]
             assert a.count == count
             assert a.cpu_usage.avg == pytest.approx(min(100.0, total / count), rel=1e-9, abs=1e-9)
             assert (a.cpu_usage.min, a.cpu_usage.max) == (lo, hi)
             assert (a.network_rx, a.network_tx) == (rx, tx)
+            if resolution is BASE:
+                assert a.cpu_usage.sketch is None and a.cpu_usage.p99 is None
+                continue
+            sk = a.cpu_usage.sketch
+            assert sk is not None
+            assert sketch.from_arrays(sk.keys, sk.counts) == sketch.of(samples[key])
+            values = sorted(samples[key])
+            for name, q in sketch.QUANTILES.items():
+                exact = values[math.floor(q * (len(values) - 1))]
+                got_q = getattr(a.cpu_usage, name)
+                bound = max(sketch.RELATIVE_ACCURACY * (1 + 1e-9) * exact, sketch.MIN_INDEXABLE)
+                assert abs(got_q - exact) <= bound
 
 
 @settings(max_examples=60, deadline=None)
@@ -412,6 +430,48 @@ def test_duplicates_are_recognised_after_a_restore() -> None:
     assert feed(restored, [ev(0, 7.25, cpu=90)]) == [True]
     [again] = emitted(restored)
     assert (again.count, again.revision, again.cpu_usage.max) == (7, 2, 90)
+
+
+def test_sketches_go_through_the_changelog_and_older_state_has_none() -> None:
+    """A restart keeps an open hour's sketch: its percentiles are those of every sample. State
+    written before sketches (version 4) restores without one, and that hour's percentiles are
+    not guessed from part of it: it is emitted without any."""
+    events = [ev(0, float(t), cpu=float(t % 50)) for t in range(600)]
+    more = [ev(0, float(t), cpu=float(t % 50)) for t in range(600, 1200)]
+    hourly: dict[str, WindowAggregate] = {}
+    for version in (5, 4):
+        w = PartitionWindows(Grace({"5s": 2.0}))
+        feed(w, events)
+        emitted(w)
+        state = changelog_after(w, NEXT_OFFSET[w])
+        if version == 4:
+            state = {k: _without_sketches(v) for k, v in state.items()}
+        restored = PartitionWindows(Grace({"5s": 2.0}))
+        restored.restore(state, 0.0)
+        replay_from = w.committable_offset(NEXT_OFFSET[w])  # the open 5 s window's samples
+        NEXT_OFFSET[restored] = replay_from
+        feed(restored, events[replay_from:] + more)
+        [hourly[str(version)]] = [
+            a for a in emitted(restored, finish=True) if a.resolution is Resolution.ONE_HOUR
+        ]
+    whole = hourly["5"].cpu_usage
+    assert hourly["5"].count == 1200 and whole.sketch is not None
+    cpus = [e.cpu_usage for e in events + more]
+    assert sketch.from_arrays(whole.sketch.keys, whole.sketch.counts) == sketch.of(cpus)
+    older = hourly["4"].cpu_usage
+    assert hourly["4"].count == 1200 and older.avg == whole.avg
+    assert older.sketch is None and (older.p50, older.p99) == (None, None)
+
+
+def _without_sketches(value: bytes) -> bytes:
+    """A version-5 changelog record as version 4 wrote it: no sketches."""
+    doc = orjson.loads(value)
+    doc["v"] = 4
+    for holder in [doc, *doc.get("rollups", [])]:
+        for metric in ("cpu_usage", "memory_usage", "disk_usage"):
+            if metric in holder:
+                holder[metric].pop("sketch", None)
+    return orjson.dumps(doc)
 
 
 def test_a_replayed_duplicate_is_not_counted_again() -> None:
