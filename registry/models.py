@@ -25,6 +25,7 @@ from pydantic import (
 
 from registry.errors import Invalid
 from registry.permissions import Role
+from sinks.fleet import StatPoint
 from sinks.read import SeriesPoint
 
 
@@ -282,6 +283,23 @@ class MetricSeries(BaseModel):
     start: datetime = Field(serialization_alias="from")
     end: datetime = Field(serialization_alias="to")
     points: list[SeriesPoint] = Field(
+        description="One per step, oldest first; an empty bucket has 0 samples and null values."
+    )
+
+
+class StatSeries(BaseModel):
+    """One statistic of every metric per bucket: of one server (`server_id`), or across the
+    fleet or the listed `servers`."""
+
+    server_id: str | None = None
+    servers: list[str] | None = Field(
+        default=None, description="The servers asked for (fleet query; null: all)."
+    )
+    step: str
+    stat: str
+    start: datetime = Field(serialization_alias="from")
+    end: datetime = Field(serialization_alias="to")
+    points: list[StatPoint] = Field(
         description="One per step, oldest first; an empty bucket has 0 samples and null values."
     )
 

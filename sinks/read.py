@@ -19,11 +19,16 @@ import asyncpg
 
 from schemas import RESOLUTIONS
 from schemas.resolutions import BASE, read_steps
+from schemas.sketch import QUANTILES
 
 #: Steps the read path serves, in seconds.
 STEPS: Final = read_steps()
 #: The resolution whose table serves each step.
 _SOURCE: Final = {step: r for r in RESOLUTIONS for step in r.steps}
+#: The steps with percentiles: those served by the rollups, each the size of its resolution.
+QUANTILE_STEPS: Final = tuple(step for r in RESOLUTIONS[1:] for step in r.steps)
+if any(STEPS[step] != _SOURCE[step].seconds for step in QUANTILE_STEPS):
+    raise ValueError("a rollup serves only the step of its own size (its rows' percentiles)")
 METRICS: Final = ("cpu_usage", "memory_usage", "disk_usage")
 
 
@@ -46,9 +51,23 @@ class SeriesPoint:
     disk_usage_max: float | None
     network_rx: int | None
     network_tx: int | None
+    #: Percentiles, from the hourly and daily rollups (steps 1h and 1d); None for the steps
+    #: served by 5 s rows, for an empty bucket, and for a row written without a sketch.
+    cpu_usage_p50: float | None = None
+    cpu_usage_p90: float | None = None
+    cpu_usage_p95: float | None = None
+    cpu_usage_p99: float | None = None
+    memory_usage_p50: float | None = None
+    memory_usage_p90: float | None = None
+    memory_usage_p95: float | None = None
+    memory_usage_p99: float | None = None
+    disk_usage_p50: float | None = None
+    disk_usage_p90: float | None = None
+    disk_usage_p95: float | None = None
+    disk_usage_p99: float | None = None
 
 
-def _source(step: str) -> tuple[str, str, dict[str, tuple[str, str, str]]]:
+def source(step: str) -> tuple[str, str, dict[str, tuple[str, str, str]]]:
     """(table, time column, metric → (avg, min, max) column) serving `step`."""
     r = _SOURCE[step]
     if r is BASE:  # the 5 s table keeps its averages under the seed's names
@@ -59,13 +78,19 @@ def _source(step: str) -> tuple[str, str, dict[str, tuple[str, str, str]]]:
 
 
 def _query(step: str) -> str:
-    table, time_col, cols = _source(step)
+    table, time_col, cols = source(step)
     metric_sql = ",\n".join(
         f"sum({avg} * sample_count) / sum(sample_count) AS {m}_avg, "
         f"min({lo}) AS {m}_min, max({hi}) AS {m}_max"
         for m, (avg, lo, hi) in cols.items()
     )
-    names = ", ".join(f"a.{m}_{s}" for m in METRICS for s in ("avg", "min", "max"))
+    # A rollup step is its resolution's size: one row per bucket, whose percentiles are the
+    # bucket's (a larger step would merge the rows' sketches, as the fleet query does).
+    if step in QUANTILE_STEPS:
+        metric_sql += "".join(f", max({m}_{q}) AS {m}_{q}" for m in METRICS for q in QUANTILES)
+    else:
+        metric_sql += "".join(f", NULL::float8 AS {m}_{q}" for m in METRICS for q in QUANTILES)
+    names = ", ".join(f"a.{m}_{s}" for m in METRICS for s in ("avg", "min", "max", *QUANTILES))
     return f"""
         WITH a AS (
             SELECT date_bin($4::interval, {time_col}, $2::timestamptz) AS bucket,
@@ -99,16 +124,8 @@ def count_points(start: datetime, end: datetime, step: str) -> int:
     return int((hi - lo).total_seconds()) // STEPS[step]
 
 
-async def read_series(
-    conn: asyncpg.Connection,
-    server_id: str,
-    start: datetime,
-    end: datetime,
-    step: str,
-    *,
-    max_points: int = 10_000,
-) -> list[SeriesPoint]:
-    """One point per step in [start, end), oldest first; empty buckets have NULL values."""
+def check_range(start: datetime, end: datetime, step: str, max_points: int) -> None:
+    """Refuse a range or step the read path does not serve (a `ReadError` that says why)."""
     if step not in STEPS:
         raise ReadError(f"step must be one of {', '.join(STEPS)}, not {step!r}")
     if start.tzinfo is None or end.tzinfo is None:
@@ -120,6 +137,19 @@ async def read_series(
         raise ReadError(
             f"{n} points requested; at most {max_points} per request (use a larger step)"
         )
+
+
+async def read_series(
+    conn: asyncpg.Connection,
+    server_id: str,
+    start: datetime,
+    end: datetime,
+    step: str,
+    *,
+    max_points: int = 10_000,
+) -> list[SeriesPoint]:
+    """One point per step in [start, end), oldest first; empty buckets have NULL values."""
+    check_range(start, end, step, max_points)
     lo, hi = align(start, end, step)
     rows = await conn.fetch(_query(step), server_id, lo, hi, timedelta(seconds=STEPS[step]))
     return [SeriesPoint(**dict(r)) for r in rows]

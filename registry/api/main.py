@@ -12,4 +12,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     users.router,
     servers.router,
     metrics.router,
+    metrics.fleet_router,
 )

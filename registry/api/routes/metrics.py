@@ -20,18 +20,29 @@ from registry.api.deps import (
     RegistryDep,
     require,
 )
-from registry.models import EARLIEST, LATEST, MetricSeries, ServerPublic
+from registry.models import EARLIEST, LATEST, MetricSeries, ServerPublic, StatSeries
 from registry.permissions import Permission
 from registry.store import CurrentUser
+from sinks.fleet import STATS, StatPoint, read_fleet
 from sinks.read import STEPS, ReadError, read_series
 
 router = APIRouter(prefix="/servers", tags=["metrics"], responses=AUTHENTICATED)
+fleet_router = APIRouter(prefix="/fleet", tags=["metrics"], responses=AUTHENTICATED)
 
-# The steps the read path serves, as the query parameter's choices (a 422 for any other).
+# The steps the read path serves, and the statistics, as the query parameters' choices (a
+# 422 for any other).
 if TYPE_CHECKING:
     Step = str
+    Stat = str
 else:
     Step = Literal[tuple(STEPS)]
+    Stat = Literal[tuple(STATS)]
+
+_STAT_HELP = (
+    "One statistic per metric and bucket instead of every one: avg (weighted by samples), "
+    "min, max, or a percentile p50, p90, p95, p99 (within 1 % of the exact one; from the "
+    "hourly and daily rollups, so for steps 1h and 1d)."
+)
 
 
 def _check_time(name: str, value: datetime) -> None:
@@ -45,6 +56,15 @@ def _check_time(name: str, value: datetime) -> None:
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=f"{name}: must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}",
         )
+
+
+def _range(query: SeriesQuery) -> tuple[datetime, datetime]:
+    """The request's [from, to), defaults filled in (the last hour), checked (422)."""
+    end = query.end or datetime.now(UTC)
+    _check_time("to", end)
+    start = query.start or end - timedelta(hours=1)
+    _check_time("from", start)
+    return start, end
 
 
 @dataclass(frozen=True)
@@ -80,10 +100,7 @@ async def _series(
 ) -> tuple[MetricSeries, ServerPublic]:
     """The series and the server's row; 404 for an unknown server, 400/422 for a bad range."""
     step = query.step
-    end = query.end or datetime.now(UTC)
-    _check_time("to", end)
-    start = query.start or end - timedelta(hours=1)
-    _check_time("from", start)
+    start, end = _range(query)
     server = await inventory.get_server(registry.pool, str(server_id))
     try:
         async with registry.pool.acquire() as conn:
@@ -103,7 +120,7 @@ async def _series(
 
 @router.get(
     "/{server_id}/metrics",
-    response_model=MetricSeries,
+    response_model=MetricSeries | StatSeries,
     response_model_by_alias=True,
     responses={**BAD_REQUEST, **NOT_FOUND},
 )
@@ -112,10 +129,92 @@ async def read_metrics(
     registry: RegistryDep,
     _user: Annotated[CurrentUser, require(Permission.METRICS_READ)],
     query: SeriesQueryDep,
-) -> MetricSeries:
-    """One point per step in [from, to), empty buckets included; at most `max_points`."""
+    stat: Annotated[Stat | None, Query(description=_STAT_HELP)] = None,
+) -> MetricSeries | StatSeries:
+    """One point per step in [from, to), empty buckets included; at most `max_points`. Each
+    point has every statistic (with percentiles at steps 1h and 1d), or, with `stat`, that
+    one of each metric."""
+    if stat is not None:
+        await inventory.get_server(registry.pool, str(server_id))  # a 404 if unknown
+        points, start, end = await _stat_points(registry, query, stat, [str(server_id)])
+        return StatSeries(
+            server_id=str(server_id),
+            step=query.step,
+            stat=stat,
+            start=start,
+            end=end,
+            points=points,
+        )
     series, _ = await _series(registry, server_id, query)
     return series
+
+
+async def _stat_points(
+    registry: Registry, query: SeriesQuery, stat: str, servers: list[str] | None
+) -> tuple[list[StatPoint], datetime, datetime]:
+    start, end = _range(query)
+    try:
+        async with registry.pool.acquire() as conn:
+            points = await read_fleet(
+                cast(asyncpg.Connection, conn),
+                start,
+                end,
+                query.step,
+                stat,
+                servers,
+                max_points=registry.settings.max_points,
+            )
+    except ReadError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
+    return points, start, end
+
+
+#: Most servers one fleet query may list (more: ask for all).
+MAX_FLEET_SERVERS = 10_000
+
+
+@fleet_router.get(
+    "/metrics",
+    response_model=StatSeries,
+    response_model_by_alias=True,
+    responses={**BAD_REQUEST},
+)
+async def read_fleet_metrics(
+    registry: RegistryDep,
+    _user: Annotated[CurrentUser, require(Permission.METRICS_READ)],
+    query: SeriesQueryDep,
+    stat: Annotated[Stat, Query(description=_STAT_HELP)],
+    servers: Annotated[
+        list[str] | None,
+        Query(
+            description="Server ids, repeated or comma-separated (default: every server).",
+        ),
+    ] = None,
+) -> StatSeries:
+    """One statistic of every metric per step in [from, to) across servers: the fleet's p99
+    CPU per hour is one request (`stat=p99&step=1h`), merging every server's quantile sketch
+    in the database."""
+    ids: list[str] | None = None
+    if servers:
+        ids = []
+        for part in (p.strip() for value in servers for p in value.split(",")):
+            if not part:
+                continue
+            try:
+                ids.append(str(UUID(part)))
+            except ValueError:
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    detail=f"servers: {part[:40]!r} is not a server id (a UUID)",
+                ) from None
+        if len(ids) > MAX_FLEET_SERVERS:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=f"servers: {len(ids)} listed, at most {MAX_FLEET_SERVERS} "
+                "(leave it out for every server)",
+            )
+    points, start, end = await _stat_points(registry, query, stat, ids)
+    return StatSeries(servers=ids, step=query.step, stat=stat, start=start, end=end, points=points)
 
 
 @router.get(
