@@ -126,6 +126,7 @@ class StreamWorker:
             grace=Grace(s.grace),
             offline_after=s.offline_after,
             lateness_horizon=s.lateness_horizon,
+            sketches=s.stream_sketches,
         )
         self.agg_topics = s.agg_topics
         self._out_topics = [*self.agg_topics.values(), s.status_topic, s.dlq_topic]

@@ -145,8 +145,10 @@ class StreamProcessor:
         grace: Grace | None = None,
         offline_after: float = 15.0,
         lateness_horizon: float = 3600.0,
+        sketches: bool = True,
     ) -> None:
         self.source_topic = source_topic
+        self.sketches = sketches
         self.grace = grace or Grace()
         self.horizon = lateness_horizon
         self.partitions: dict[int, PartitionWindows] = {}
@@ -172,7 +174,7 @@ class StreamProcessor:
         windows = self.partitions.get(partition)
         if windows is None:
             windows = self.partitions[partition] = PartitionWindows(
-                self.grace, self.horizon, self.status.timeout
+                self.grace, self.horizon, self.status.timeout, sketches=self.sketches
             )
         return windows
 

@@ -63,6 +63,12 @@ class StreamSettings(KafkaSettings, TelemetrySettings, RetrySettings):
     offline_after: float = Field(
         default=15.0, gt=0, description="Seconds without events before a server is offline."
     )
+    stream_sketches: bool = Field(
+        default=True,
+        description="Keep a quantile sketch of each metric per window, for the hourly and "
+        "daily percentiles (p50 to p99) and the fleet-wide ones. Off: the rollups carry no "
+        "percentiles, and the worker saves their cost (BENCHMARKS.md, stream worker).",
+    )
     stream_batch: int = Field(
         default=5000, ge=1, description="Most raw events the worker takes in one batch."
     )

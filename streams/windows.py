@@ -123,7 +123,9 @@ class MetricAcc:
     sketch: dict[int, int] | None = None
 
     @classmethod
-    def of(cls, v: float) -> MetricAcc:
+    def of(cls, v: float, sketched: bool = True) -> MetricAcc:
+        if not sketched:
+            return cls(v, v, v, v)
         k = _ZERO_KEY if v < _MIN_INDEXABLE else _ceil(_log(v) * _MULT)
         return cls(v, v, v, v, {k: 1})
 
@@ -246,16 +248,23 @@ class WindowAcc:
 
     @classmethod
     def from_event(
-        cls, e: RawMetricEvent, start: int, size: int, offset: int, *, rollup: bool = False
+        cls,
+        e: RawMetricEvent,
+        start: int,
+        size: int,
+        offset: int,
+        *,
+        rollup: bool = False,
+        sketched: bool = True,
     ) -> WindowAcc:
         acc = cls(
             server_id=e.server_id,
             start=start,
             size=size,
             count=1,
-            cpu=MetricAcc.of(e.cpu_usage),
-            mem=MetricAcc.of(e.memory_usage),
-            disk=MetricAcc.of(e.disk_usage),
+            cpu=MetricAcc.of(e.cpu_usage, sketched),
+            mem=MetricAcc.of(e.memory_usage, sketched),
+            disk=MetricAcc.of(e.disk_usage, sketched),
             rx=e.network_rx,
             tx=e.network_tx,
             last_ts=e.timestamp.timestamp(),
@@ -730,6 +739,8 @@ class PartitionWindows:
     horizon: float = 3600.0
     #: Seconds of silence after which a server's windows close by the wall clock itself.
     offline_after: float = 15.0
+    #: Keep each metric's quantile sketch (for the rollups' percentiles).
+    sketches: bool = True
     servers: dict[str, ServerWindows] = field(default_factory=dict)
     late_absorbed: int = 0
     late_dropped: int = 0
@@ -785,7 +796,7 @@ class PartitionWindows:
         else:
             # A slot the wall clock passed while the server was quiet is not closed for a
             # sample newer than any it sent: an agent's outage buffer lands in open windows.
-            s.five[start] = WindowAcc.from_event(e, start, SIZE, offset)
+            s.five[start] = WindowAcc.from_event(e, start, SIZE, offset, sketched=self.sketches)
             due = start + SIZE + self.grace.base
             if due < s.next_due:
                 s.next_due = due
@@ -831,7 +842,7 @@ class PartitionWindows:
         packed = s.kept.get(start)
         w = None if packed is None else WindowAcc.unpack(s.server_id, packed)
         if w is None:  # nothing was in this window: it is emitted now, then complete
-            w = WindowAcc.from_event(e, start, SIZE, offset)
+            w = WindowAcc.from_event(e, start, SIZE, offset, sketched=self.sketches)
             self._emit(w, BASE, stamp, out)
         elif w.holds(ts):
             if not (w.late_offsets and offset in w.late_offsets):
@@ -858,7 +869,9 @@ class PartitionWindows:
             key = (resolution, int(ts // size) * size)
             r = s.rollups.get(key)
             if r is None:
-                r = s.rollups[key] = WindowAcc.from_event(e, key[1], size, offset, rollup=True)
+                r = s.rollups[key] = WindowAcc.from_event(
+                    e, key[1], size, offset, rollup=True, sketched=self.sketches
+                )
                 s.next_due = -math.inf  # (rare: the next sample recomputes it)
             else:
                 r.add(e, offset, ts)

@@ -688,3 +688,13 @@ def test_a_server_record_is_written_when_what_it_holds_changes() -> None:
     assert list(w.checkpoint(7)) == []
     assert feed(w, [ev(0, -100.0)]) == [False]  # refused: beyond the horizon
     assert [k for k, _ in w.checkpoint(8)] == [SERVERS[0].encode()]
+
+
+def test_with_sketches_off_the_rollups_carry_no_percentiles() -> None:
+    w = PartitionWindows(Grace({"5s": 2.0}), sketches=False)
+    feed(w, [ev(0, float(t), cpu=float(t % 50)) for t in range(60)])
+    out = emitted(w, finish=True)
+    hourly = [a for a in out if a.resolution is Resolution.ONE_HOUR]
+    assert len(hourly) == 1 and hourly[0].count == 60
+    assert hourly[0].cpu_usage.sketch is None and hourly[0].cpu_usage.p99 is None
+    assert hourly[0].cpu_usage.max == 49.0
