@@ -1,4 +1,5 @@
-"""Keeps `servers.is_online` and `last_seen_at` current from `metrics.status.v1`.
+"""Keeps `servers.is_online` and `last_seen_at` current from `metrics.status.v1`, and every
+change in `server_status_history` (the read path's `offline` gaps).
 
 Lifecycle: `start()` joins the registry's consumer group, `run()` applies status changes and
 commits offsets only after the database has them, `stop()` ends `run()` within its timeout.
@@ -47,12 +48,25 @@ _APPLY = """
 """
 
 
+# Every change, kept for the read path's gaps (`offline`); a replayed one is there already.
+_HISTORY = """
+    INSERT INTO server_status_history (server_id, changed_at, event_at, online)
+    SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM servers WHERE id = $1)
+    ON CONFLICT DO NOTHING
+"""
+
+
 async def apply_status(conn: Conn, change: ServerStatusChange) -> bool:
-    """Apply one change; False when the server is unknown or the change is not newer."""
+    """Apply one change and keep it in the history; False when the server is unknown or the
+    change is not newer than the one applied (an older one still joins the history)."""
+    online = change.status is ServerState.ONLINE
+    await conn.execute(
+        _HISTORY, change.server_id, change.changed_at, change.last_event_at, online
+    )
     result: str = await conn.execute(
         _APPLY,
         change.server_id,
-        change.status is ServerState.ONLINE,
+        online,
         change.changed_at,
         change.last_event_at,
     )

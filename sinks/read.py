@@ -6,6 +6,12 @@ number of samples behind each stored row. Each step is served by the table the r
 table names for it (`schemas/resolutions.py`): 5 s rows for 1-minute and 5-minute steps, hourly
 rows for 1 h, daily rows for 1 d. The SQL is plain PostgreSQL (`generate_series` + `date_bin`),
 the same on TimescaleDB.
+
+Each bucket also says how complete it is: `samples` received, `expected` (the step's seconds,
+one sample a second), `late` (samples refused as late and dead-lettered, counted by the sink
+from `metrics.dlq.v1` into `late_samples`), and for a bucket with nothing, its `gap`: `offline`
+when the server's latest status change by the bucket's end (`server_status_history`, kept by
+the registry from `metrics.status.v1`) was to offline, else `no_data`.
 """
 
 from __future__ import annotations
@@ -51,6 +57,14 @@ class SeriesPoint:
     disk_usage_max: float | None
     network_rx: int | None
     network_tx: int | None
+    #: Samples a server at 1 Hz sends in the bucket (the step, in seconds).
+    expected: int
+    #: Samples of the bucket that arrived after the lateness horizon and were dead-lettered
+    #: (not in `samples`).
+    late: int
+    #: Why a bucket holds nothing: `offline` (the server was offline as the bucket ended, per
+    #: `metrics.status.v1`) or `no_data`; None for a bucket with samples.
+    gap: str | None
     #: Percentiles, from the hourly and daily rollups (steps 1h and 1d); None for the steps
     #: served by 5 s rows, for an empty bucket, and for a row written without a sketch.
     cpu_usage_p50: float | None = None
@@ -102,11 +116,28 @@ def _query(step: str) -> str:
             WHERE server_id = $1 AND {time_col} >= $2::timestamptz AND {time_col} < $3::timestamptz
             GROUP BY 1
         )
+        , late AS (
+            SELECT date_bin($4::interval, "timestamp", $2::timestamptz) AS bucket,
+                   count(*)::bigint AS late
+            FROM late_samples
+            WHERE server_id = $1 AND "timestamp" >= $2::timestamptz
+              AND "timestamp" < $3::timestamptz
+            GROUP BY 1
+        )
         SELECT g.bucket, coalesce(a.samples, 0) AS samples, {names},
-               a.network_rx, a.network_tx
+               a.network_rx, a.network_tx, coalesce(late.late, 0) AS late,
+               CASE WHEN a.samples IS NOT NULL THEN NULL
+                    WHEN st.online IS FALSE THEN 'offline' ELSE 'no_data' END AS gap
         FROM generate_series($2::timestamptz, $3::timestamptz - $4::interval, $4::interval)
              AS g(bucket)
         LEFT JOIN a ON a.bucket = g.bucket
+        LEFT JOIN late ON late.bucket = g.bucket
+        -- The server's state as the bucket ends: its latest status change by then.
+        LEFT JOIN LATERAL (
+            SELECT h.online FROM server_status_history h
+            WHERE h.server_id = $1 AND h.event_at < g.bucket + $4::interval
+            ORDER BY h.event_at DESC, h.changed_at DESC LIMIT 1
+        ) st ON a.samples IS NULL
         ORDER BY g.bucket
     """
 
@@ -152,4 +183,4 @@ async def read_series(
     check_range(start, end, step, max_points)
     lo, hi = align(start, end, step)
     rows = await conn.fetch(_query(step), server_id, lo, hi, timedelta(seconds=STEPS[step]))
-    return [SeriesPoint(**dict(r)) for r in rows]
+    return [SeriesPoint(**dict(r), expected=STEPS[step]) for r in rows]

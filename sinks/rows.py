@@ -16,19 +16,23 @@ from schemas.sketch import QUANTILES
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A metric table the sink writes: its columns (key first) and their SQL types."""
+    """A table the sink writes: its columns (key first) and their SQL types. A row whose key
+    is there already replaces it if it has at least its samples (the metric tables), or is
+    left out (`keep_first`: rows that are facts, written once)."""
 
     name: str
     time_column: str
     columns: tuple[tuple[str, str], ...]
+    key_columns: tuple[str, ...] | None = None
+    keep_first: bool = False
 
     @property
     def names(self) -> list[str]:
         return [c for c, _ in self.columns]
 
     @property
-    def key(self) -> tuple[str, str]:
-        return ("server_id", self.time_column)
+    def key(self) -> tuple[str, ...]:
+        return self.key_columns or ("server_id", self.time_column)
 
 
 _STATS = ("cpu_usage", "memory_usage", "disk_usage")
@@ -75,6 +79,21 @@ def table_of(resolution: ResolutionSpec) -> TableSpec:
 
 #: The table of each resolution, by resolution name.
 TABLES: Final = {r.name: table_of(r) for r in RESOLUTIONS}
+
+#: Raw samples the stream worker refused as late and dead-lettered, one row per dead letter
+#: (keyed by the raw record it was: a letter read twice is counted once).
+LATE_SAMPLES: Final = TableSpec(
+    name="late_samples",
+    time_column="timestamp",
+    columns=(
+        ("source_partition", "int4"),
+        ("source_offset", "int8"),
+        ("server_id", "varchar"),
+        ("timestamp", "timestamptz"),
+    ),
+    key_columns=("source_partition", "source_offset"),
+    keep_first=True,
+)
 
 
 _PROCESS_FIELDS: Final = tuple(ProcessInfo.model_fields)

@@ -31,9 +31,16 @@ from runtime.errors import Disposition, describe
 from runtime.postgres import POSTGRES_ERRORS
 from runtime.service import Service
 from runtime.telemetry import telemetry
-from schemas import DeadLetter, DeadLetterReason, InvalidMessage, decode_window_aggregate
+from schemas import (
+    DeadLetter,
+    DeadLetterReason,
+    InvalidMessage,
+    decode_raw_event,
+    decode_window_aggregate,
+)
+from schemas.messages import decode_message
 from sinks.maintenance import maintain
-from sinks.rows import TABLES, TableSpec, to_row
+from sinks.rows import LATE_SAMPLES, TABLES, TableSpec, to_row
 from sinks.settings import SinkSettings
 from sinks.writer import BatchWriter, Item, write_isolating
 
@@ -90,9 +97,11 @@ class Sink(Service):
         """Topics, dead-letter topic and the table of each topic default to the settings'."""
         super().__init__()
         self.settings = settings
-        self.topics = topics or tuple(settings.agg_topics.values())
         self.dlq_topic = dlq_topic or settings.dlq_topic
+        # The dead-letter topic too: its late samples are counted per window (`late_samples`).
+        self.topics = (*(topics or tuple(settings.agg_topics.values())), self.dlq_topic)
         self.tables = tables or {t: TABLES[r] for r, t in settings.agg_topics.items()}
+        self._by_name = {t.name: t for t in (*self.tables.values(), LATE_SAMPLES)}
         self.writer = BatchWriter(settings.write_method)
         self.rows_written = 0
         self.dead_letters = 0
@@ -117,12 +126,12 @@ class Sink(Service):
             settings.retry_min, settings.retry_max, probe_every=settings.retry_probe_every
         )
         TELEMETRY.declare(
-            outputs=[t.name for t in self.tables.values()],
-            reasons=[r.value for r in DeadLetterReason],
+            outputs=list(self._by_name),
+            reasons=[*(r.value for r in DeadLetterReason), "unreadable_dead_letter"],
             kinds=["postgres"],
         )
         self._errors = TELEMETRY.errors.labels(kind="postgres")
-        self._sent = {t.name: TELEMETRY.sent.labels(output=t.name) for t in self.tables.values()}
+        self._sent = {name: TELEMETRY.sent.labels(output=name) for name in self._by_name}
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -229,6 +238,9 @@ class Sink(Service):
         self._offsets[tp] = self._positions[tp] = record.offset + 1
         if self._first_at is None:
             self._first_at = time.monotonic()
+        if record.topic == self.dlq_topic:
+            self._take_letter(record)
+            return
         try:
             agg = decode_window_aggregate(record.value)
         except InvalidMessage as exc:
@@ -236,6 +248,32 @@ class Sink(Service):
             return
         table = self.tables[record.topic]
         self._items.setdefault(table.name, []).append(Item(to_row(agg), record))
+        self._pending += 1
+
+    def _take_letter(self, record: ConsumerRecord) -> None:
+        """A dead letter: a raw sample the stream worker refused as late becomes a row of
+        `late_samples`; every other letter is only read past (its offset is committed with the
+        next batch). A letter that cannot be read is logged and counted, never dead-lettered
+        again (the sink reads that topic)."""
+        try:
+            letter = decode_message(DeadLetter, record.value)
+            if letter.reason is not DeadLetterReason.LATE or letter.component != "stream":
+                return
+            sample = decode_raw_event(letter.payload())
+        except (InvalidMessage, ValueError) as exc:
+            TELEMETRY.dropped.labels(reason="unreadable_dead_letter").inc()
+            log.warning(
+                "unreadable dead letter %s[%d]@%d skipped: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                str(exc)[:300],
+            )
+            return
+        if letter.source_partition is None or letter.source_offset is None:
+            return
+        row = (letter.source_partition, letter.source_offset, sample.server_id, sample.timestamp)
+        self._items.setdefault(LATE_SAMPLES.name, []).append(Item(row, record))
         self._pending += 1
 
     # -- writing -----------------------------------------------------------------------------
@@ -365,7 +403,7 @@ class Sink(Service):
         if conn is None or conn.is_closed():
             conn = self._conns[lane] = await postgres.connect(self.settings)
         rejected: list[tuple[Item[ConsumerRecord], BaseException]] = []
-        by_name = {t.name: t for t in self.tables.values()}
+        by_name = self._by_name
         async with conn.transaction():
             for name, items in batch.items():
                 rejected += await write_isolating(self.writer, conn, by_name[name], items)

@@ -45,6 +45,8 @@ def _upsert_sql(table: TableSpec, source: str) -> str:
     cols = ", ".join(f'"{c}"' for c in table.names)
     key = ", ".join(f'"{c}"' for c in table.key)
     updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in table.names if c not in table.key)
+    if table.keep_first:
+        return f"INSERT INTO {table.name} ({cols}) {source} ON CONFLICT ({key}) DO NOTHING"
     # A window's statistics only grow with its samples: a correction (a later revision) has
     # at least the samples of the row it replaces. An earlier revision seen again after the
     # stream's replay has fewer, and must not put the row back until the replay catches up.
@@ -188,14 +190,19 @@ async def write_isolating(
 
 def _last_per_key(table: TableSpec, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """One row per key (an upsert cannot touch a row twice in one statement): the one with
-    the most samples, the last given of those (the same rule as the upsert's)."""
-    n = table.names.index("sample_count")
+    the most samples, the last given of those (the same rule as the upsert's); of a table
+    that keeps the first, the first."""
     seen: dict[tuple[Any, Any], tuple[Any, ...]] = {}
-    for row in rows:
-        key = (row[0], row[1])
-        held = seen.get(key)
-        if held is None or held[n] <= row[n]:
-            seen[key] = row
+    if table.keep_first:
+        for row in rows:
+            seen.setdefault((row[0], row[1]), row)
+    else:
+        n = table.names.index("sample_count")
+        for row in rows:
+            key = (row[0], row[1])
+            held = seen.get(key)
+            if held is None or held[n] <= row[n]:
+                seen[key] = row
     if len(seen) == len(rows):
         return list(rows)
     return list(seen.values())

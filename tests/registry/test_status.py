@@ -80,6 +80,16 @@ async def test_only_newer_changes_of_known_servers_apply(conn: asyncpg.Connectio
     assert await _state(conn, sid) == (True, T0 - timedelta(seconds=1))
     assert await apply_status(conn, change(sid, ServerState.OFFLINE, T0 + timedelta(minutes=1)))
     assert await _state(conn, sid) == (False, T0 + timedelta(seconds=59))
+    # Every change is in the history once (the replay too, the older one too), by event time;
+    # an unknown server's nowhere.
+    history = await conn.fetch(
+        "SELECT server_id, event_at, online FROM server_status_history ORDER BY changed_at"
+    )
+    assert [(r["server_id"], r["event_at"], r["online"]) for r in history] == [
+        (sid, T0 - timedelta(minutes=1, seconds=1), False),
+        (sid, T0 - timedelta(seconds=1), True),
+        (sid, T0 + timedelta(seconds=59), False),
+    ]
 
 
 async def test_consumer_keeps_is_online_current_from_the_real_broker(

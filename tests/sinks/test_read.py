@@ -13,7 +13,7 @@ import pytest
 from infra.db import migrate
 from schemas import Resolution
 from sinks.read import ReadError, read_series
-from sinks.rows import TABLES, to_row
+from sinks.rows import LATE_SAMPLES, TABLES, to_row
 from sinks.writer import BatchWriter, Item, write_isolating
 from tests.factories import ROW_T0 as T0
 from tests.factories import add_server, aggregate
@@ -143,3 +143,54 @@ async def test_rejected_row_is_isolated_and_the_next_batch_still_lands(
     async with app_conn.transaction():
         assert await write_isolating(writer, app_conn, SNAPSHOTS, later) == []
     assert await app_conn.fetchval("SELECT count(*) FROM metrics_snapshots") == 24
+
+
+async def _completeness(conn: asyncpg.Connection) -> None:
+    """A server sends for 3 minutes, is offline for 10 (per its status changes), sends again;
+    two samples of minute 1 came late and were dead-lettered; the rest of the range has no
+    data and no status saying why."""
+    await add_server(conn, SID)
+    rows = [
+        to_row(aggregate(SID, T0 + timedelta(seconds=5 * i)))
+        for i in [*range(36), *range(156, 168)]  # minutes 0-2, then minute 13
+    ]
+    async with conn.transaction():
+        await BatchWriter("unnest").upsert(conn, SNAPSHOTS, rows)
+        await BatchWriter("unnest").upsert(
+            conn,
+            LATE_SAMPLES,
+            [(0, 101, SID, T0 + timedelta(seconds=61)), (2, 7, SID, T0 + timedelta(seconds=75))],
+        )
+    last = T0 + timedelta(minutes=3) - timedelta(seconds=1)
+    back = T0 + timedelta(minutes=13)
+    await conn.executemany(
+        "INSERT INTO server_status_history (server_id, changed_at, event_at, online) "
+        "VALUES ($1, $2, $3, $4)",
+        [
+            (SID, T0 - timedelta(seconds=1), T0, True),
+            (SID, last + timedelta(seconds=15), last, False),
+            (SID, back + timedelta(seconds=1), back, True),
+        ],
+    )
+    minutes = await read_series(conn, SID, T0, T0 + timedelta(minutes=16), "1m")
+    assert [p.samples for p in minutes[:4]] == [60, 60, 60, 0]
+    assert all(p.expected == 60 for p in minutes)
+    assert [p.late for p in minutes[:3]] == [0, 2, 0]
+    assert [p.gap for p in minutes] == [None] * 3 + ["offline"] * 10 + [None] + ["no_data"] * 2
+    # The gap shows at coarser steps too (a bucket holding data has none).
+    fives = await read_series(conn, SID, T0, T0 + timedelta(minutes=15), "5m")
+    assert [(p.samples, p.gap, p.late) for p in fives] == [
+        (180, None, 2),
+        (0, "offline", 0),
+        (60, None, 0),
+    ]
+
+
+async def test_completeness_per_bucket_on_postgres(app_conn: asyncpg.Connection) -> None:
+    await migrate(app_conn, storage="postgres")
+    await _completeness(app_conn)
+
+
+async def test_completeness_per_bucket_on_timescaledb(ts_conn: asyncpg.Connection) -> None:
+    await migrate(ts_conn)
+    await _completeness(ts_conn)

@@ -22,12 +22,12 @@ from infra.db import migrate
 from infra.settings import StackSettings
 from infra.stack import PostgresCluster
 from runtime.topics import create_topics
-from schemas import AGG_5S, DeadLetter, Resolution, WindowAggregate
+from schemas import AGG_5S, DeadLetter, DeadLetterReason, Resolution, WindowAggregate
 from schemas.topics import TopicSpec
 from sinks import Sink, SinkSettings
 from tests.conftest import ROOT
 from tests.factories import ROW_T0 as T0
-from tests.factories import add_server, aggregate
+from tests.factories import add_server, aggregate, event_dict
 from tests.kafka import SECURITY
 
 pytestmark = pytest.mark.integration
@@ -60,6 +60,18 @@ class Rig:
                 )
             for value in raw or []:
                 await producer.send(self.topics[Resolution.FIVE_SECONDS], value, key=b"junk")
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def produce_raw(self, topic: str, values: list[bytes]) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap, acks="all", **SECURITY
+        )
+        await producer.start()
+        try:
+            for value in values:
+                await producer.send(topic, value)
             await producer.flush()
         finally:
             await producer.stop()
@@ -322,6 +334,56 @@ async def test_a_batch_split_over_connections_lands_whole_and_rejects_alone(
         "SELECT count(DISTINCT server_id) FROM metrics_snapshots WHERE sample_count = 5"
     )
     assert used == 24
+
+
+async def test_late_samples_in_the_dlq_are_counted_once_and_other_letters_read_past(
+    rig: Rig,
+) -> None:
+    sid = rig.servers[0]
+    late = [
+        DeadLetter.for_payload(
+            json.dumps(event_dict(server_id=sid, timestamp=f"2026-11-25T10:00:0{i}Z")).encode(),
+            reason=DeadLetterReason.LATE,
+            error="event is 4000 s behind its server's event time",
+            component="stream",
+            source_topic="metrics.raw.v1",
+            source_partition=2,
+            source_offset=1000 + i,
+            key=sid.encode(),
+        )
+        for i in range(3)
+    ]
+    other = DeadLetter.for_payload(
+        b"{not json",
+        reason=DeadLetterReason.INVALID_JSON,
+        error="not JSON",
+        component="stream",
+        source_topic="metrics.raw.v1",
+        source_partition=2,
+        source_offset=999,
+    )
+    # Each late letter twice (a producer's retry): counted once; junk is read past.
+    await rig.produce_raw(
+        rig.dlq, [*(d.to_json_bytes() for d in late * 2), other.to_json_bytes(), b"junk"]
+    )
+    await rig.produce([aggregate(sid, T0)])
+
+    async def landed() -> bool:
+        return (
+            await count(rig.conn, "late_samples") == 3
+            and await count(rig.conn, "metrics_snapshots") == 1
+        )
+
+    sink = rig.sink()
+    await run_until(sink, landed)
+    rows = await rig.conn.fetch("SELECT * FROM late_samples ORDER BY source_offset")
+    assert [(r["source_partition"], r["source_offset"], r["server_id"]) for r in rows] == [
+        (2, 1000, sid),
+        (2, 1001, sid),
+        (2, 1002, sid),
+    ]
+    assert rows[1]["timestamp"] == datetime(2026, 11, 25, 10, 0, 1, tzinfo=UTC)
+    assert sink.dead_letters == 0  # nothing read from the DLQ goes back to it
 
 
 async def test_postgres_restart_mid_stream_loses_nothing(
