@@ -79,7 +79,7 @@ ROLLUPS: Final = tuple((Resolution(r.name), r.seconds) for r in RESOLUTIONS[1:])
 #: record's shape changes, so old state is never misread. Versions 2 and 3 are read too (and
 #: the release before them, version 1, see `restore_v1`); any other version is refused.
 #: Version 4 added the timestamps a kept 5 s window holds (`WindowAcc.seen`), version 5 the
-#: quantile sketch of each metric.
+#: quantile sketch of each metric of the rollups.
 STATE_VERSION: Final = 5
 #: The versions whose records have named fields (version 3 is version 4 without the seen
 #: timestamps, version 4 is 5 without the sketches, read the same way: a window restored
@@ -173,9 +173,9 @@ class MetricAcc:
             return None
         return dict(zip(row[::2], row[1::2], strict=True))
 
-    def record(self) -> dict[str, Any]:
+    def record(self, with_sketch: bool = True) -> dict[str, Any]:
         r: dict[str, Any] = {"sum": self.total, "min": self.lo, "max": self.hi, "last": self.last}
-        if self.sketch is not None:
+        if with_sketch and self.sketch is not None:
             r["sketch"] = self.sketch_row()
         return r
 
@@ -403,7 +403,7 @@ class WindowAcc:
     def pack(self) -> bytes:
         """The window as it is kept in memory once closed: a compact positional array (the
         version-2 changelog value, with the seen timestamps after it), never written to the
-        changelog any more."""
+        changelog any more. Without the sketches (see `record`)."""
         return _dumps(self.row())
 
     def row(self) -> list[Any]:
@@ -427,9 +427,6 @@ class WindowAcc:
             self.seen,
             self.seen_exact,
             self.late_offsets,
-            self.cpu.sketch_row(),
-            self.mem.sketch_row(),
-            self.disk.sketch_row(),
         ]
 
     @classmethod
@@ -444,19 +441,14 @@ class WindowAcc:
         # duplicate of a sample it holds is taken as a correction. That is the best that can
         # be done; the record did not say which timestamps it held.
         seen = row[21:24] if len(row) > 21 else (0, None, None)
-        sketches = row[24:27] if len(row) > 24 else (None, None, None)
-        cpu, mem, disk = (
-            MetricAcc(row[i], row[i + 1], row[i + 2], row[i + 3], MetricAcc.sketch_of_row(sk))
-            for i, sk in zip((3, 7, 11), sketches, strict=True)
-        )
         return cls(
             server_id=server_id,
             start=int(row[0]),
             size=int(row[1]),
             count=int(row[2]),
-            cpu=cpu,
-            mem=mem,
-            disk=disk,
+            cpu=MetricAcc(*row[3:7]),
+            mem=MetricAcc(*row[7:11]),
+            disk=MetricAcc(*row[11:15]),
             rx=int(row[15]),
             tx=int(row[16]),
             last_ts=float(row[17]),
@@ -475,7 +467,10 @@ class WindowAcc:
 
     def record(self) -> dict[str, Any]:
         """The window's state with named fields, for the changelog (`first_offset` is not in
-        it: only open 5 s windows have one, and a restart rebuilds those by replaying)."""
+        it: only open 5 s windows have one, and a restart rebuilds those by replaying). A
+        rollup's has its sketches; a closed 5 s window's none: its samples' sketch went into
+        its rollups as it closed, and a correction reaches them directly."""
+        rollup = self.size != SIZE
         procs = None
         if self.processes is not None:
             # By column: the names once, not once per process.
@@ -490,9 +485,9 @@ class WindowAcc:
             "start": self.start,
             "size": self.size,
             "count": self.count,
-            "cpu_usage": self.cpu.record(),
-            "memory_usage": self.mem.record(),
-            "disk_usage": self.disk.record(),
+            "cpu_usage": self.cpu.record(rollup),
+            "memory_usage": self.mem.record(rollup),
+            "disk_usage": self.disk.record(rollup),
             "network_rx": self.rx,
             "network_tx": self.tx,
             "last_event_at": self.last_ts,

@@ -34,6 +34,7 @@ USER_MAY = {
     ("GET", "/servers/{server_id}"),
     ("GET", "/servers/{server_id}/metrics"),
     ("GET", "/servers/{server_id}/chart"),
+    ("GET", "/fleet/metrics"),
 }
 
 
