@@ -51,7 +51,8 @@ _APPLY = """
 # Every change, kept for the read path's gaps (`offline`); a replayed one is there already.
 _HISTORY = """
     INSERT INTO server_status_history (server_id, changed_at, event_at, online)
-    SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM servers WHERE id = $1)
+    SELECT $1::varchar, $2::timestamptz, $3::timestamptz, $4::boolean
+    WHERE EXISTS (SELECT 1 FROM servers WHERE id = $1::varchar)
     ON CONFLICT DO NOTHING
 """
 
@@ -60,9 +61,7 @@ async def apply_status(conn: Conn, change: ServerStatusChange) -> bool:
     """Apply one change and keep it in the history; False when the server is unknown or the
     change is not newer than the one applied (an older one still joins the history)."""
     online = change.status is ServerState.ONLINE
-    await conn.execute(
-        _HISTORY, change.server_id, change.changed_at, change.last_event_at, online
-    )
+    await conn.execute(_HISTORY, change.server_id, change.changed_at, change.last_event_at, online)
     result: str = await conn.execute(
         _APPLY,
         change.server_id,

@@ -148,10 +148,12 @@ async def test_rejected_row_is_isolated_and_the_next_batch_still_lands(
 async def _completeness(conn: asyncpg.Connection) -> None:
     """A server sends for 3 minutes, is offline for 10 (per its status changes), sends again;
     two samples of minute 1 came late and were dead-lettered; the rest of the range has no
-    data and no status saying why."""
-    await add_server(conn, SID)
+    data and no status saying why. (A server of its own: the stand-in's database is shared.)"""
+    sid = str(uuid.uuid4())
+    await add_server(conn, sid)
+    offset = uuid.uuid4().int % 2**40
     rows = [
-        to_row(aggregate(SID, T0 + timedelta(seconds=5 * i)))
+        to_row(aggregate(sid, T0 + timedelta(seconds=5 * i)))
         for i in [*range(36), *range(156, 168)]  # minutes 0-2, then minute 13
     ]
     async with conn.transaction():
@@ -159,7 +161,10 @@ async def _completeness(conn: asyncpg.Connection) -> None:
         await BatchWriter("unnest").upsert(
             conn,
             LATE_SAMPLES,
-            [(0, 101, SID, T0 + timedelta(seconds=61)), (2, 7, SID, T0 + timedelta(seconds=75))],
+            [
+                (0, offset, sid, T0 + timedelta(seconds=61)),
+                (2, offset, sid, T0 + timedelta(seconds=75)),
+            ],
         )
     last = T0 + timedelta(minutes=3) - timedelta(seconds=1)
     back = T0 + timedelta(minutes=13)
@@ -167,18 +172,18 @@ async def _completeness(conn: asyncpg.Connection) -> None:
         "INSERT INTO server_status_history (server_id, changed_at, event_at, online) "
         "VALUES ($1, $2, $3, $4)",
         [
-            (SID, T0 - timedelta(seconds=1), T0, True),
-            (SID, last + timedelta(seconds=15), last, False),
-            (SID, back + timedelta(seconds=1), back, True),
+            (sid, T0 - timedelta(seconds=1), T0, True),
+            (sid, last + timedelta(seconds=15), last, False),
+            (sid, back + timedelta(seconds=1), back, True),
         ],
     )
-    minutes = await read_series(conn, SID, T0, T0 + timedelta(minutes=16), "1m")
+    minutes = await read_series(conn, sid, T0, T0 + timedelta(minutes=16), "1m")
     assert [p.samples for p in minutes[:4]] == [60, 60, 60, 0]
     assert all(p.expected == 60 for p in minutes)
     assert [p.late for p in minutes[:3]] == [0, 2, 0]
     assert [p.gap for p in minutes] == [None] * 3 + ["offline"] * 10 + [None] + ["no_data"] * 2
     # The gap shows at coarser steps too (a bucket holding data has none).
-    fives = await read_series(conn, SID, T0, T0 + timedelta(minutes=15), "5m")
+    fives = await read_series(conn, sid, T0, T0 + timedelta(minutes=15), "5m")
     assert [(p.samples, p.gap, p.late) for p in fives] == [
         (180, None, 2),
         (0, "offline", 0),
