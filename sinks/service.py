@@ -234,13 +234,15 @@ class Sink(Service):
 
     # -- consuming ---------------------------------------------------------------------------
     async def _take(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        TELEMETRY.received.inc()
         self._offsets[tp] = self._positions[tp] = record.offset + 1
         if self._first_at is None:
             self._first_at = time.monotonic()
         if record.topic == self.dlq_topic:
+            # Not counted as received: `received` and `dropped` are the aggregates' (the
+            # dead-letter ratio the alerts watch).
             self._take_letter(record)
             return
+        TELEMETRY.received.inc()
         try:
             agg = decode_window_aggregate(record.value)
         except InvalidMessage as exc:

@@ -3,7 +3,8 @@
 - `producer`: write the raw topic (idempotently: Kafka grants that with the write).
 - `stream`: read the raw topic in its group; write the aggregate, status and DLQ topics; read
   and write its changelog.
-- `sink`: read the aggregate topics in its group; write the DLQ.
+- `sink`: read the aggregate topics in its group; write the DLQ, and read it (it counts the
+  stream's late samples per window).
 - `registry`: read the status topic in its group.
 - `admin`: anything, a super user (topics, ACLs, the lag report, the stack's checks).
 
@@ -64,7 +65,7 @@ def role_acls() -> list[Acl]:
     acls += [Acl("stream", "TOPIC", stream.changelog_topic, op) for op in ("READ", "WRITE")]
     acls += [Acl("sink", "TOPIC", topic, "READ") for topic in sink.agg_topics.values()]
     acls.append(Acl("sink", "GROUP", sink.sink_group, "READ"))
-    acls.append(Acl("sink", "TOPIC", sink.dlq_topic, "WRITE"))
+    acls += [Acl("sink", "TOPIC", sink.dlq_topic, op) for op in ("READ", "WRITE")]
     acls.append(Acl("registry", "TOPIC", registry.status_topic, "READ"))
     acls.append(Acl("registry", "GROUP", registry.registry_group, "READ"))
     return sorted(set(acls))

@@ -112,7 +112,8 @@ async def scale_out_and_kill(
 ) -> None:
     bootstrap = p.stack.kafka_bootstrap
     raw = partitions(p.topics.raw)
-    aggregates = partitions(p.topics.a5, p.topics.a1h, p.topics.a1d)
+    # The sinks read the DLQ too (late samples).
+    aggregates = partitions(p.topics.a5, p.topics.a1h, p.topics.a1d, p.topics.dlq)
 
     # Shared: two members in each group, each with partitions of its own, together all.
     for group, owned in ((p.stream_group, raw), (p.sink_group, aggregates)):
