@@ -1,10 +1,13 @@
 """`fleetpulse sink`: the aggregate topics into the metric tables, in batches.
 
 Lifecycle: `run()` consumes `metrics.agg.5s.v1`, `.1h.v1` and `.1d.v1` in one consumer group
-and collects rows until `batch_rows`, `batch_age_ms`, or until it has read all there is (waiting
-longer would only add delay); then it writes them in one transaction, and only then commits
-the Kafka offsets. The write runs in the background while the next batch is read and decoded
-(one write at a time, offsets committed in order; at most two batches in memory). While the
+(and `metrics.dlq.v1`, whose `late` letters from the stream become `late_samples` rows) and
+collects rows until `batch_rows`, `batch_age_ms`, or until it has read all there is (waiting
+longer would only add delay); then it writes them, one transaction per connection
+(`write_connections`, a partition always on the same one), and only once every connection has
+committed commits the Kafka offsets. The write runs in the background while the next batch is
+read and decoded (one write at a time, offsets committed in order; at most two batches in
+memory). While the
 database is down the sink pauses its partitions, retries with capped exponential backoff
 (polling Kafka so the group keeps it), and resumes. A message that
 is not a valid aggregate, or a row the database rejects, goes alone to `metrics.dlq.v1` with
