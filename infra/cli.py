@@ -264,6 +264,15 @@ def _sink(args: argparse.Namespace) -> int:
     return run_service(Sink(settings), settings)
 
 
+def _alerts(args: argparse.Namespace) -> int:
+    from alerts.service import AlertEvaluator
+    from alerts.settings import AlertsSettings
+    from runtime.service import run_service
+
+    settings = AlertsSettings()
+    return run_service(AlertEvaluator(settings), settings)
+
+
 def _registry_settings() -> RegistrySettings:
     from registry.settings import RegistrySettings
 
@@ -531,6 +540,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"batches into {', '.join(r.table for r in RESOLUTIONS)}, commits offsets after the "
         "transaction, dead-letters what the database rejects. Stops cleanly on SIGTERM/SIGINT.",
     ).set_defaults(func=_sink)
+
+    sub.add_parser(
+        "alerts",
+        help="run the alert evaluator: rules on closed windows, to Alertmanager and a webhook",
+        description="Consumes the aggregate topics and metrics.status.v1 as a downstream "
+        "consumer, judges the alert rules kept in PostgreSQL (managed through the registry's "
+        "/alerts/rules), publishes firing and resolved events to metrics.alerts.v1, keeps them "
+        "as history, and delivers them to Alertmanager (FLEETPULSE_ALERTMANAGER_URL, or the "
+        "local stack's) and a webhook (FLEETPULSE_ALERTS_WEBHOOK_URL). One evaluator is active "
+        "at a time; another one stands by. Stops cleanly on SIGTERM/SIGINT.",
+    ).set_defaults(func=_alerts)
 
     registry = sub.add_parser(
         "registry",

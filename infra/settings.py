@@ -108,8 +108,9 @@ class StackSettings(KafkaSettings, PostgresSettings):
 
     monitoring: bool = Field(
         default=False,
-        description="`stack up` also starts Prometheus and the PostgreSQL exporter, and the "
-        "broker with the JMX exporter agent (`stack up --monitoring` sets it for one call).",
+        description="`stack up` also starts Prometheus, Alertmanager and the PostgreSQL "
+        "exporter, and the broker with the JMX exporter agent (`stack up --monitoring` sets it "
+        "for one call).",
     )
     prometheus_port: int = Field(
         default=19090, ge=1, le=65535, description="Port of Prometheus (on 127.0.0.1)."
@@ -124,6 +125,39 @@ class StackSettings(KafkaSettings, PostgresSettings):
         default="15d",
         pattern=r"^[0-9]+(ms|s|m|h|d|w|y)$",
         description="How long Prometheus keeps samples (`--storage.tsdb.retention.time`).",
+    )
+    alertmanager_port: int = Field(
+        default=19093, ge=1, le=65535, description="Port of Alertmanager (on 127.0.0.1)."
+    )
+    alertmanager_config: Path | None = Field(
+        default=None,
+        description="An Alertmanager configuration of one's own (routes, e-mail, chat): used "
+        "as it is, checked with amtool first. Unset: one is generated, routing every alert to "
+        "`alertmanager_webhook_url` (README, *Alerts*).",
+    )
+    alertmanager_webhook_url: str | None = Field(
+        default=None,
+        description="The generated configuration's receiver: a webhook that gets every "
+        "notification (firing and resolved). Unset: notifications are kept in Alertmanager "
+        "only (its UI and API show them).",
+    )
+    alertmanager_group_wait: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds Alertmanager waits to group a new alert with others before it "
+        "notifies (generated configuration).",
+    )
+    alertmanager_group_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between notifications of a group that changed (generated "
+        "configuration).",
+    )
+    alertmanager_repeat_interval: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        description="Seconds before a notification that did not change is sent again "
+        "(generated configuration).",
     )
     postgres_exporter_port: int = Field(
         default=19187,

@@ -23,11 +23,20 @@ class Permission(StrEnum):
     SERVERS_MANAGE = "servers:manage"
     METRICS_READ = "metrics:read"
     USERS_MANAGE = "users:manage"
+    ALERTS_READ = "alerts:read"
+    ALERTS_MANAGE = "alerts:manage"
 
 
 ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.USER: frozenset({Permission.SELF, Permission.SERVERS_READ, Permission.METRICS_READ}),
+    Role.USER: frozenset(
+        {
+            Permission.SELF,
+            Permission.SERVERS_READ,
+            Permission.METRICS_READ,
+            Permission.ALERTS_READ,
+        }
+    ),
 }
 
 

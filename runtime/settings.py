@@ -25,9 +25,10 @@ ENV_PREFIX = "FLEETPULSE_"
 OWNER_ROLE = "fleetpulse"
 SINK_ROLE = "fleetpulse_sink"
 REGISTRY_ROLE = "fleetpulse_registry"
+ALERTS_ROLE = "fleetpulse_alerts"
 #: Read-only, for dashboards.
 READER_ROLE = "fleetpulse_reader"
-SERVICE_ROLES = (SINK_ROLE, REGISTRY_ROLE, READER_ROLE)
+SERVICE_ROLES = (SINK_ROLE, REGISTRY_ROLE, ALERTS_ROLE, READER_ROLE)
 #: How far apart the ports of the local cluster's brokers are: broker n (1, 2, 3) listens on
 #: each of the first broker's ports plus `(n - 1) * NODE_PORT_STEP`.
 NODE_PORT_STEP = 10

@@ -265,6 +265,51 @@ class DeadLetter(_Message):
         return base64.b64decode(self.payload_b64)
 
 
+class AlertStatus(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class AlertEvent(_Message):
+    """An alert of `fleetpulse alerts` began firing or was resolved, on `metrics.alerts.v1`
+    (key = fingerprint). An event is sent once per change; a consumer that reads one twice
+    (after an evaluator's restart) knows it by its `event_id`."""
+
+    event_id: str = Field(
+        max_length=36,
+        description="Derived from the fingerprint, the status and `starts_at`: the same event "
+        "always has the same id.",
+    )
+    fingerprint: str = Field(
+        max_length=32, description="Identifies the alert: one rule on one server."
+    )
+    status: AlertStatus
+    rule_id: NonNegativeInt
+    rule_name: str = Field(max_length=100)
+    rule_revision: NonNegativeInt = Field(description="The rule's revision that judged.")
+    kind: str = Field(max_length=16, description="`threshold` or `absence`.")
+    severity: str = Field(max_length=16)
+    server_id: ServerId
+    starts_at: UtcDatetime = Field(description="When the alert began firing.")
+    ends_at: UtcDatetime | None = Field(
+        default=None, description="When it was resolved (resolved events only)."
+    )
+    value: float | None = Field(
+        default=None,
+        description="What crossed the threshold (the window's statistic), or for an absence "
+        "the seconds since the server was last heard of.",
+    )
+    summary: str = Field(max_length=1024, description="One line, for a human.")
+    reason: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Why a resolved alert ended: `recovered`, `rule_edited`, `rule_deleted`, "
+        "`out_of_scope`.",
+    )
+    labels: dict[str, str] = Field(description="The labels sent to Alertmanager.")
+    emitted_at: UtcDatetime
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -358,6 +403,7 @@ MESSAGE_MODELS: Final[dict[str, type[_Message]]] = {
     "window_aggregate.v1": WindowAggregate,
     "server_status_change.v1": ServerStatusChange,
     "dead_letter.v1": DeadLetter,
+    "alert_event.v1": AlertEvent,
 }
 
 __all__ = [
@@ -365,6 +411,8 @@ __all__ = [
     "MAX_PROCESSES",
     "MAX_RAW_EVENT_BYTES",
     "MESSAGE_MODELS",
+    "AlertEvent",
+    "AlertStatus",
     "DeadLetter",
     "DeadLetterReason",
     "InvalidMessage",

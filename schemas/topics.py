@@ -60,6 +60,12 @@ DLQ: Final = TopicSpec(
     retention_ms=14 * _DAY_MS,
     description="rejected input with its reason and original bytes (DeadLetter)",
 )
+ALERTS: Final = TopicSpec(
+    name="metrics.alerts.v1",
+    partitions=3,
+    retention_ms=30 * _DAY_MS,
+    description="firing and resolved alerts of `fleetpulse alerts` (AlertEvent), key = fingerprint",
+)
 
 
 def aggregate_topics(table: Iterable[ResolutionSpec] = RESOLUTIONS) -> dict[str, TopicSpec]:
@@ -78,7 +84,7 @@ def aggregate_topics(table: Iterable[ResolutionSpec] = RESOLUTIONS) -> dict[str,
 
 def all_topics(table: Iterable[ResolutionSpec] = RESOLUTIONS) -> tuple[TopicSpec, ...]:
     """Every topic of the contract, the aggregate ones those of `table`'s resolutions."""
-    return (RAW, *aggregate_topics(table).values(), STATUS, DLQ)
+    return (RAW, *aggregate_topics(table).values(), STATUS, DLQ, ALERTS)
 
 
 #: The aggregate topic of each resolution, by resolution name.

@@ -39,6 +39,7 @@ TEST_ENV = {
     # The monitoring, when a test turns it on (tests/infra/stack/test_monitoring.py).
     "FLEETPULSE_PROMETHEUS_PORT": str(29090 + _STACK_N * 100),
     "FLEETPULSE_POSTGRES_EXPORTER_PORT": str(29187 + _STACK_N * 100),
+    "FLEETPULSE_ALERTMANAGER_PORT": str(29193 + _STACK_N * 100),
     "FLEETPULSE_KAFKA_JMX_PORT": str(29181 + _STACK_N * 100),
     "FLEETPULSE_PG_STORAGE": "auto",
     "FLEETPULSE_PG_SSLMODE": "verify-full",

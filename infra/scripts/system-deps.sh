@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages FleetPulse needs, only those missing. Safe to run again.
 #   usage: infra/scripts/system-deps.sh [--monitoring] [--test]
-#     --monitoring adds Prometheus and its PostgreSQL exporter (`fleetpulse stack up --monitoring`)
+#     --monitoring adds Prometheus, Alertmanager and the PostgreSQL exporter (`fleetpulse stack up --monitoring`)
 #     --test adds what only the tests use (the monitoring's packages among them)
 #     --bench adds the agents the agent benchmark measures ours against
 set -euo pipefail
@@ -27,6 +27,7 @@ done
 if ((monitoring)); then
   check prometheus /usr/bin/prometheus  # promtool comes with it
   check prometheus-postgres-exporter /usr/bin/prometheus-postgres-exporter
+  check prometheus-alertmanager /usr/bin/prometheus-alertmanager  # amtool comes with it
 fi
 if ((test)); then
   check kcat kcat

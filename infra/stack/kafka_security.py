@@ -6,6 +6,7 @@
 - `sink`: read the aggregate topics in its group; write the DLQ, and read it (it counts the
   stream's late samples per window).
 - `registry`: read the status topic in its group.
+- `alerts`: read the aggregate and status topics in its group; write the alerts topic.
 - `admin`: anything, a super user (topics, ACLs, the lag report, the stack's checks).
 
 Everything else is refused: the broker's authorizer denies what no ACL allows. Topic and group
@@ -28,6 +29,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alerts.settings import AlertsSettings
 from infra.settings import StackSettings
 from infra.stack.kafka import ADMIN, KafkaCluster, metadata_ok
 from infra.stack.process import StackError, secret_file, wait_until
@@ -36,7 +38,7 @@ from sinks.settings import SinkSettings
 from streams.settings import StreamSettings
 
 _RESOURCES = Path(__file__).resolve().parents[1] / "kafka"
-PRINCIPALS = (ADMIN, "producer", "stream", "sink", "registry")
+PRINCIPALS = (ADMIN, "producer", "stream", "sink", "registry", "alerts")
 
 
 @dataclass(frozen=True, order=True)
@@ -57,6 +59,7 @@ def role_acls() -> list[Acl]:
     """The ACLs of every role but admin, from the services' settings (read from the
     environment); the producers write the raw topic the stream reads."""
     stream, sink, registry = StreamSettings(), SinkSettings(), RegistrySettings()
+    alerts = AlertsSettings()
     acls = [Acl("producer", "TOPIC", stream.raw_topic, "WRITE")]
     acls.append(Acl("stream", "TOPIC", stream.raw_topic, "READ"))
     acls.append(Acl("stream", "GROUP", stream.stream_group, "READ"))
@@ -68,6 +71,10 @@ def role_acls() -> list[Acl]:
     acls += [Acl("sink", "TOPIC", sink.dlq_topic, op) for op in ("READ", "WRITE")]
     acls.append(Acl("registry", "TOPIC", registry.status_topic, "READ"))
     acls.append(Acl("registry", "GROUP", registry.registry_group, "READ"))
+    for topic in (*alerts.agg_topics.values(), alerts.status_topic):
+        acls.append(Acl("alerts", "TOPIC", topic, "READ"))
+    acls.append(Acl("alerts", "GROUP", alerts.alerts_group, "READ"))
+    acls.append(Acl("alerts", "TOPIC", alerts.alerts_topic, "WRITE"))
     return sorted(set(acls))
 
 

@@ -4,6 +4,11 @@
 - **Prometheus** (Debian's `prometheus`) on 127.0.0.1:`FLEETPULSE_PROMETHEUS_PORT`, its data
   in `<home>/prometheus/data`, its configuration `<home>/prometheus/prometheus.yml` written
   from the settings, loading the rules shipped in `infra/monitoring/rules.yml`.
+- **Alertmanager** (Debian's `prometheus-alertmanager`) on 127.0.0.1:
+  `FLEETPULSE_ALERTMANAGER_PORT`, alone (no cluster port), under `<home>/alertmanager/`: where
+  `fleetpulse alerts` and Prometheus's own rules deliver. Its configuration is an operator's
+  own (`FLEETPULSE_ALERTMANAGER_CONFIG`) or generated: every alert to the webhook of
+  `FLEETPULSE_ALERTMANAGER_WEBHOOK_URL`.
 - **The PostgreSQL exporter** (Debian's `prometheus-postgres-exporter`), logged in as the
   read-only role over verify-full TLS. Its DSN is in its environment without the password,
   which it reads from the role's file (`DATA_SOURCE_PASS_FILE`): no password in an argv, an
@@ -53,6 +58,8 @@ RULES = RESOURCES / "rules.yml"
 PROMETHEUS = Path("/usr/bin/prometheus")
 PROMTOOL = Path("/usr/bin/promtool")
 POSTGRES_EXPORTER = Path("/usr/bin/prometheus-postgres-exporter")
+ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
+AMTOOL = Path("/usr/bin/amtool")
 #: Where Prometheus, the exporters and the agent listen: never beyond this machine.
 LOOPBACK = "127.0.0.1"
 #: The services whose /metrics the targets file lists, in its order.
@@ -170,6 +177,11 @@ def prometheus_config(settings: StackSettings) -> dict[str, Any]:
             "external_labels": {"fleetpulse_home": str(settings.home_dir)},
         },
         "rule_files": [str(RULES)],
+        "alerting": {
+            "alertmanagers": [
+                {"static_configs": [{"targets": [f"{LOOPBACK}:{settings.alertmanager_port}"]}]}
+            ]
+        },
         "scrape_configs": [
             {
                 "job_name": "fleetpulse",
@@ -177,6 +189,26 @@ def prometheus_config(settings: StackSettings) -> dict[str, Any]:
                 "tls_config": {"ca_file": str(settings.home_dir / "tls" / "ca.crt")},
             }
         ],
+    }
+
+
+def alertmanager_config(settings: StackSettings) -> dict[str, Any]:
+    """alertmanager.yml (JSON is YAML): every alert to one receiver, the webhook of
+    `alertmanager_webhook_url` if set (resolved ones too), grouped per alert name and server."""
+    receiver: dict[str, Any] = {"name": "default"}
+    if settings.alertmanager_webhook_url:
+        receiver["webhook_configs"] = [
+            {"url": settings.alertmanager_webhook_url, "send_resolved": True}
+        ]
+    return {
+        "route": {
+            "receiver": "default",
+            "group_by": ["alertname", "server_id"],
+            "group_wait": _duration(settings.alertmanager_group_wait),
+            "group_interval": _duration(settings.alertmanager_group_interval),
+            "repeat_interval": _duration(settings.alertmanager_repeat_interval),
+        },
+        "receivers": [receiver],
     }
 
 
@@ -481,8 +513,82 @@ def _alive(pid: int) -> bool:
         return False
 
 
+class Alertmanager(_Daemon):
+    """Debian's `prometheus-alertmanager`, alone (no cluster peers), its data and generated
+    configuration under `<home>/alertmanager/`."""
+
+    name = "alertmanager"
+    binary = ALERTMANAGER
+    package = "prometheus-alertmanager"
+
+    def __init__(self, settings: StackSettings) -> None:
+        super().__init__(settings)
+        self.dir = settings.home_dir / "alertmanager"
+        self.pid_file = self.dir / f"{self.name}.pid"
+        self.log = self.dir / f"{self.name}.log"
+        self.generated = self.dir / "alertmanager.yml"
+
+    @property
+    def config(self) -> Path:
+        return self.settings.alertmanager_config or self.generated
+
+    @property
+    def port(self) -> int:
+        return self.settings.alertmanager_port
+
+    @property
+    def port_setting(self) -> str:
+        return "FLEETPULSE_ALERTMANAGER_PORT"
+
+    @property
+    def marker(self) -> str:
+        return f"--web.listen-address={LOOPBACK}:{self.port}"
+
+    def prepare(self) -> bool:
+        changed = False
+        if self.settings.alertmanager_config is None:
+            text = json.dumps(alertmanager_config(self.settings), indent=2) + "\n"
+            changed = _write(self.generated, text)
+        elif not self.config.exists():
+            raise StackError(f"FLEETPULSE_ALERTMANAGER_CONFIG: {self.config} does not exist")
+        if AMTOOL.exists():
+            run_checked(
+                [str(AMTOOL), "check-config", str(self.config)], what=f"checking {self.config}"
+            )
+        return changed
+
+    def reload(self, proc: psutil.Process) -> None:
+        proc.send_signal(signal.SIGHUP)
+
+    def argv(self) -> list[str]:
+        return [
+            str(self.binary),
+            f"--config.file={self.config}",
+            f"--storage.path={self.dir / 'data'}",
+            self.marker,
+            "--cluster.listen-address=",  # alone: no gossip port
+            "--log.level=warn",
+        ]
+
+    def healthy(self) -> bool:
+        return _http_get(f"{self.url}/-/ready") is not None
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Alertmanager's `/api/v2/alerts`."""
+        body = _http_get(f"{self.url}/api/v2/alerts")
+        if body is None:
+            raise StackError(f"Alertmanager at {self.url} does not answer")
+        found: list[dict[str, Any]] = json.loads(body)
+        return found
+
+    def detail(self) -> str:
+        if not self.healthy():
+            return "starting or unhealthy"
+        return f"healthy, {len(self.alerts())} alerts, configuration {self.config}"
+
+
 def components(settings: StackSettings) -> list[_Daemon]:
-    return [PostgresExporter(settings), Prometheus(settings)]
+    return [PostgresExporter(settings), Alertmanager(settings), Prometheus(settings)]
 
 
 def up(settings: StackSettings) -> list[tuple[ComponentStatus, bool]]:

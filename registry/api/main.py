@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from registry.api.routes import health, login, metrics, servers, users
+from registry.api.routes import alerts, health, login, metrics, servers, users
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -13,4 +13,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     servers.router,
     metrics.router,
     metrics.fleet_router,
+    alerts.router,
 )

@@ -35,6 +35,10 @@ USER_MAY = {
     ("GET", "/servers/{server_id}/metrics"),
     ("GET", "/servers/{server_id}/chart"),
     ("GET", "/fleet/metrics"),
+    ("GET", "/alerts"),
+    ("GET", "/alerts/history"),
+    ("GET", "/alerts/rules"),
+    ("GET", "/alerts/rules/{rule_id}"),
 }
 
 
@@ -90,6 +94,7 @@ def test_the_matrix_of_roles_and_routes(api: Api, admin_token: str) -> None:
     checked = 0
     for method, path in routes:
         url = path.replace("{server_id}", str(uuid.uuid4())).replace("{user_id}", str(uuid.uuid4()))
+        url = url.replace("{rule_id}", "1")
         permission = table[(method, path)]
         assert permission is not None
         for who, token in callers.items():
