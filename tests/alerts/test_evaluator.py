@@ -46,13 +46,20 @@ T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 class Receiver:
     """A webhook receiver for Alertmanager: keeps every notification's alerts."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_first: int = 0) -> None:
         self.notifications: list[dict[str, Any]] = []
+        self.refused = 0
         received = self.notifications
+        outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.refused < fail_first:  # a webhook that is down for a while
+                    outer.refused += 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
                 received.append(json.loads(body))
                 self.send_response(200)
                 self.end_headers()
@@ -86,6 +93,13 @@ async def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Receiver]:
+    r = Receiver(fail_first=2)
     yield r
     r.server.shutdown()
 
@@ -166,6 +180,7 @@ async def evaluator(
     conn: asyncpg.Connection,
     topics: dict[str, str],
     alertmanager: Alertmanager,
+    webhook: Receiver,
     tmp_path: Path,
 ) -> AsyncIterator[Evaluator]:
     env = {
@@ -177,6 +192,9 @@ async def evaluator(
         "FLEETPULSE_ALERTS_TOPIC": topics["alerts"],
         "FLEETPULSE_ALERTS_GROUP": f"test-alerts-{uuid.uuid4().hex[:8]}",
         "FLEETPULSE_ALERTMANAGER_URL": alertmanager.url,
+        "FLEETPULSE_ALERTS_WEBHOOK_URL": webhook.url,
+        "FLEETPULSE_RETRY_MIN": "0.2",
+        "FLEETPULSE_RETRY_MAX": "1",
         "FLEETPULSE_ALERTS_RESEND": "1",
         "FLEETPULSE_ALERTS_RULES_REFRESH": "0.5",
         "FLEETPULSE_ALERTS_TICK": "0.5",
@@ -246,6 +264,7 @@ async def test_threshold_fires_after_for_resolves_and_survives_kill_9(
     topics: dict[str, str],
     receiver: Receiver,
     alertmanager: Alertmanager,
+    webhook: Receiver,
 ) -> None:
     sid = await add_server(conn)
     rule = await store.create_rule(
@@ -290,13 +309,19 @@ async def test_threshold_fires_after_for_resolves_and_survives_kill_9(
     assert len(resolved) == 1
     assert len(receiver.alerts("cpu-high", "firing")) == 1
 
+    # The generic webhook got both events (after refusing twice: retried with backoff).
+    await wait_for(lambda: len(webhook.notifications) >= 2, 30, "the webhook")
+    assert webhook.refused == 2
+    by_id = {e["event_id"]: e["status"] for e in webhook.notifications}
+    assert sorted(by_id.values()) == ["firing", "resolved"]
+
     # Once each in the history, and on the alerts topic.
     history = await store.list_events(conn, rule_id=rule.id)
     assert [e.body["status"] for e in history] == ["resolved", "firing"]
     assert (
         await conn.fetchval(
             "SELECT count(*) FROM alert_events "
-            "WHERE published_at IS NULL OR alertmanager_at IS NULL"
+            "WHERE published_at IS NULL OR alertmanager_at IS NULL OR webhook_at IS NULL"
         )
         == 0
     )

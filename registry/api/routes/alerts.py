@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, Field
 
 from alerts import store
@@ -16,6 +16,8 @@ from registry.permissions import Permission
 from registry.store import CurrentUser
 
 router = APIRouter(prefix="/alerts", tags=["alerts"], responses=AUTHENTICATED)
+
+RuleId = Annotated[int, Path(ge=1, le=2**62, description="The rule's id.")]
 
 
 class AlertEvents(BaseModel):
@@ -51,14 +53,14 @@ async def create_rule(
 
 @router.get("/rules/{rule_id}", response_model=RulePublic, responses=NOT_FOUND)
 async def read_rule(
-    rule_id: int, pool: PoolDep, _user: Annotated[CurrentUser, require(Permission.ALERTS_READ)]
+    rule_id: RuleId, pool: PoolDep, _user: Annotated[CurrentUser, require(Permission.ALERTS_READ)]
 ) -> RulePublic:
     return await store.get_rule(pool, rule_id)
 
 
 @router.put("/rules/{rule_id}", response_model=RulePublic, responses=NOT_FOUND)
 async def replace_rule(
-    rule_id: int,
+    rule_id: RuleId,
     body: RuleSpec,
     pool: PoolDep,
     _user: Annotated[CurrentUser, require(Permission.ALERTS_MANAGE)],
@@ -71,7 +73,7 @@ async def replace_rule(
 
 @router.delete("/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 async def delete_rule(
-    rule_id: int, pool: PoolDep, _user: Annotated[CurrentUser, require(Permission.ALERTS_MANAGE)]
+    rule_id: RuleId, pool: PoolDep, _user: Annotated[CurrentUser, require(Permission.ALERTS_MANAGE)]
 ) -> Response:
     """Delete a rule; its firing alerts are resolved (reason `rule_deleted`)."""
     await store.delete_rule(pool, rule_id)
