@@ -2,8 +2,8 @@
 
     benchmarks/run                 # every benchmark
     benchmarks/run agent e2e       # only some: agent, simulator, sink_write, sink, stream,
-                                   # fleet_query, scaling, profile, stream_delay, e2e, outage,
-                                   # backup, tls, reliability, reliability_large
+                                   # fleet_query, alerts, scaling, profile, stream_delay, e2e,
+                                   # outage, backup, tls, reliability, reliability_large
 
 Each benchmark's section is kept in benchmarks/results/<name>.md with the machine and date it
 ran on; BENCHMARKS.md is assembled from all of them, so running one refreshes only its own.
@@ -24,6 +24,7 @@ ALL = (
     "sink",
     "stream",
     "fleet_query",
+    "alerts",
     "scaling",
     "profile",
     "stream_delay",

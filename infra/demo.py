@@ -43,10 +43,13 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from alerts import store as alert_store
+from alerts.rules import MAX_SCOPE, Metric, Op, RuleKind, RuleSpec, Severity, Stat
 from infra import stack
 from infra.db import migrate
 from infra.lag import group_lag, partitions
 from infra.settings import StackSettings
+from infra.stack.monitoring import Alertmanager
 from infra.stack.tls import TlsFiles
 from producers.simulator import simulated_server_id
 from registry import inventory
@@ -72,7 +75,7 @@ POLL_EVERY: Final = 1.5
 #: Samples the rates are computed over (about 10 s).
 RATE_SAMPLES: Final = 7
 #: The order children start in; they are stopped producers first.
-ROLES: Final = ("backup", "registry", "sink", "stream", "agent", "simulate")
+ROLES: Final = ("backup", "registry", "sink", "stream", "alerts", "agent", "simulate")
 #: Seconds before a child that exited is started again; doubled (jittered) for each exit in a
 #: row, up to RESTART_CAP, so a child that cannot start is retried twice a minute, not in a
 #: tight loop.
@@ -81,6 +84,12 @@ RESTART_CAP: Final = 30.0
 #: A child that ran this long before it exited was healthy: its next restart waits
 #: RESTART_FIRST again.
 RESTART_STABLE: Final = 60.0
+#: The demo's alert rules, and when the silent simulated host (index 0) goes quiet and for
+#: how long: its absence alert fires about 40 s into the silence and resolves after it.
+CPU_RULE: Final = "demo: this machine's CPU over 90 % for 30 s"
+ABSENT_RULE: Final = "demo: a simulated host absent for 30 s"
+SILENT_AFTER: Final = 60
+SILENT_FOR: Final = 90
 #: Seconds between two looks at the children.
 SUPERVISE_EVERY: Final = 0.5
 
@@ -257,10 +266,60 @@ def plan_children(paths: DemoPaths, options: DemoOptions, own_id: str) -> list[C
         "registry": ["registry"],
         "sink": ["sink"],
         "stream": ["stream"],
+        "alerts": ["alerts"],
         "agent": ["agent", "--server-id", own_id],
         "simulate": ["simulate", "--hosts", str(options.hosts), "--seed", str(options.seed)],
     }
-    return [Child(name, args[name], paths.logs / f"{name}.log") for name in ROLES]
+    children = [Child(name, args[name], paths.logs / f"{name}.log") for name in ROLES]
+    for child in children:
+        if child.name == "simulate":
+            # One simulated host goes silent for a while: its absence alert fires, then
+            # resolves when it is heard of again.
+            # (Each unless the environment sets it: the demo's test keeps every host.)
+            silence = {
+                "FLEETPULSE_SIM_SILENT_HOST": "0",
+                "FLEETPULSE_SIM_SILENT_AFTER": str(SILENT_AFTER),
+                "FLEETPULSE_SIM_SILENT_FOR": str(SILENT_FOR),
+            }
+            child.env = {k: v for k, v in silence.items() if k not in os.environ}
+    return children
+
+
+async def ensure_rules(settings: RegistrySettings, own_id: str, hosts: int, seed: int) -> int:
+    """The demo's two alert rules, unless rules of those names exist; returns how many were
+    created. Made by `alerts.store`, as `POST /alerts/rules` makes them."""
+    simulated = [uuid.UUID(simulated_server_id(seed, i)) for i in range(min(hosts, MAX_SCOPE))]
+    wanted = [
+        RuleSpec(
+            name=CPU_RULE,
+            kind=RuleKind.THRESHOLD,
+            metric=Metric.CPU,
+            stat=Stat.AVG,
+            op=Op.GT,
+            value=90.0,
+            for_seconds=30,
+            severity=Severity.CRITICAL,
+            servers=[uuid.UUID(own_id)],
+        ),
+        RuleSpec(
+            name=ABSENT_RULE,
+            kind=RuleKind.ABSENCE,
+            for_seconds=30,
+            severity=Severity.WARNING,
+            servers=simulated if hosts <= MAX_SCOPE else None,
+        ),
+    ]
+    conn = await postgres.connect(settings)
+    try:
+        known = {r.name for r in await alert_store.list_rules(conn)}
+        made = 0
+        for spec in wanted:
+            if spec.name not in known:
+                await alert_store.create_rule(conn, spec)
+                made += 1
+        return made
+    finally:
+        await conn.close()
 
 
 def start_child(child: Child, note: str = "starts it") -> None:
@@ -441,6 +500,9 @@ class Sample:
     rows: dict[str, int]  # table → rows
     online: int
     servers: int
+    firing: int = 0
+    #: The latest alert events, newest first: (status, summary, at).
+    alerts: tuple[tuple[str, str, str], ...] = ()
 
 
 #: The aggregate topics and tables, one each per resolution.
@@ -501,6 +563,13 @@ class Probe:
             "SELECT count(*) FILTER (WHERE is_online) AS online, count(*) AS servers FROM servers"
         )
         assert counts is not None  # an aggregate always has a row
+        firing = int(
+            await self._conn.fetchval("SELECT count(*) FROM alert_state WHERE state = 'firing'")
+        )
+        events = await self._conn.fetch(
+            "SELECT status, body->>'summary' AS summary, created_at FROM alert_events "
+            "ORDER BY seq DESC LIMIT 4"
+        )
         return Sample(
             time.monotonic(),
             by_topic,
@@ -509,6 +578,8 @@ class Probe:
             rows,
             counts["online"],
             counts["servers"],
+            firing,
+            tuple((e["status"], e["summary"], f"{e['created_at']:%H:%M:%S}") for e in events),
         )
 
 
@@ -545,6 +616,10 @@ def render(first: Sample, since: Sample, now: Sample, children: list[Child]) -> 
         f"sink {'-' if now.sink_lag is None else f'{now.sink_lag:,}'} messages",
     )
     state.add_row("servers online:", f"{now.online:,} of {now.servers:,}", "")
+    state.add_row("alerts firing:", f"{now.firing:,}", "")
+    for status, summary, at in now.alerts:
+        color = "red" if status == "firing" else "green"
+        state.add_row(f"  {at}", f"[{color}]{status}[/]", summary)
     procs = Table.grid(padding=(0, 2))
     for c in children:
         pid = c.proc.pid if c.proc is not None else "-"
@@ -704,6 +779,20 @@ def run_demo(settings: StackSettings, options: DemoOptions) -> int:
         f"{added} registered now, {known} already there"
     )
     password = asyncio.run(ensure_admin(registry, paths))
+    made = asyncio.run(ensure_rules(registry, own_id, options.hosts, options.seed))
+    console.print(
+        f"[green]✓[/] alert rules: {CPU_RULE!r}, {ABSENT_RULE!r} ({made} created now); "
+        f"simulated host 0 goes silent {SILENT_AFTER} s in, for {SILENT_FOR} s"
+    )
+    am = Alertmanager(settings)
+    if am.binary.exists():
+        am.start()
+        console.print(f"[green]✓[/] Alertmanager at {am.url} (alerts: {am.url}/api/v2/alerts)")
+    else:
+        console.print(
+            "Alertmanager is not installed (infra/scripts/system-deps.sh --monitoring): alerts "
+            "go to metrics.alerts.v1 and the history only"
+        )
 
     leftovers = stop_leftovers(paths)
     if leftovers:

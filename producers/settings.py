@@ -124,3 +124,17 @@ class SimulatorSettings(ProducerSettings):
     sim_speed: float = Field(
         default=1.0, gt=0, le=100_000, description="Simulated seconds per second of a time-lapse."
     )
+    sim_silent_host: int | None = Field(
+        default=None,
+        ge=0,
+        description="A host (by index) that goes silent for a while, as a host that died "
+        "would: nothing is sent for it from `sim_silent_after` seconds into the run, for "
+        "`sim_silent_for` seconds. The demo uses it so that an absence alert fires and "
+        "resolves.",
+    )
+    sim_silent_after: float = Field(
+        default=60.0, ge=0, description="Seconds into the run the silent host goes quiet."
+    )
+    sim_silent_for: float = Field(
+        default=90.0, gt=0, description="Seconds the silent host stays quiet."
+    )

@@ -181,6 +181,7 @@ class Simulator(Service):
         self.duration = duration
         self.hosts = fleet(settings.seed, settings.hosts, settings.sim_processes)
         self._templates = [h.template for h in self.hosts]
+        self._silence: tuple[int, int, int] | None = None  # host index, from and to second
         self.producer = producer or MetricProducer(settings, component=self.name)
         self.stats = SimulatorStats()
 
@@ -283,14 +284,33 @@ class Simulator(Service):
                 )  # fmt: skip
         return self.stats
 
+    def _silent(self, t: int) -> int | None:
+        """The index of the host silent at second `t`, if any (counted from the first)."""
+        s = self.settings
+        if s.sim_silent_host is None or s.sim_silent_host >= len(self.hosts):
+            return None
+        if self._silence is None:
+            begin = t + int(s.sim_silent_after)
+            self._silence = (s.sim_silent_host, begin, begin + int(s.sim_silent_for))
+            log.info(
+                "host %d (%s) goes silent from %s to %s",
+                s.sim_silent_host, self.hosts[s.sim_silent_host].server_id,
+                iso_second(begin), iso_second(begin + int(s.sim_silent_for)),
+            )  # fmt: skip
+        index, begin, end = self._silence
+        return index if begin <= t < end else None
+
     async def _emit(self, t: int) -> None:
         ts = iso_second(t)
         send = self.producer.send_encoded
         hosts, templates = self.hosts, self._templates
+        silent = self._silent(t)
         for start in range(0, len(hosts), _SLICE):
             for i in range(start, min(start + _SLICE, len(hosts))):
+                if i == silent:
+                    continue
                 h = hosts[i]
                 send(h.server_id, h.event_json(t, ts, templates[i]))
             await asyncio.sleep(0)  # let the sender hand this slice to Kafka
         self.stats.ticks += 1
-        self.stats.events += len(self.hosts)
+        self.stats.events += len(self.hosts) - (silent is not None)

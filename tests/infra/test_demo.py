@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from infra.db import migrate
-from infra.demo import DemoPaths, ensure_admin, register_servers
+from infra.demo import ABSENT_RULE, CPU_RULE, DemoPaths, ensure_admin, register_servers
 from infra.settings import StackSettings
 from infra.stack.process import free_port
 from producers.simulator import simulated_server_id
@@ -74,6 +74,7 @@ def test_demo_lands_rows_and_ctrl_c_leaves_no_child(
     env = {**os.environ, "FLEETPULSE_REGISTRY_PORT": str(port)}
     # Every child as its own Kafka user, allowed only its role (not the tests' `admin`).
     env.pop("FLEETPULSE_KAFKA_SASL_USERNAME", None)
+    env["FLEETPULSE_SIM_SILENT_AFTER"] = "86400"  # every host keeps sending here
     screen = tmp_path / "screen.txt"
     with screen.open("wb") as tty:
         proc = subprocess.Popen(
@@ -229,6 +230,14 @@ async def _windows(
     return found
 
 
+async def _rule_names(settings: StackSettings) -> set[str]:
+    conn = await asyncpg.connect(**settings.connect_kwargs())
+    try:
+        return {r["name"] for r in await conn.fetch("SELECT name FROM alert_rules")}
+    finally:
+        await conn.close()
+
+
 def _wait(
     what: str, deadline: float, ok: Callable[[], bool], demo: subprocess.Popen[bytes]
 ) -> None:
@@ -264,7 +273,7 @@ def test_every_child_killed_with_sigkill_comes_back_and_no_window_is_lost(
         def all_landed(since: datetime, ids: list[str]) -> Callable[[], bool]:
             return lambda: all(asyncio.run(_windows(stack_settings, ids, since)).values())
 
-        _wait("the demo's children", deadline, lambda: len(_children(paths)) == 6, demo)
+        _wait("the demo's children", deadline, lambda: len(_children(paths)) == 7, demo)
         own_id = paths.server_id.read_text().strip()
         _wait("rows of every host", deadline, all_landed(started, [own_id, *sims]), demo)
 
@@ -278,7 +287,7 @@ def test_every_child_killed_with_sigkill_comes_back_and_no_window_is_lost(
         # The first window after its return may be partial; from the next one on, all whole.
         since = max(min(windows) for windows in firsts.values()) + timedelta(seconds=5)
 
-        for name in ("backup", "registry", "sink", "stream"):
+        for name in ("backup", "registry", "sink", "stream", "alerts"):
             pids += _kill_9(paths, name, demo)
             time.sleep(3)  # one down at a time
         last_restart = datetime.now(UTC)
@@ -303,7 +312,7 @@ def test_every_child_killed_with_sigkill_comes_back_and_no_window_is_lost(
         _wait("this machine's rows", deadline, all_landed(last_restart, [own_id]), demo)
         _wait("the registry", deadline, lambda: _registry_health(port, stack_settings) == 200, demo)
         restarts = {name: entry["restarts"] for name, entry in _children(paths).items()}
-        assert restarts == dict.fromkeys(restarts, 1) and len(restarts) == 6
+        assert restarts == dict.fromkeys(restarts, 1) and len(restarts) == 7
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGINT)
@@ -311,8 +320,9 @@ def test_every_child_killed_with_sigkill_comes_back_and_no_window_is_lost(
     out = screen.read_text()
     assert demo.returncode == 0, out[-4000:]
     # Each restart logged with the signal; the demo's own stop restarted nothing.
-    assert out.count("killed by SIGKILL after") == 6, out[-4000:]
-    assert out.count(" restarted: pid ") == 6, out[-4000:]
-    assert "backup 0, registry 0, sink 0, stream 0, agent 0, simulate 0" in out
+    assert out.count("killed by SIGKILL after") == 7, out[-4000:]
+    assert out.count(" restarted: pid ") == 7, out[-4000:]
+    assert "backup 0, registry 0, sink 0, stream 0, alerts 0, agent 0, simulate 0" in out
+    assert {CPU_RULE, ABSENT_RULE} <= asyncio.run(_rule_names(stack_settings))
     assert "restarted while the demo ran: backup 1x (last killed by SIGKILL)" in out
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
