@@ -96,3 +96,35 @@ async def test_a_time_lapse_faster_than_the_broker_waits_for_it_and_drops_nothin
     records = await read_all(stack_settings.kafka_bootstrap, new_topic.name, hosts * seconds)
     stamps = collections.Counter(decode_raw_event(v).timestamp.timestamp() for _, v in records)
     assert stamps == {float(T0 + s): hosts for s in range(seconds)}
+
+
+async def test_a_silent_host_sends_nothing_for_its_span_then_again(
+    stack_settings: StackSettings, new_topic: TopicSpec
+) -> None:
+    """The demo's silent host: nothing of it from 5 s in, for 10 s; the others carry on."""
+    settings = SimulatorSettings(
+        kafka_bootstrap=stack_settings.kafka_bootstrap,
+        raw_topic=new_topic.name,
+        hosts=3,
+        sim_start=datetime.fromtimestamp(T0, UTC),
+        sim_speed=100_000,
+        sim_silent_host=1,
+        sim_silent_after=5,
+        sim_silent_for=10,
+    )
+    simulator = Simulator(settings)
+    await simulator.start()
+    try:
+        stats = await simulator.emit(20)
+        assert await simulator.producer.flush(60)
+    finally:
+        await simulator.producer.stop()
+    assert stats.events == 3 * 20 - 10
+    records = await read_all(stack_settings.kafka_bootstrap, new_topic.name, stats.events)
+    silent = simulated_server_id(settings.seed, 1)
+    seconds = sorted(
+        int(e.timestamp.timestamp()) - T0
+        for e in (decode_raw_event(v) for _, v in records)
+        if e.server_id == silent
+    )
+    assert seconds == [*range(5), *range(15, 20)]
